@@ -1,0 +1,65 @@
+"""The ``nas`` command line.
+
+Each command group lives in its own module under :mod:`nas.commands` and registers its
+subcommands here. Any :class:`~nas.errors.NasInputError` raised by a command becomes one line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nas.errors import NasInputError
+
+COMMAND_MODULES = ("nas.commands.space_cmd", "nas.commands.arch_cmd")
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        sys.stderr.write(f"nas: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser with every command group registered."""
+    import importlib
+
+    parser = _Parser(
+        prog="nas",
+        description="Hardware-aware neural architecture search for low-power computer vision.",
+        epilog="Start with 'nas space show tiny' and 'nas space sample tiny --seed 0'.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the ``nas`` command.
+
+    Args:
+        argv: the arguments (defaults to sys.argv[1:]).
+
+    Returns:
+        The exit code: 0 on success, 2 on bad input.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except NasInputError as e:
+        sys.stderr.write(f"nas: error: {e.one_line()}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("nas: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command groups of the ``nas`` CLI; each module has ``register(subparsers)``."""

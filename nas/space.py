@@ -1,0 +1,557 @@
+"""Search spaces declared as data, and Archs: points of a space.
+
+A Space is read from YAML (``search_spaces/NAME.yaml``) or a dict: input resolution and
+channels, a stem, stages of layer slots (channels, stride, repeats) with per-stage knobs, and a
+head. Each knob of a stage is either fixed (a scalar) or searchable (a list of choices). A stage
+may also list joint ``candidates`` (named presets of several knobs, as FBNet's 9 candidate
+blocks): they become one decision labelled ``sX_bY_block``.
+
+An Arch is a plain JSON mapping ``{label: value}`` with one entry per searchable decision, labels
+such as ``s3_b1_kernel`` (stage 3, block 1, both counted from 1). Everything else (supernet,
+latency keys, metrics, export) derives from ``Space.block_specs(arch)``.
+
+Example:
+    >>> space = Space.by_name("tiny")
+    >>> arch = space.sample(0)
+    >>> specs = space.block_specs(arch)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from nas.errors import NasInputError
+from nas.knobs import KNOB_DEFAULTS, normalize_knob, relevant_knobs
+from nas.spec import BlockSpec, conv_out
+
+Arch = dict[str, Any]
+
+_TOP_KEYS = {"name", "description", "source", "input", "num_classes", "stem", "head", "defaults",
+             "stages"}
+_STAGE_ATTRS = {"channels", "stride", "repeats", "se_ratio", "residual", "knobs", "candidates",
+                "name"}
+_STEM_KEYS = {"channels", "kernel", "stride", "act", "bits_w", "bits_a"}
+_HEAD_KEYS = {"channels", "act", "dropout", "bits_w", "bits_a"}
+_DEFAULT_KEYS = set(KNOB_DEFAULTS) | {"se_ratio"}
+
+
+def repo_root() -> Path:
+    """Returns the project's root folder (the one holding ``search_spaces/``)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def spaces_dir() -> Path:
+    """Returns the folder of shipped spaces (override with the NAS_SPACES_DIR variable)."""
+    return Path(os.environ.get("NAS_SPACES_DIR", repo_root() / "search_spaces"))
+
+
+def shipped_space_names() -> list[str]:
+    """Returns the names of the spaces shipped in ``search_spaces/``."""
+    return sorted(p.stem for p in spaces_dir().glob("*.yaml"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One searchable layer position of a Space, with its shapes resolved.
+
+    Attributes:
+        prefix: label prefix, e.g. 's3_b1'.
+        cin, cout, stride, in_hw: the layer's shapes.
+        fixed: knob values fixed by the space (defaults included).
+        choices: searchable knobs and their allowed values, in declaration order.
+        candidates: joint presets for the 'block' decision ({name: {knob: value}}), if any.
+        se_ratio: the SE ratio used when the 'se' knob is true.
+        residual: whether residual connections are allowed.
+    """
+
+    prefix: str
+    cin: int
+    cout: int
+    stride: int
+    in_hw: tuple[int, int]
+    fixed: Mapping[str, Any]
+    choices: Mapping[str, tuple]
+    candidates: Mapping[str, Mapping[str, Any]]
+    se_ratio: float
+    residual: bool
+
+    @property
+    def can_skip(self) -> bool:
+        """Whether an identity (skip) layer fits here."""
+        return self.stride == 1 and self.cin == self.cout
+
+    def label(self, knob: str) -> str:
+        """Returns the Arch label of one of this slot's knobs."""
+        return f"{self.prefix}_{knob}"
+
+    def resolve(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Returns every knob's value for this slot given its decisions.
+
+        Args:
+            values: {knob: value} for the slot's decisions ('block' for candidates).
+
+        Returns:
+            {knob: value} for every knob of :data:`KNOB_DEFAULTS`.
+        """
+        knobs = dict(self.fixed)
+        if "block" in values:
+            knobs.update(self.candidates[values["block"]])
+        knobs.update({k: v for k, v in values.items() if k != "block"})
+        return knobs
+
+    def spec(self, values: Mapping[str, Any]) -> BlockSpec:
+        """Returns the BlockSpec of this slot for the given decisions."""
+        k = self.resolve(values)
+        return BlockSpec(
+            op=k["op"], cin=self.cin, cout=self.cout, stride=self.stride, in_hw=self.in_hw,
+            kernel=k["kernel"], expand=k["expand"], se_ratio=self.se_ratio if k["se"] else 0.0,
+            act=k["act"], bits_w=k["bits_w"], bits_a=k["bits_a"], width=k["width"],
+            rank=k["rank"], groups=k["groups"], residual=self.residual)
+
+
+class Space:
+    """A search space: fixed skeleton plus per-slot decisions.
+
+    Build one with :meth:`by_name`, :meth:`from_yaml` or :meth:`from_dict`.
+    """
+
+    def __init__(self, definition: Mapping[str, Any], source: str | None = None):
+        """Parses and checks a space definition.
+
+        Args:
+            definition: the space as a mapping (the parsed YAML).
+            source: the file it came from, named in errors.
+
+        Raises:
+            NasInputError: the definition is malformed (the message names the field).
+        """
+        self.source = source
+        self.definition = json.loads(json.dumps(definition))  # plain, JSON-able copy
+        self._parse(definition)
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Space":
+        """Reads a space from a YAML file (safe loader).
+
+        Raises:
+            NasInputError: the file is missing, not YAML, or not a valid space.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise NasInputError(f"cannot read space file ({e.strerror})", str(path)) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise NasInputError(f"not valid YAML{where}: {getattr(e, 'problem', e)}", str(path)) from None
+        return cls(data, str(path))
+
+    @classmethod
+    def by_name(cls, name: str) -> "Space":
+        """Returns a shipped space by name, or reads it from a YAML path.
+
+        Args:
+            name: a shipped space's name (see :func:`shipped_space_names`) or a path to YAML.
+        """
+        if name.endswith((".yaml", ".yml")) or os.sep in name:
+            return cls.from_yaml(name)
+        path = spaces_dir() / f"{name}.yaml"
+        if not path.exists():
+            raise NasInputError(
+                f"unknown space {name!r}; shipped spaces: {shipped_space_names()} (or give a YAML path)",
+                field="space")
+        return cls.from_yaml(path)
+
+    @classmethod
+    def from_dict(cls, definition: Mapping[str, Any], source: str | None = None) -> "Space":
+        """Builds a space from a mapping (e.g. one embedded in an arch JSON file)."""
+        return cls(definition, source)
+
+    def _err(self, field: str, message: str) -> NasInputError:
+        return NasInputError(message, self.source, field)
+
+    def _int(self, value: Any, field: str, minimum: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
+                or value < minimum:
+            raise self._err(field, f"{value!r} is not allowed; expected an integer >= {minimum}")
+        return int(value)
+
+    def _mapping(self, value: Any, field: str, allowed: set[str]) -> dict:
+        if not isinstance(value, Mapping):
+            raise self._err(field, f"expected a mapping, got {type(value).__name__}")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise self._err(f"{field}.{unknown[0]}" if field else unknown[0],
+                            f"unknown field; allowed fields: {sorted(allowed)}")
+        return dict(value)
+
+    def _parse(self, d: Any) -> None:
+        d = self._mapping(d, "", _TOP_KEYS)
+        for required in ("name", "input", "num_classes", "stem", "stages"):
+            if required not in d:
+                raise self._err(required, "missing required field")
+        if not isinstance(d["name"], str) or not d["name"]:
+            raise self._err("name", "expected a non-empty string")
+        self.name: str = d["name"]
+        self.description: str = str(d.get("description", ""))
+        inp = self._mapping(d["input"], "input", {"resolution", "channels"})
+        for key in ("resolution", "channels"):
+            if key not in inp:
+                raise self._err(f"input.{key}", "missing required field")
+        res = inp["resolution"]
+        if isinstance(res, Sequence) and not isinstance(res, str) and len(res) == 2:
+            self.resolution = (self._int(res[0], "input.resolution"), self._int(res[1], "input.resolution"))
+        else:
+            r = self._int(res, "input.resolution")
+            self.resolution = (r, r)
+        self.in_channels = self._int(inp["channels"], "input.channels")
+        self.num_classes = self._int(d["num_classes"], "num_classes", minimum=2)
+
+        defaults = dict(KNOB_DEFAULTS)
+        se_ratio_default = 0.25
+        for key, value in self._mapping(d.get("defaults", {}) or {}, "defaults", _DEFAULT_KEYS).items():
+            if key == "se_ratio":
+                se_ratio_default = self._ratio(value, "defaults.se_ratio")
+            else:
+                defaults[key] = normalize_knob(key, value, f"defaults.{key}", self.source)
+
+        stem = self._mapping(d["stem"], "stem", _STEM_KEYS)
+        if "channels" not in stem:
+            raise self._err("stem.channels", "missing required field")
+        stem_stride = self._int(stem.get("stride", 2), "stem.stride")
+        self.stem_spec = BlockSpec(
+            op="stem", cin=self.in_channels, cout=self._int(stem["channels"], "stem.channels"),
+            stride=stem_stride, in_hw=self.resolution,
+            kernel=normalize_knob("kernel", stem.get("kernel", 3), "stem.kernel", self.source),
+            act=normalize_knob("act", stem.get("act", defaults["act"]), "stem.act", self.source),
+            bits_w=normalize_knob("bits_w", stem.get("bits_w", 32), "stem.bits_w", self.source),
+            bits_a=normalize_knob("bits_a", stem.get("bits_a", 32), "stem.bits_a", self.source),
+            expand=1)
+
+        stages = d["stages"]
+        if not isinstance(stages, list) or not stages:
+            raise self._err("stages", "expected a non-empty list of stages")
+        slots: list[Slot] = []
+        cin, hw = self.stem_spec.cout, self.stem_spec.out_hw
+        for si, stage in enumerate(stages, start=1):
+            where = f"stages[{si - 1}]"
+            stage = self._mapping(stage, where, _STAGE_ATTRS)
+            if "channels" not in stage:
+                raise self._err(f"{where}.channels", "missing required field")
+            cout = self._int(stage["channels"], f"{where}.channels")
+            stride = self._int(stage.get("stride", 1), f"{where}.stride")
+            repeats = self._int(stage.get("repeats", 1), f"{where}.repeats")
+            se_ratio = self._ratio(stage.get("se_ratio", se_ratio_default), f"{where}.se_ratio")
+            residual = stage.get("residual", True)
+            if not isinstance(residual, bool):
+                raise self._err(f"{where}.residual", f"{residual!r} is not allowed; expected true or false")
+            fixed, choices = dict(defaults), {}
+            knobs = stage.get("knobs", {}) or {}
+            if not isinstance(knobs, Mapping):
+                raise self._err(f"{where}.knobs", "expected a mapping {knob: value or [choices]}")
+            for knob, value in knobs.items():
+                field = f"{where}.knobs.{knob}"
+                if knob not in KNOB_DEFAULTS:
+                    raise self._err(field, f"unknown knob; known knobs: {sorted(KNOB_DEFAULTS)}")
+                if isinstance(value, list):
+                    if not value:
+                        raise self._err(field, "empty list of choices")
+                    vals = tuple(normalize_knob(knob, v, field, self.source) for v in value)
+                    if len(set(vals)) != len(vals):
+                        raise self._err(field, f"duplicate choices in {value!r}")
+                    choices[knob] = vals
+                else:
+                    fixed[knob] = normalize_knob(knob, value, field, self.source)
+            candidates = self._candidates(stage.get("candidates"), where, choices)
+            for bi in range(1, repeats + 1):
+                s = stride if bi == 1 else 1
+                slot_cin = cin if bi == 1 else cout
+                slots.append(self._make_slot(f"s{si}_b{bi}", slot_cin, cout, s, hw, fixed, choices,
+                                             candidates, se_ratio, residual, where))
+                hw = (conv_out(hw[0], s), conv_out(hw[1], s))
+            cin = cout
+        self.slots: tuple[Slot, ...] = tuple(slots)
+
+        head = self._mapping(d.get("head", {}) or {}, "head", _HEAD_KEYS)
+        hidden = head.get("channels", 0) or 0
+        hidden = self._int(hidden, "head.channels", minimum=0)
+        dropout = head.get("dropout", 0.0)
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise self._err("head.dropout", f"{dropout!r} is not allowed; expected a number in [0, 1)")
+        self.head_spec = BlockSpec(
+            op="head", cin=cin, cout=self.num_classes, stride=1, in_hw=hw, hidden=hidden,
+            act=normalize_knob("act", head.get("act", defaults["act"]), "head.act", self.source),
+            bits_w=normalize_knob("bits_w", head.get("bits_w", 32), "head.bits_w", self.source),
+            bits_a=normalize_knob("bits_a", head.get("bits_a", 32), "head.bits_a", self.source),
+            dropout=float(dropout), kernel=1)
+        self._decisions = [(slot, knob, slot.label(knob), vals)
+                           for slot in self.slots for knob, vals in self._slot_decisions(slot)]
+        self._by_label = {label: (slot, knob, vals) for slot, knob, label, vals in self._decisions}
+
+    def _ratio(self, value: Any, field: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise self._err(field, f"{value!r} is not allowed; expected a number in [0, 1]")
+        return float(value)
+
+    def _candidates(self, cands: Any, where: str, choices: Mapping) -> dict[str, dict]:
+        if cands is None:
+            return {}
+        field = f"{where}.candidates"
+        if not isinstance(cands, Mapping) or not cands:
+            raise self._err(field, "expected a non-empty mapping {name: {knob: value}}")
+        out = {}
+        for name, preset in cands.items():
+            if not isinstance(preset, Mapping):
+                raise self._err(f"{field}.{name}", "expected a mapping {knob: value}")
+            out[str(name)] = {}
+            for knob, value in preset.items():
+                if knob in choices:
+                    raise self._err(f"{field}.{name}.{knob}",
+                                    "knob is both searched in knobs and set by a candidate; keep one")
+                out[str(name)][knob] = normalize_knob(knob, value, f"{field}.{name}.{knob}", self.source)
+        return out
+
+    def _make_slot(self, prefix, cin, cout, stride, hw, fixed, choices, candidates, se_ratio,
+                   residual, where) -> Slot:
+        ok_choices = dict(choices)
+        ok_cands = dict(candidates)
+        can_skip = stride == 1 and cin == cout
+        if not can_skip:
+            if "op" in ok_choices:
+                ok_choices["op"] = tuple(v for v in ok_choices["op"] if v != "skip")
+            ok_cands = {n: p for n, p in ok_cands.items() if p.get("op", fixed["op"]) != "skip"}
+            op_fixed = fixed["op"] == "skip" and "op" not in ok_choices and not candidates
+            if op_fixed or ("op" in ok_choices and not ok_choices["op"]) or (candidates and not ok_cands):
+                raise self._err(f"{where}.knobs.op",
+                                f"slot {prefix} changes shape ({cin}->{cout} channels, stride {stride}) "
+                                "so it cannot be 'skip'; add another op")
+        return Slot(prefix, cin, cout, stride, hw, dict(fixed), ok_choices, ok_cands, se_ratio, residual)
+
+    @staticmethod
+    def _slot_decisions(slot: Slot) -> Iterator[tuple[str, tuple]]:
+        if len(slot.candidates) > 1:
+            yield "block", tuple(slot.candidates)
+        for knob, vals in slot.choices.items():
+            if len(vals) > 1:
+                yield knob, vals
+
+    # ---------------------------------------------------------------------------- decisions
+    def labels(self) -> list[str]:
+        """Returns the Arch labels (searchable decisions), in canonical order."""
+        return [label for _, _, label, _ in self._decisions]
+
+    def choices(self, label: str) -> tuple:
+        """Returns the allowed values of one label."""
+        return self._by_label[label][2]
+
+    def decisions(self) -> list[tuple[str, tuple]]:
+        """Returns [(label, choices)] for every searchable decision, in canonical order."""
+        return [(label, vals) for _, _, label, vals in self._decisions]
+
+    def cardinalities(self) -> list[int]:
+        """Returns the number of choices of each decision (for encoders and controllers)."""
+        return [len(vals) for _, _, _, vals in self._decisions]
+
+    def size(self) -> int:
+        """Returns the number of distinct Archs (product of choice counts)."""
+        return math.prod(self.cardinalities())
+
+    def log10_size(self) -> float:
+        """Returns log10 of :meth:`size`, for printing as 10^N."""
+        return float(sum(math.log10(n) for n in self.cardinalities()))
+
+    def _slot_values(self, slot: Slot, arch: Mapping[str, Any]) -> dict[str, Any]:
+        values = {}
+        if len(slot.candidates) == 1:
+            values["block"] = next(iter(slot.candidates))
+        for knob, vals in slot.choices.items():
+            if len(vals) == 1:
+                values[knob] = vals[0]
+        for knob, _ in self._slot_decisions(slot):
+            values[knob] = arch[slot.label(knob)]
+        return values
+
+    # ------------------------------------------------------------------------------- Archs
+    def validate(self, arch: Any, source: str | None = None) -> Arch:
+        """Checks an Arch against the space and returns its canonical form.
+
+        Args:
+            arch: a mapping {label: value}.
+            source: the file it came from, named in errors.
+
+        Returns:
+            The canonical Arch (see :meth:`canonical`).
+
+        Raises:
+            NasInputError: a label is missing or unknown, or a value is not among its choices.
+        """
+        if not isinstance(arch, Mapping):
+            raise NasInputError(f"expected a mapping {{label: value}}, got {type(arch).__name__}", source, "arch")
+        unknown = sorted(set(arch) - set(self._by_label))
+        if unknown:
+            raise NasInputError(f"unknown label for space {self.name!r}; labels look like "
+                                f"{self.labels()[:3]}", source, unknown[0])
+        out = {}
+        for slot, knob, label, vals in self._decisions:
+            if label not in arch:
+                raise NasInputError(f"missing; allowed values: {list(vals)}", source, label)
+            value = arch[label]
+            if knob != "block":
+                try:
+                    value = normalize_knob(knob, value, label, source)
+                except NasInputError:
+                    value = object()  # reported below with the allowed values
+            if value not in vals or (isinstance(value, bool) != isinstance(vals[0], bool)):
+                raise NasInputError(f"{arch[label]!r} is not allowed; allowed values: {list(vals)}",
+                                    source, label)
+            out[label] = value
+        return self.canonical(out)
+
+    def canonical(self, arch: Mapping[str, Any]) -> Arch:
+        """Returns the Arch with irrelevant decisions set to their first choice.
+
+        A skip layer's kernel, or a dwsep layer's expansion ratio, changes nothing; setting such
+        labels to their first choice makes equal networks have equal Archs (and ids).
+        """
+        out = {}
+        for slot in self.slots:
+            values = self._slot_values(slot, arch)
+            op = slot.resolve(values)["op"]
+            relevant = relevant_knobs(op)
+            for knob, vals in self._slot_decisions(slot):
+                label = slot.label(knob)
+                out[label] = arch[label] if knob == "block" or knob in relevant else vals[0]
+        return out
+
+    def arch_id(self, arch: Mapping[str, Any]) -> str:
+        """Returns a short stable id: a hash of the space name and the canonical Arch JSON."""
+        text = json.dumps({"space": self.name, "arch": self.canonical(arch)}, sort_keys=True,
+                          separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @staticmethod
+    def _rng(rng: Any) -> np.random.Generator:
+        if isinstance(rng, np.random.Generator):
+            return rng
+        return np.random.default_rng(rng)
+
+    def sample(self, rng: Any = None) -> Arch:
+        """Samples an Arch uniformly over every decision.
+
+        Args:
+            rng: a numpy Generator or an integer seed.
+
+        Returns:
+            A canonical Arch.
+        """
+        rng = self._rng(rng)
+        return self.decode([int(rng.integers(n)) for n in self.cardinalities()])
+
+    def mutate(self, arch: Mapping[str, Any], rng: Any = None) -> Arch:
+        """Returns a copy of `arch` with one decision changed to another value that matters.
+
+        Args:
+            arch: a valid Arch.
+            rng: a numpy Generator or an integer seed.
+
+        Returns:
+            A canonical Arch that differs from ``canonical(arch)`` (when the space has more than
+            one Arch).
+        """
+        rng = self._rng(rng)
+        base = self.canonical(arch)
+        labels = self.labels()
+        for _ in range(100):
+            if not labels:
+                return base
+            label = labels[int(rng.integers(len(labels)))]
+            vals = [v for v in self.choices(label) if v != base[label]]
+            child = dict(base, **{label: vals[int(rng.integers(len(vals)))]})
+            child = self.canonical(child)
+            if child != base:
+                return child
+        return base
+
+    def encode(self, arch: Mapping[str, Any]) -> list[int]:
+        """Returns the Arch as a vector of choice indices (one per decision, canonical order)."""
+        arch = self.validate(arch)
+        return [vals.index(arch[label]) for _, _, label, vals in self._decisions]
+
+    def decode(self, indices: Sequence[int]) -> Arch:
+        """Returns the canonical Arch of a vector of choice indices.
+
+        Raises:
+            NasInputError: the vector has the wrong length or an index is out of range.
+        """
+        if len(indices) != len(self._decisions):
+            raise NasInputError(f"expected {len(self._decisions)} indices, got {len(indices)}",
+                                field="indices")
+        arch = {}
+        for i, ((_, _, label, vals), idx) in enumerate(zip(self._decisions, indices)):
+            if not 0 <= int(idx) < len(vals):
+                raise NasInputError(f"index {idx} out of range [0, {len(vals)})", field=label)
+            arch[label] = vals[int(idx)]
+        return self.canonical(arch)
+
+    # ------------------------------------------------------------------------------ shapes
+    def block_specs(self, arch: Mapping[str, Any]) -> list[BlockSpec]:
+        """Returns the layers of the network an Arch describes: stem, one per slot, head.
+
+        Args:
+            arch: a valid Arch (validated here).
+        """
+        arch = self.validate(arch)
+        return [self.stem_spec] + [slot.spec(self._slot_values(slot, arch)) for slot in self.slots] \
+            + [self.head_spec]
+
+    def slot_options(self, slot: Slot) -> list[dict[str, Any]]:
+        """Returns every distinct decision assignment of one slot ({knob: value} dicts)."""
+        options: list[dict[str, Any]] = [{}]
+        for knob, vals in self._slot_decisions(slot):
+            options = [dict(o, **{knob: v}) for o in options for v in vals]
+        return [self._slot_values(slot, {slot.label(k): v for k, v in o.items()}) for o in options]
+
+    def unique_block_specs(self) -> list[BlockSpec]:
+        """Returns every distinct BlockSpec (with its input shape) any Arch can contain.
+
+        This is what a latency table must measure: stem, head, and each slot's options.
+        """
+        seen: dict[str, BlockSpec] = {}
+        for spec in [self.stem_spec, self.head_spec]:
+            seen.setdefault(spec.key(), spec)
+        for slot in self.slots:
+            for values in self.slot_options(slot):
+                spec = slot.spec(values)
+                seen.setdefault(spec.key(), spec)
+        return list(seen.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Returns a JSON-able description: shapes, decisions and size."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input": [*self.resolution, self.in_channels],
+            "num_classes": self.num_classes,
+            "slots": len(self.slots),
+            "decisions": len(self._decisions),
+            "log10_size": round(self.log10_size(), 2),
+            "unique_block_specs": len(self.unique_block_specs()),
+            "labels": {label: list(vals) for label, vals in self.decisions()},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the space's definition (as read), for embedding in files."""
+        return json.loads(json.dumps(self.definition))
