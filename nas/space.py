@@ -365,13 +365,17 @@ class Space:
         """Returns the number of choices of each decision (for encoders and controllers)."""
         return [len(vals) for _, _, _, vals in self._decisions]
 
+    def _distinct_options(self, slot: Slot) -> int:
+        """Returns how many different layers a slot can hold (irrelevant knobs collapsed)."""
+        return len({slot.spec(values).key() for values in self.slot_options(slot)})
+
     def size(self) -> int:
-        """Returns the number of distinct Archs (product of choice counts)."""
-        return math.prod(self.cardinalities())
+        """Returns the number of distinct networks (a skip layer's kernel does not count)."""
+        return math.prod(self._distinct_options(slot) for slot in self.slots)
 
     def log10_size(self) -> float:
         """Returns log10 of :meth:`size`, for printing as 10^N."""
-        return float(sum(math.log10(n) for n in self.cardinalities()))
+        return float(sum(math.log10(self._distinct_options(slot)) for slot in self.slots))
 
     def _slot_values(self, slot: Slot, arch: Mapping[str, Any]) -> dict[str, Any]:
         values = {}
