@@ -12,7 +12,8 @@ import sys
 
 from nas.errors import NasInputError
 
-COMMAND_MODULES = ("nas.commands.space_cmd", "nas.commands.arch_cmd")
+COMMAND_MODULES = ("nas.commands.space_cmd", "nas.commands.arch_cmd", "nas.commands.train_cmd",
+                   "nas.commands.latency_cmd")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("nas: interrupted\n")
         return 130
+    except BrokenPipeError:  # e.g. `nas ... | head`: the reader left; not an error of ours
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
