@@ -1,0 +1,102 @@
+"""``nas run CONFIG --workdir W``: the whole pipeline, search -> retrain -> distill -> export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds the ``run`` and ``report`` commands.
+
+    Args:
+        sub: the top-level subparsers object.
+    """
+    p = sub.add_parser(
+        "run", help="search, retrain the top-k, distill the winner and export it, in one command",
+        description="Run the whole pipeline a YAML config describes: (1) the architecture search "
+                    "(as 'nas search'), (2) retrain the retrain.top_k best candidates from scratch "
+                    "(on Ray when executor.kind is ray) and pick the winner by the objective, "
+                    "(3) distill the winner from a teacher (distill.teacher: best | arch:PATH | "
+                    "ckpt:DIR), (4) export it (JSON, packed ints, orbax, StableHLO, ONNX), each "
+                    "export checked against the JAX model. Then WORKDIR/report.md, Pareto plots "
+                    "in WORKDIR/plots/ and TensorBoard logs in WORKDIR/tb/. Every stage writes a "
+                    "marker in WORKDIR/stages/ when it completes: running the same command again "
+                    "skips finished stages and resumes an interrupted one.",
+        epilog="Example: nas run experiments/digits_random_smoke.yaml --workdir runs/smoke")
+    p.add_argument("config", help="pipeline config (YAML): a search config plus optional "
+                                  "retrain, distill and export sections")
+    p.add_argument("--workdir", required=True, help="output folder (resumed if it holds a run)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON summary object as the last line (no progress bars)")
+    p.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="train on an existing Ray cluster (sets executor.kind: ray)")
+    p.add_argument("--budget", type=int, help="override the config's search budget")
+    p.set_defaults(func=_run)
+
+    r = sub.add_parser("report", help="rebuild report.md, plots and TensorBoard logs of a run",
+                       description="Rebuild WORKDIR/report.md, WORKDIR/plots/*.png and "
+                                   "WORKDIR/tb/ from a (possibly unfinished) 'nas run' workdir, "
+                                   "and print the candidates table.")
+    r.add_argument("--workdir", required=True, help="the workdir of a 'nas run'")
+    r.add_argument("--json", action="store_true", help="print the report summary as JSON")
+    r.set_defaults(func=_report)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nas.config import load_config
+    from nas.errors import NasInputError
+    from nas.pipeline import run_pipeline
+    from nas.report import candidates_table, load_history, stage_result
+
+    loaded = load_config(args.config)
+    config = loaded.config
+    if args.ray_address:
+        config.executor.kind = "ray"
+        config.executor.address = args.ray_address
+    if args.budget is not None:
+        if args.budget < 1:
+            raise NasInputError(f"{args.budget} is not allowed; expected an integer >= 1",
+                                field="--budget")
+        config.budget = args.budget
+    summary = run_pipeline(loaded, args.workdir, progress=not args.json,
+                           log=(lambda m: None) if args.json else None)
+    if args.json:
+        print(json.dumps(summary, default=float))
+        return 0 if summary["export_ok"] else 1
+    from pathlib import Path
+
+    wd = Path(summary["workdir"])
+    print(candidates_table(load_history(wd), stage_result(wd, "retrain")))
+    w = summary["winner"]
+    print(f"winner {w['arch_id']}: test accuracy {w['test_accuracy']:.4f}, "
+          f"latency {w['latency_ms'] if w['latency_ms'] is not None else '-'} ms (predicted)")
+    export = stage_result(wd, "export") or {}
+    for fmt, f in (export.get("files") or {}).items():
+        c = (export.get("checks") or {}).get(fmt)
+        status = "" if c is None else (" ok" if c["ok"] else " FAIL")
+        print(f"  {fmt:<10} {f['bytes']:>9} B  {f['path']}{status}")
+    lat = export.get("latency") or {}
+    if lat.get("measured_ms") is not None:
+        pred = f" (table predicts {lat['predicted_ms']:.3f} ms)" if "predicted_ms" in lat else ""
+        print(f"  onnxruntime latency {lat['measured_ms']:.3f} ms{pred}")
+    print(f"report: {summary['report']}  ({summary['seconds']:.0f} s this run)")
+    return 0 if summary["export_ok"] else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nas.errors import NasInputError
+    from nas.report import write_report
+
+    wd = Path(args.workdir)
+    if not (wd / "search").is_dir():
+        raise NasInputError("not a 'nas run' workdir (no search/ folder)", str(wd))
+    info = write_report(wd)
+    if args.json:
+        print(json.dumps({k: v for k, v in info.items() if k != "table"}, default=float))
+    else:
+        print(info["table"])
+        print(f"report: {info['report_md']}")
+    return 0

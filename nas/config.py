@@ -1,0 +1,333 @@
+"""Experiment configs: one YAML file names the space, data, strategy, objective, budgets.
+
+Example (``experiments/digits_rl.yaml``)::
+
+    space: tiny                 # shipped name, YAML path, or an inline definition
+    data: digits                # data spec (nas.data)
+    seed: 0
+    budget: 40                  # candidates trained and measured
+    strategy: {name: rl, params: {lr: 0.02}}
+    objective: {metric: latency_ms, target: 0.5, constraint: soft}
+    latency_table: latency_tables/onnxruntime-cpu/tiny.json
+    train: {epochs: 3, batch_size: 64, learning_rate: 0.003}
+    executor: {kind: ray, workers: 2, cpus_per_trial: 1, retries: 2}
+
+A bad field is reported as one :class:`~nas.errors.NasInputError` line naming the file, the dotted
+field and what is allowed. Relative paths (latency_table) are resolved against the current
+folder first, then the config file's folder, then the project root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import pydantic
+import yaml
+
+from nas.errors import NasInputError
+from nas.objective import CONSTRAINTS, MnasObjective
+
+COST_METRICS = ("latency_ms", "params", "macs", "bops", "size_bytes", "energy_mj",
+                "peak_activation_bytes")
+# TrainConfig fields a search config may set (the rest are managed by the search).
+TRAIN_FIELDS = ("epochs", "batch_size", "eval_batch_size", "optimizer", "learning_rate",
+                "momentum", "weight_decay", "warmup_epochs", "final_lr_fraction",
+                "label_smoothing", "grad_clip", "depthwise_impl")
+
+
+class _Section(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class StrategyConfig(_Section):
+    """Attributes: name (random | evolution | rl | one-shot names); params (strategy's own)."""
+
+    name: str
+    params: dict[str, Any] = {}
+
+
+class ObjectiveConfig(_Section):
+    """MnasNet reward settings.
+
+    Attributes:
+        metric: the cost weighed against accuracy (latency_ms needs latency_table).
+        target: T in the metric's unit; None = maximize accuracy only.
+        constraint: 'soft' (alpha = beta = -0.07) or 'hard' (alpha = 0, beta = -1).
+        alpha, beta: explicit exponents (override the constraint's).
+    """
+
+    kind: Literal["mnasnet"] = "mnasnet"
+    metric: Literal[COST_METRICS] = "latency_ms"  # type: ignore[valid-type]
+    target: pydantic.PositiveFloat | None = None
+    constraint: Literal["soft", "hard"] = "soft"
+    alpha: float | None = None
+    beta: float | None = None
+
+    def build(self) -> MnasObjective:
+        """Returns the objective these settings describe."""
+        a, b = CONSTRAINTS[self.constraint]
+        return MnasObjective(self.metric, self.target,
+                             a if self.alpha is None else self.alpha,
+                             b if self.beta is None else self.beta)
+
+
+class ExecutorConfig(_Section):
+    """Where candidates are trained.
+
+    Attributes:
+        kind: 'local' (in-process, one at a time) or 'ray' (Ray Tune trials).
+        address: Ray cluster to join ('auto' or HOST:PORT); None starts Ray locally.
+        workers: candidates trained at the same time.
+        cpus_per_trial: CPUs Ray reserves per trial.
+        retries: restarts of a trial whose worker died (a candidate that raises is not retried).
+        early_stopping: stop weak candidates early with ASHA (Ray only).
+        grace_epochs: epochs every candidate trains before ASHA may stop it.
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+    workers: int = pydantic.Field(1, ge=1)
+    cpus_per_trial: float = pydantic.Field(1.0, gt=0)
+    retries: int = pydantic.Field(2, ge=0)
+    early_stopping: bool = False
+    grace_epochs: int = pydantic.Field(1, ge=1)
+
+
+class RetrainConfig(_Section):
+    """Pipeline stage 2 (``nas run``): retrain the best candidates of the search from scratch.
+
+    Attributes:
+        top_k: how many of the best distinct candidates (by reward) are retrained.
+        train: TrainConfig fields overriding the search's ``train`` section (e.g. more epochs).
+    """
+
+    top_k: int = pydantic.Field(3, ge=1)
+    train: dict[str, Any] = {}
+
+
+class DistillSection(_Section):
+    """Pipeline stage 3 (``nas run``): distill the winner from a teacher.
+
+    Attributes:
+        enabled: run the stage (false: the retrained winner is exported).
+        teacher: 'best' (the most accurate retrained candidate other than the winner, or the
+            winner itself when it is the only one), 'arch:PATH' (an Arch file, trained first with
+            ``teacher_train``) or 'ckpt:DIR' (a finished 'nas train' work directory).
+        train: TrainConfig fields overriding the retrain settings for the student.
+        teacher_train: TrainConfig fields overriding the retrain settings for an 'arch:' teacher.
+        temperature, kd_weight, hint_weight: see :class:`nas.distill.DistillConfig`.
+    """
+
+    enabled: bool = True
+    teacher: str = "best"
+    train: dict[str, Any] = {}
+    teacher_train: dict[str, Any] = {}
+    temperature: float = pydantic.Field(4.0, gt=0)
+    kd_weight: float = pydantic.Field(0.7, ge=0, le=1)
+    hint_weight: float = pydantic.Field(0.0, ge=0)
+
+    @pydantic.field_validator("teacher")
+    @classmethod
+    def _teacher_form(cls, value: str) -> str:
+        kind, _, path = value.partition(":")
+        if value != "best" and not (kind in ("arch", "ckpt") and path):
+            raise ValueError("expected 'best', 'arch:PATH' or 'ckpt:DIR'")
+        return value
+
+
+class ExportSection(_Section):
+    """Pipeline stage 4 (``nas run``): export the winner (see :mod:`nas.export`).
+
+    Attributes:
+        formats: any of json, packed, orbax, stablehlo, onnx.
+        calibration: training images used to calibrate int8 activation ranges.
+        measure_latency: time the ONNX model with onnxruntime.
+        onnx_int8_weights: store weight-only quantized layers' ONNX weights as int8 (smaller
+            file, slower onnxruntime inference).
+    """
+
+    formats: list[str] = ["json", "packed", "orbax", "stablehlo", "onnx"]
+    calibration: int = pydantic.Field(256, ge=0)
+    measure_latency: bool = True
+    onnx_int8_weights: bool = False
+
+
+#: Sections only the pipeline reads; they do not change which candidates a search evaluates.
+PIPELINE_SECTIONS = ("retrain", "distill", "export")
+
+
+class SearchConfig(_Section):
+    """A whole experiment config (see the module docstring).
+
+    A pipeline config (``nas run``) is a search config plus the optional ``retrain``,
+    ``distill`` and ``export`` sections; ``nas search`` ignores them.
+    """
+
+    space: str | dict[str, Any]
+    data: str = "digits"
+    seed: int = pydantic.Field(0, ge=0)
+    budget: int = pydantic.Field(20, ge=1)
+    batch: int | None = pydantic.Field(None, ge=1)
+    strategy: StrategyConfig
+    objective: ObjectiveConfig = ObjectiveConfig()
+    latency_table: str | None = None
+    train: dict[str, Any] = {}
+    executor: ExecutorConfig = ExecutorConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    distill: DistillSection = DistillSection()
+    export: ExportSection = ExportSection()
+
+    @property
+    def proposals_per_round(self) -> int:
+        """Candidates asked per ask/tell round (default: the executor's workers)."""
+        return self.batch or self.executor.workers
+
+    def fingerprint(self) -> str:
+        """Returns a hash of the settings that decide which candidates a search evaluates.
+
+        A workdir's history can only be resumed by a config with the same fingerprint (budget and
+        executor may change).
+        """
+        body = self.model_dump(exclude={"budget", "executor", *PIPELINE_SECTIONS})
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config with its resolved paths.
+
+    Attributes:
+        config: the SearchConfig.
+        source: the file it came from.
+        latency_table: absolute path of the table, or None.
+    """
+
+    config: SearchConfig
+    source: str | None
+    latency_table: str | None
+
+
+def _field_error(err: Mapping[str, Any], model: type[pydantic.BaseModel]) -> tuple[str, str]:
+    loc = [str(x) for x in err["loc"]]
+    field = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        owner: Any = model
+        for part in loc[:-1]:
+            info = owner.model_fields.get(part) if hasattr(owner, "model_fields") else None
+            owner = info.annotation if info else None
+        allowed = sorted(owner.model_fields) if hasattr(owner, "model_fields") else []
+        return field, f"unknown field; allowed fields: {allowed}"
+    got = err.get("input")
+    got_text = f"{got!r} is not allowed; " if not isinstance(got, (dict, list)) else ""
+    return field, f"{got_text}{err['msg'].lower()}"
+
+
+def parse_config(data: Any, source: str | None = None, base_dir: str | os.PathLike | None = None) -> LoadedConfig:
+    """Validates a config mapping.
+
+    Args:
+        data: the parsed YAML.
+        source: the file it came from (named in errors).
+        base_dir: folder of the config file (for relative paths).
+
+    Returns:
+        The LoadedConfig.
+
+    Raises:
+        NasInputError: a field is missing, unknown or out of range (one line naming it).
+    """
+    if not isinstance(data, Mapping):
+        raise NasInputError("expected a mapping of config sections (space, strategy, ...)", source)
+    try:
+        config = SearchConfig.model_validate(dict(data))
+    except pydantic.ValidationError as e:
+        field, message = _field_error(e.errors()[0], SearchConfig)
+        raise NasInputError(message, source, field) from None
+    _check_strategy(config, source)
+    _check_train(config.train, source)
+    _check_train(config.retrain.train, source, "retrain.train")
+    _check_train(config.distill.train, source, "distill.train")
+    _check_train(config.distill.teacher_train, source, "distill.teacher_train")
+    table = None
+    if config.latency_table:
+        table = str(_resolve(config.latency_table, base_dir, source, "latency_table"))
+    if config.objective.target is not None and config.objective.metric == "latency_ms" and not table:
+        raise NasInputError("metric latency_ms needs a latency table; set latency_table: PATH "
+                            "(build one with 'nas latency build') or use another metric",
+                            source, "objective.metric")
+    if config.executor.address and config.executor.kind != "ray":
+        raise NasInputError("an address needs kind: ray", source, "executor.address")
+    return LoadedConfig(config, source, table)
+
+
+def load_config(path: str | os.PathLike) -> LoadedConfig:
+    """Reads and validates a YAML experiment config (safe loader).
+
+    Raises:
+        NasInputError: unreadable file, invalid YAML, or a bad field.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise NasInputError(f"cannot read config file ({e.strerror})", str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise NasInputError(f"not valid YAML{where}: {getattr(e, 'problem', e)}", str(path)) from None
+    return parse_config(data, str(path), path.parent)
+
+
+def _check_strategy(config: SearchConfig, source: str | None) -> None:
+    from nas.strategies import parse_params
+
+    parse_params(config.strategy.name, config.strategy.params, source)
+
+
+def _check_train(train: Mapping[str, Any], source: str | None, section: str = "train") -> None:
+    from nas.train import TrainConfig
+
+    for key in train:
+        if key not in TRAIN_FIELDS:
+            raise NasInputError(f"unknown field; allowed fields: {sorted(TRAIN_FIELDS)}", source,
+                                f"{section}.{key}")
+    try:
+        TrainConfig(**dict(train)).validate()
+    except NasInputError as e:
+        raise NasInputError(e.message, source, f"{section}.{e.field}") from None
+    except TypeError as e:  # pragma: no cover - keys are checked above
+        raise NasInputError(str(e), source, "train") from None
+
+
+def train_config(config: SearchConfig, seed: int | None = None):
+    """Returns the trainer's TrainConfig for candidates (no progress bar, no checkpoints).
+
+    Args:
+        config: the search config.
+        seed: the training seed (default: the search seed).
+    """
+    from nas.train import TrainConfig
+
+    return TrainConfig(**dict(config.train), seed=config.seed if seed is None else seed,
+                       progress=False)
+
+
+def _resolve(path: str, base_dir: str | os.PathLike | None, source: str | None, field: str) -> Path:
+    from nas.space import repo_root
+
+    p = Path(path).expanduser()
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p] + \
+        ([Path(base_dir) / p] if base_dir else []) + [repo_root() / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    raise NasInputError(f"file {path!r} not found (looked in the current folder, the config's "
+                        "folder and the project root)", source, field)

@@ -1,0 +1,175 @@
+"""Readers of the raw data sources named by data specs.
+
+Each reader returns ``(x, y, test)`` where ``x`` is ``N x H x W x C`` (uint8 or float32), ``y``
+holds ``N`` integer labels and ``test`` is an optional ``(x_test, y_test)`` pair when the source
+ships its own test split (CIFAR-10). Every problem with a user's file is a
+:class:`~nas.errors.NasInputError` naming the file, what is wrong and the fix.
+
+Sources:
+    digits          scikit-learn's bundled 8x8 handwritten digits (1797 images, offline).
+    npz:PATH        arrays ``x`` (N x H x W [x C], uint8 or float) and ``y`` (N ints).
+    cifar10:DIR     the standard binary folder: data_batch_1..5.bin and test_batch.bin.
+    folder:DIR      one subfolder of images per class (class = subfolder name, sorted).
+    synthetic       random class-dependent patterns (seeded), for smoke tests.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from nas.errors import NasInputError
+
+Raw = tuple[np.ndarray, np.ndarray, "tuple[np.ndarray, np.ndarray] | None"]
+
+CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR_TEST_FILE = "test_batch.bin"
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def read_digits() -> Raw:
+    """Returns scikit-learn's bundled 8x8 digits as float32 in [0, 1], shape N x 8 x 8 x 1."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[..., None]
+    return x, d.target.astype(np.int32), None
+
+
+def read_synthetic(num_classes: int, shape: tuple[int, int, int], n: int = 1200,
+                   seed: int = 0) -> Raw:
+    """Returns a learnable synthetic set: one random template per class plus noise.
+
+    Args:
+        num_classes: number of classes.
+        shape: (H, W, C) of the images.
+        n: number of examples.
+        seed: random seed (the same seed gives the same data).
+    """
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(0, 1, (num_classes, *shape)).astype(np.float32)
+    y = rng.integers(0, num_classes, n).astype(np.int32)
+    x = 0.6 * templates[y] + 0.4 * rng.uniform(0, 1, (n, *shape)).astype(np.float32)
+    return x, y, None
+
+
+def read_npz(path: str) -> Raw:
+    """Reads ``x`` and ``y`` arrays from an .npz file (no pickled objects allowed).
+
+    Raises:
+        NasInputError: missing/unreadable file, missing arrays, wrong shapes or dtypes.
+    """
+    src = str(path)
+    if not os.path.isfile(path):
+        raise NasInputError("file not found; give an existing .npz with arrays 'x' and 'y'", src)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = set(f.files)
+            for name in ("x", "y"):
+                if name not in names:
+                    raise NasInputError(f"missing array; the file has {sorted(names)}, "
+                                        "expected 'x' (N x H x W x C images) and 'y' (N labels)",
+                                        src, name)
+            x, y = f["x"], f["y"]
+    except NasInputError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise NasInputError(f"not a readable .npz file ({type(e).__name__}: {e}); "
+                            "write it with numpy.savez", src) from None
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise NasInputError(f"shape {x.shape} is not N x H x W x C with C in (1, 3, 4)", src, "x")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise NasInputError(f"dtype {x.dtype} is not numeric; use uint8 or float", src, "x")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise NasInputError(f"expected a 1-D array of integer labels, got shape {y.shape} "
+                            f"dtype {y.dtype}", src, "y")
+    if len(x) != len(y):
+        raise NasInputError(f"{len(y)} labels for {len(x)} images; the counts must match", src, "y")
+    if x.shape[-1] == 4:
+        x = x[..., :3]
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise NasInputError("contains NaN or infinite values", src, "x")
+    return x, y.astype(np.int32), None
+
+
+def _read_cifar_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise NasInputError(f"cannot read CIFAR-10 batch ({e.strerror})", str(path)) from None
+    if raw.size == 0 or raw.size % _CIFAR_RECORD:
+        raise NasInputError(f"size {raw.size} bytes is not a multiple of {_CIFAR_RECORD} "
+                            "(1 label byte + 3072 pixel bytes); the file is truncated or not "
+                            "a CIFAR-10 binary batch", str(path))
+    rec = raw.reshape(-1, _CIFAR_RECORD)
+    y = rec[:, 0].astype(np.int32)
+    if y.max() > 9:
+        raise NasInputError(f"label {int(y.max())} out of range [0, 10); not a CIFAR-10 batch",
+                            str(path))
+    x = rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return x, y
+
+
+def read_cifar10(folder: str) -> Raw:
+    """Reads the CIFAR-10 binary version (``cifar-10-batches-bin``).
+
+    Raises:
+        NasInputError: the folder or a batch file is missing, truncated or has bad labels.
+    """
+    d = Path(folder)
+    if not d.is_dir():
+        raise NasInputError("folder not found; give the 'cifar-10-batches-bin' folder", folder)
+    missing = [f for f in (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE) if not (d / f).is_file()]
+    if missing:
+        raise NasInputError(f"missing {missing[0]}; the folder needs data_batch_1..5.bin and "
+                            "test_batch.bin", folder)
+    parts = [_read_cifar_file(d / f) for f in CIFAR_TRAIN_FILES]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    return x, y, _read_cifar_file(d / CIFAR_TEST_FILE)
+
+
+def read_folder(folder: str, hw: tuple[int, int], channels: int) -> Raw:
+    """Reads one subfolder of images per class, resizing each image to `hw` on load.
+
+    Args:
+        folder: the root folder; its sorted subfolder names are the classes 0..K-1.
+        hw: (height, width) every image is resized to.
+        channels: 1 (grayscale) or 3 (RGB).
+
+    Raises:
+        NasInputError: no class subfolders, an empty class, or an image that cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise NasInputError("folder not found; give a folder with one subfolder per class", folder)
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise NasInputError("needs at least 2 class subfolders holding images", folder)
+    xs, ys = [], []
+    mode = "L" if channels == 1 else "RGB"
+    for label, cdir in enumerate(classes):
+        files = sorted(p for p in cdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise NasInputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in class folder", str(cdir))
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert(mode).resize((hw[1], hw[0]), Image.BILINEAR)
+                    arr = np.asarray(im, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise NasInputError(f"cannot decode image ({type(e).__name__}); remove or "
+                                    "replace the file", str(f)) from None
+            xs.append(arr.reshape(hw[0], hw[1], channels))
+            ys.append(label)
+    return np.stack(xs), np.asarray(ys, np.int32), None

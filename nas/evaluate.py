@@ -1,0 +1,129 @@
+"""Evaluating one candidate: train it, measure its costs, return one JSON-able result.
+
+:class:`CandidateEvaluator` is what the search loop hands to an executor. It is a small,
+picklable description (space definition, data spec, train settings, latency table path), so Ray
+can ship it to workers; each process loads the Space, data set and latency table once and keeps
+them for later candidates.
+
+The trainer and the latency predictor can be injected (``train_fn``, ``latency_fn``) - tests
+use synthetic ones; by default they are :func:`nas.train.train_arch` and
+:meth:`nas.latency.table.LatencyTable.predict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Mapping
+
+from nas.space import Arch, Space
+
+
+@functools.lru_cache(maxsize=4)
+def _space(definition_json: str) -> Space:
+    import json
+
+    return Space.from_dict(json.loads(definition_json))
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(spec: str, definition_json: str, seed: int):
+    from nas.data import load_data
+
+    return load_data(spec, _space(definition_json), seed=seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _table(path: str, definition_json: str):
+    from nas.latency.table import LatencyTable
+
+    return LatencyTable.load(path, _space(definition_json))
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateEvaluator:
+    """Trains and measures one Arch.
+
+    Attributes:
+        space_json: the space definition as JSON text (``json.dumps(space.to_dict())``).
+        data: the data spec ('digits', 'npz:PATH', ...).
+        train: TrainConfig fields (epochs, batch_size, ...).
+        seed: data split and training seed.
+        latency_table: absolute path of a latency table, or None.
+        train_fn: injected trainer ``(space, arch, report) -> {val_accuracy, test_accuracy, ...}``
+            (None = the real trainer).
+        latency_fn: injected predictor ``(space, arch) -> ms`` (None = the table, if any).
+    """
+
+    space_json: str
+    data: str = "digits"
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    latency_table: str | None = None
+    train_fn: Callable[..., Mapping[str, Any]] | None = None
+    latency_fn: Callable[[Space, Arch], float] | None = None
+
+    @classmethod
+    def for_space(cls, space: Space, **kwargs) -> "CandidateEvaluator":
+        """Returns an evaluator for a Space object (other fields as keyword arguments)."""
+        import json
+
+        return cls(json.dumps(space.to_dict(), sort_keys=True), **kwargs)
+
+    def costs(self, arch: Mapping[str, Any]) -> dict[str, Any]:
+        """Returns the Arch's cost metrics (params, MACs, ..., latency_ms when a table is set)."""
+        from nas.metrics import arch_metrics
+
+        space = _space(self.space_json)
+        m = arch_metrics(space, arch)
+        out = {k: m[k] for k in ("params", "macs", "bops", "size_bytes", "energy_mj",
+                                 "peak_activation_bytes") if k in m}
+        if self.latency_fn is not None:
+            out["latency_ms"] = float(self.latency_fn(space, arch))
+        elif self.latency_table:
+            out["latency_ms"] = float(_table(self.latency_table, self.space_json).predict(arch))
+        return out
+
+    def __call__(self, arch: Mapping[str, Any], report: Callable[[dict], None] | None = None) -> dict:
+        """Trains and measures one Arch.
+
+        Args:
+            arch: the candidate.
+            report: optional per-epoch callback (gets {'epoch', 'val_accuracy', costs...}).
+
+        Returns:
+            {'accuracy' (= val_accuracy, what the search optimizes), 'val_accuracy',
+            'test_accuracy', 'train_seconds', cost metrics, 'latency_ms' if known}.
+        """
+        space = _space(self.space_json)
+        arch = space.validate(arch)
+        costs = self.costs(arch)
+        start = time.perf_counter()
+        if self.train_fn is not None:
+            trained = dict(self.train_fn(space, arch, report))
+        else:
+            trained = self._train(space, arch, costs, report)
+        result = dict(costs)
+        result["val_accuracy"] = float(trained["val_accuracy"])
+        result["test_accuracy"] = (None if trained.get("test_accuracy") is None
+                                   else float(trained["test_accuracy"]))
+        result["accuracy"] = result["val_accuracy"]
+        result["train_seconds"] = float(trained.get("train_seconds", time.perf_counter() - start))
+        return result
+
+    def _train(self, space: Space, arch: Arch, costs: Mapping[str, Any],
+               report: Callable[[dict], None] | None) -> dict:
+        from nas.train import TrainConfig, train_arch
+
+        data = _dataset(self.data, self.space_json, self.seed)
+        config = TrainConfig(**dict(self.train), seed=self.seed, progress=False)
+
+        def on_epoch_end(epoch: int, record: dict) -> None:
+            if report is not None and record.get("val_accuracy") is not None:
+                report({**costs, "epoch": int(epoch),
+                        "val_accuracy": float(record["val_accuracy"]),
+                        "accuracy": float(record["val_accuracy"])})
+
+        result = train_arch(space, arch, data, config, on_epoch_end=on_epoch_end)
+        return {k: result.get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds")}

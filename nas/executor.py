@@ -1,0 +1,277 @@
+"""Executors: run one function over many candidates, locally or as Ray Tune trials.
+
+Both executors have the same ``map(fn, items) -> list[Outcome]`` (results in item order):
+
+* :class:`LocalExecutor` calls ``fn`` in this process, one item after the other.
+* :class:`RayExecutor` runs each item as a Ray Tune trial (``tune.Tuner`` over a grid of item
+  indices, ``tune.with_resources`` CPUs per trial, ``max_concurrent_trials`` workers). A trial
+  whose *worker dies* (process killed, node lost) is restarted by ``FailureConfig(max_failures=
+  retries)``; a trial whose function *raises* is not retried (a bad candidate fails the same way
+  again) and comes back with status 'error'. Optional ASHA early stopping needs ``fn`` to report
+  per-epoch metrics through the ``report`` callable it receives.
+
+``fn(item, report)``: ``report`` is None locally and a callable(dict) under Ray (per-epoch
+metrics; ASHA reads 'val_accuracy'). ``fn`` must return a JSON-able dict.
+
+Each trial runs JAX with one XLA thread (``XLA_FLAGS``) so concurrent trials do not fight over
+cores. Ray is started with the dashboard off, usage stats off, auth disabled, bound to loopback,
+with a short temp dir under /tmp; or joins an existing cluster given its address.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from typing import Any, Callable, Sequence
+
+ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of one item.
+
+    Attributes:
+        status: 'ok', 'error' (fn raised), 'failed' (its worker died and retries ran out) or
+            'stopped' (early-stopped by ASHA; value holds the last reported metrics).
+        value: fn's return value (or the last reported metrics when stopped), else None.
+        error: one-line error text when not ok.
+        seconds: wall time of the successful (or last) attempt.
+        attempts: how many times the item was started.
+    """
+
+    status: str
+    value: dict | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    attempts: int = 1
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return text[:500]
+
+
+class LocalExecutor:
+    """Runs items one after the other in this process."""
+
+    workers = 1
+
+    def map(self, fn: Callable[..., dict], items: Sequence[Any],
+            on_result: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+        """Calls ``fn(item, None)`` for each item; an exception becomes an 'error' Outcome.
+
+        Args:
+            fn: the function (returns a JSON-able dict).
+            items: the inputs.
+            on_result: called with (index, Outcome) as soon as each item is done.
+
+        Returns:
+            One Outcome per item, in order.
+        """
+        out = []
+        for index, item in enumerate(items):
+            start = time.perf_counter()
+            try:
+                outcome = Outcome("ok", fn(item, None), seconds=time.perf_counter() - start)
+            except Exception as e:  # noqa: BLE001 - a failing candidate must not stop the search
+                outcome = Outcome("error", None, _error_text(e), time.perf_counter() - start)
+            out.append(outcome)
+            if on_result is not None:
+                on_result(index, outcome)
+        return out
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _trial(config: dict, fn: Callable[..., dict], items: Sequence[Any]) -> None:
+    """The Ray Tune trainable: runs fn on one item and reports its outcome."""
+    os.environ["XLA_FLAGS"] = ONE_THREAD_XLA  # before this worker first uses JAX
+    from ray import tune
+
+    item = items[config["index"]]
+    start = time.perf_counter()
+    last = {"epoch": 0, "val_accuracy": 0.0}  # every report carries the scheduler's fields
+
+    def report(metrics: dict) -> None:
+        last.update(_scalars(metrics))
+        tune.report({"status": "running", "value_json": json.dumps(metrics), **last})
+
+    try:
+        value = fn(item, report)
+    except Exception as e:  # noqa: BLE001 - reported as the candidate's error
+        traceback.print_exc()
+        tune.report({"status": "error", "error": _error_text(e), **last,
+                     "seconds": time.perf_counter() - start, "done": True})
+        return
+    tune.report({"status": "ok", "value_json": json.dumps(value), **{**last, **_scalars(value)},
+                 "seconds": time.perf_counter() - start, "done": True})
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k in ("val_accuracy", "epoch")}
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Starts (or joins) Ray unless this process is already connected.
+
+    Args:
+        address: 'auto' or HOST:PORT of an existing cluster; None starts a local one.
+        num_cpus: CPUs of a locally started Ray (default: all).
+
+    Returns:
+        True when this call connected (so the caller should shut Ray down when done).
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"XLA_FLAGS": ONE_THREAD_XLA, "RAY_AUTH_MODE": "disabled",
+                        "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}}
+    common = dict(runtime_env=env, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"), **common)
+    return True
+
+
+class RayExecutor:
+    """Runs items as Ray Tune trials.
+
+    Args:
+        address: cluster address ('auto' or HOST:PORT); None starts Ray locally.
+        workers: trials running at the same time.
+        cpus_per_trial: CPUs reserved per trial.
+        retries: restarts of a trial whose worker died.
+        early_stopping: (grace_epochs, max_epochs) for ASHA on 'val_accuracy', or None.
+        num_cpus: CPUs of a locally started Ray (default: workers * cpus_per_trial).
+        reuse_actors: run later trials in the same worker processes (saves the JAX import and
+            data loading per candidate; a worker that dies is replaced).
+    """
+
+    def __init__(self, address: str | None = None, workers: int = 1, cpus_per_trial: float = 1.0,
+                 retries: int = 2, early_stopping: tuple[int, int] | None = None,
+                 num_cpus: int | None = None, reuse_actors: bool = True):
+        self.reuse_actors = bool(reuse_actors)
+        self.workers = int(workers)
+        self.cpus_per_trial = float(cpus_per_trial)
+        self.retries = int(retries)
+        self.early_stopping = early_stopping
+        cpus = num_cpus or max(1, int(round(self.workers * self.cpus_per_trial)))
+        self._owns_ray = start_ray(address, None if address else cpus)
+        self._storage = tempfile.mkdtemp(prefix="nas-tune-")
+
+    def map(self, fn: Callable[..., dict], items: Sequence[Any],
+            on_result: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+        """Runs ``fn(item, report)`` for every item as a trial.
+
+        Args:
+            fn: a picklable function returning a JSON-able dict.
+            items: the inputs (picklable).
+            on_result: called with (index, Outcome) for each item, in item order, once the
+                batch's trials have all finished (a driver crash loses at most this batch).
+
+        Returns:
+            One Outcome per item, in order; worker deaths beyond the retries are 'failed'.
+        """
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter obeys verbose=0
+        from ray import tune
+
+        if not items:
+            return []
+        recoveries = _recovery_counter()
+        scheduler = None
+        if self.early_stopping:
+            from ray.tune.schedulers import ASHAScheduler
+
+            grace, max_t = self.early_stopping
+            scheduler = ASHAScheduler(metric="val_accuracy", mode="max", time_attr="epoch",
+                                      grace_period=grace, max_t=max_t + 1, reduction_factor=2)
+            # max_t + 1: a candidate that trains all its epochs ends with its own final report
+        trainable = tune.with_resources(tune.with_parameters(_trial, fn=fn, items=list(items)),
+                                        {"cpu": self.cpus_per_trial})
+        name = f"map-{time.strftime('%H%M%S')}-{os.getpid()}"
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"index": tune.grid_search(list(range(len(items))))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=self.workers, scheduler=scheduler,
+                                        reuse_actors=self.reuse_actors),
+            run_config=tune.RunConfig(
+                name=name, storage_path=self._storage, verbose=0, callbacks=[recoveries],
+                failure_config=tune.FailureConfig(max_failures=self.retries)))
+        results = tuner.fit()
+        outcomes: list[Outcome | None] = [None] * len(items)
+        for result in results:
+            index = int(result.config["index"])
+            outcomes[index] = _outcome(result, 1 + recoveries.count.get(index, 0))
+        shutil.rmtree(os.path.join(self._storage, name), ignore_errors=True)
+        outcomes = [o or Outcome("failed", error="trial produced no result") for o in outcomes]
+        if on_result is not None:
+            for index, outcome in enumerate(outcomes):
+                on_result(index, outcome)
+        return outcomes
+
+    def close(self) -> None:
+        """Shuts Ray down if this executor started it; removes Tune's scratch folder."""
+        shutil.rmtree(self._storage, ignore_errors=True)
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
+
+
+def _outcome(result: Any, attempts: int) -> Outcome:
+    metrics = result.metrics or {}
+    status = metrics.get("status")
+    seconds = float(metrics.get("seconds") or metrics.get("time_total_s") or 0.0)
+    if result.error is not None and status not in ("ok", "error"):
+        return Outcome("failed", None, _error_text(result.error), seconds, attempts)
+    if status == "ok":
+        return Outcome("ok", json.loads(metrics["value_json"]), None, seconds, attempts)
+    if status == "error":
+        return Outcome("error", None, metrics.get("error"), seconds, attempts)
+    if status == "running" and "value_json" in metrics:  # stopped by the scheduler
+        return Outcome("stopped", json.loads(metrics["value_json"]), "stopped early by ASHA",
+                       seconds, attempts)
+    return Outcome("failed", None, "trial ended without a result", seconds, attempts)
+
+
+def _recovery_counter():
+    """Returns a Tune callback counting, per item index, restarts after a worker died."""
+    from ray.tune import Callback
+
+    class RecoveryCounter(Callback):
+        def __init__(self):
+            self.count: dict[int, int] = {}
+
+        def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: D401 - Tune hook
+            index = int(trial.config["index"])
+            self.count[index] = self.count.get(index, 0) + 1
+
+    return RecoveryCounter()
+
+
+def make_executor(kind: str = "local", address: str | None = None, workers: int = 1,
+                  cpus_per_trial: float = 1.0, retries: int = 2,
+                  early_stopping: tuple[int, int] | None = None):
+    """Returns a LocalExecutor or RayExecutor from config values.
+
+    Args:
+        kind: 'local' or 'ray'.
+        address, workers, cpus_per_trial, retries, early_stopping: see :class:`RayExecutor`.
+    """
+    if kind == "local":
+        return LocalExecutor()
+    return RayExecutor(address, workers, cpus_per_trial, retries, early_stopping)

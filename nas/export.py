@@ -1,0 +1,328 @@
+"""Export a trained Arch: a standalone model in several formats, each loaded back and checked.
+
+Formats (files under the output folder):
+
+- ``json``: ``arch.json``, the Arch file (space + arch + meta with the export's metrics).
+- ``packed``: ``model.npk``, the standalone model: only the chosen network's tensors, quantized
+  kernels as bit-packed integers plus per-channel scales, BatchNorm folded (:mod:`nas.export_pack`).
+- ``orbax``: ``orbax/``, the float variables {"params", "batch_stats"} as an orbax checkpoint.
+- ``stablehlo``: ``model.stablehlo``, ``jax.export`` serialized inference function (weights as
+  constants, int8 kernels dequantized in the graph, symbolic batch) (:mod:`nas.export_hlo`).
+- ``onnx``: ``model.onnx``, BatchNorm folded, calibrated int8 QDQ for layers with both bit-widths
+  <= 8 (optionally int8-stored weights for weight-only quantized layers) (:mod:`nas.export_onnx`).
+
+Every written format is loaded back from its file and run on check images; its logits are
+compared (``max_abs_diff``, top-1 ``agreement``, and test accuracy when labels are given) with
+the JAX model run on the standalone (packed) weights, which is itself compared with the trained
+model (check ``standalone``). Packed and orbax run the same JAX function on the same values and
+must agree within :data:`FLOAT_RTOL` of the logit scale. So must StableHLO and ONNX for networks
+without quantized activations. With quantized activations, any change of float rounding (folded
+BatchNorm, weights dequantized in the compiled graph, int8 kernels quantizing at other points
+with calibrated ranges) can move an activation across a quantization step, so the standalone
+model, StableHLO and ONNX must agree within :data:`QUANT_RTOL` and with top-1 agreement
+>= :data:`QUANT_AGREEMENT`.
+The ONNX model's batch-1 latency is measured with onnxruntime (one thread, one core) and set
+beside the latency table's prediction. ``export.json`` holds all of it.
+
+Example:
+    >>> report = export_model(archfile, variables, "runs/x/export", check=(x_test, y_test))
+    >>> report["files"]["onnx"]["bytes"], report["checks"]["onnx"]["ok"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from nas.archfile import ArchFile
+from nas.errors import NasInputError
+
+FORMATS = ("json", "packed", "orbax", "stablehlo", "onnx")
+DEFAULT_FORMATS = FORMATS
+FLOAT_RTOL = 1e-3
+QUANT_RTOL = 0.25
+QUANT_AGREEMENT = 0.95
+REPORT_FILE = "export.json"
+_APPLY: dict[int, Any] = {}  # the compiled apply of the model being exported
+FILE_NAMES = {"json": "arch.json", "packed": "model.npk", "orbax": "orbax",
+              "stablehlo": "model.stablehlo", "onnx": "model.onnx"}
+
+
+def parse_formats(text: str | Sequence[str]) -> list[str]:
+    """Parses 'json,orbax,...' (or a list); 'all' means every format.
+
+    Raises:
+        NasInputError: an unknown format.
+    """
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if items == ["all"]:
+        return list(FORMATS)
+    for f in items:
+        if f not in FORMATS:
+            raise NasInputError(f"unknown export format {f!r}; choose from {', '.join(FORMATS)} "
+                                "or 'all'", field="format")
+    if not items:
+        raise NasInputError("no export format given", field="format")
+    return list(dict.fromkeys(items))
+
+
+@dataclasses.dataclass
+class ExportOptions:
+    """Settings of an export.
+
+    Attributes:
+        formats: formats to write (see :data:`FORMATS`).
+        calibration: images used to calibrate int8 activation ranges of the ONNX model.
+        measure_latency: measure the ONNX model's latency with onnxruntime.
+        latency_table: path of a latency table to predict the latency from (None: no prediction).
+        onnx_weight_only_int8: store weight-only quantized layers' ONNX weights as int8 (smaller
+            file, slower onnxruntime inference; see :mod:`nas.export_onnx`).
+    """
+
+    formats: Sequence[str] = DEFAULT_FORMATS
+    calibration: np.ndarray | None = None
+    measure_latency: bool = True
+    latency_table: str | None = None
+    onnx_weight_only_int8: bool = False
+
+
+def _layer_names(space: Any) -> tuple[str, ...]:
+    return ("stem",) + tuple(slot.prefix for slot in space.slots) + ("head",)
+
+
+def has_quantized_activations(specs: Sequence[Any]) -> bool:
+    """Whether any layer quantizes its activations (the ONNX path then compares within QUANT_RTOL)."""
+    return any(s.bits_a < 32 for s in specs if s.op != "skip")
+
+
+def compare_logits(ref: np.ndarray, got: np.ndarray, quantized: bool,
+                   labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Compares logits of an export with the JAX model's.
+
+    Args:
+        ref: JAX logits [N, K].
+        got: the export's logits [N, K].
+        quantized: judge within the quantization tolerance instead of the float one.
+        labels: optional labels [N] to report accuracies.
+
+    Returns:
+        {"max_abs_diff", "scale", "agreement", "ok", "tolerance", accuracies if labels}.
+    """
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    scale = float(max(1.0, np.max(np.abs(ref))))
+    diff = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+    agreement = float(np.mean(ref.argmax(-1) == got.argmax(-1))) if ref.size else 1.0
+    if quantized:
+        ok = diff <= QUANT_RTOL * scale and agreement >= QUANT_AGREEMENT
+        tol = f"max_abs_diff <= {QUANT_RTOL} x {scale:.3g} and agreement >= {QUANT_AGREEMENT}"
+    else:
+        ok = diff <= FLOAT_RTOL * scale
+        tol = f"max_abs_diff <= {FLOAT_RTOL} x {scale:.3g}"
+    out = {"max_abs_diff": diff, "scale": scale, "agreement": agreement, "ok": bool(ok),
+           "tolerance": tol}
+    if labels is not None:
+        out["accuracy"] = float(np.mean(got.argmax(-1) == labels))
+        out["reference_accuracy"] = float(np.mean(ref.argmax(-1) == labels))
+    return out
+
+
+def _jax_logits(model: Any, variables: Mapping[str, Any], x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Logits of `model` on `x` (one compiled function per model, whatever the variables)."""
+    import jax
+
+    apply = _APPLY.get(id(model))
+    if apply is None or apply[0] is not model:
+        apply = (model, jax.jit(lambda v, xb: model.apply(v, xb, train=False)))
+        _APPLY.clear()
+        _APPLY[id(model)] = apply
+    variables = jax.tree.map(lambda a: np.asarray(a, np.float32), dict(variables))
+    outs = [np.asarray(apply[1](variables, x[i:i + batch])) for i in range(0, len(x), batch)]
+    return np.concatenate(outs) if outs else np.zeros((0, 0))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _dir_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _save_orbax(path: Path, variables: Mapping[str, Any]) -> None:
+    import orbax.checkpoint as ocp
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp.absolute(), dict(variables))
+        ckptr.wait_until_finished()
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def load_orbax(path: str | os.PathLike, target: Mapping[str, Any]) -> dict[str, Any]:
+    """Restores exported orbax variables with the structure of `target`."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(Path(path).absolute(), dict(target))
+
+
+def preprocess_meta(data: Any) -> dict:
+    """Returns the input standardization an exported model expects: layout, per-channel mean, std.
+
+    Args:
+        data: the :class:`nas.data.Dataset` the model was trained on.
+    """
+    mean = None if data.mean is None else np.asarray(data.mean).ravel().tolist()
+    std = None if data.std is None else np.asarray(data.std).ravel().tolist()
+    return {"layout": "NHWC", "mean": mean, "std": std}
+
+
+def fp32_counterpart_bytes(specs: Sequence[Any], names: Sequence[str]) -> int:
+    """Returns the packed size of the uncompressed counterpart of a network.
+
+    The counterpart has the same layers with every weight and activation at 32 bits, no pruning
+    (width 1) and no factorization (rank None): what the network would be without its
+    compression knobs.
+    """
+    import jax
+
+    from nas.export_pack import pack_variables, packed_nbytes
+    from nas.model import Network, init_variables
+
+    full = [dataclasses.replace(s, bits_w=32, bits_a=32, width=1.0, rank=None) for s in specs]
+    model = Network(specs=tuple(full), names=tuple(names))
+    variables = init_variables(model, jax.random.PRNGKey(0), (1, *full[0].in_hw, full[0].cin))
+    return packed_nbytes(pack_variables(full, names, variables))
+
+
+def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os.PathLike,
+                 options: ExportOptions | None = None,
+                 check: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Exports a trained Arch in the requested formats and checks every file.
+
+    Args:
+        archfile: the Arch (and its space).
+        variables: the trained {"params", "batch_stats"}.
+        out: output folder (created; files are replaced atomically).
+        options: formats, calibration images, latency settings.
+        check: (images [N, H, W, C], labels [N] or None) to compare outputs on (default: 16
+            random images).
+        meta: extra metadata stored in arch.json and export.json.
+
+    Returns:
+        The export report (also written to ``out/export.json``): files (path, bytes), checks,
+        sizes, latency.
+    """
+    from nas.export_onnx import export_onnx, run_onnx
+    from nas.export_pack import load_packed, pack_variables, save_packed, unpack_variables
+    from nas.model import build_model
+
+    options = options or ExportOptions()
+    formats = parse_formats(options.formats)
+    space, arch = archfile.space, archfile.arch
+    specs = space.block_specs(arch)
+    names = _layer_names(space)
+    model = build_model(space, arch)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if check is None:
+        rng = np.random.default_rng(0)
+        check = (rng.random((16, *space.resolution, space.in_channels), np.float32), None)
+    x, y = np.asarray(check[0], np.float32), check[1]
+    ref = _jax_logits(model, variables, x)
+    quantized = has_quantized_activations(specs)
+    report: dict[str, Any] = {"arch_id": space.arch_id(arch), "space": space.name,
+                              "formats": formats, "files": {}, "checks": {}, "meta": dict(meta or {})}
+    if y is not None:
+        report["jax_accuracy"] = float(np.mean(ref.argmax(-1) == y))
+
+    packed = pack_variables(specs, names, variables)
+    float_vars = unpack_variables(packed)
+    # The standalone model: what every file below holds. Folding BatchNorm changes float
+    # rounding, which can move an activation across a quantization step: with quantized
+    # activations it matches the trained model within the quantization tolerance only.
+    standalone = _jax_logits(model, float_vars, x)
+    report["checks"]["standalone"] = compare_logits(ref, standalone, quantized, y)
+
+    def record(fmt: str) -> Path:
+        path = out / FILE_NAMES[fmt]
+        report["files"][fmt] = {"path": str(path), "bytes": _dir_bytes(path)}
+        return path
+
+    if "packed" in formats:
+        save_packed(packed, out / FILE_NAMES["packed"], {"arch_id": report["arch_id"]})
+        back = unpack_variables(load_packed(record("packed")))
+        report["checks"]["packed"] = compare_logits(standalone, _jax_logits(model, back, x), False, y)
+    if "orbax" in formats:
+        _save_orbax(out / FILE_NAMES["orbax"], float_vars)
+        back = load_orbax(record("orbax"), float_vars)
+        report["checks"]["orbax"] = compare_logits(standalone, _jax_logits(model, back, x), False, y)
+    if "stablehlo" in formats:
+        from nas.export_hlo import export_stablehlo, run_stablehlo
+
+        _write_bytes(out / FILE_NAMES["stablehlo"],
+                     export_stablehlo(model, packed, (*space.resolution, space.in_channels)))
+        blob = record("stablehlo").read_bytes()
+        report["checks"]["stablehlo"] = compare_logits(standalone, run_stablehlo(blob, x), quantized, y)
+    if "onnx" in formats:
+        onnx_model, info = export_onnx(specs, names, float_vars, calibration=options.calibration,
+                                       weight_only_int8=options.onnx_weight_only_int8)
+        _write_bytes(out / FILE_NAMES["onnx"], onnx_model.SerializeToString())
+        blob = record("onnx").read_bytes()
+        report["onnx"] = info
+        report["checks"]["onnx"] = compare_logits(standalone, run_onnx(blob, x), quantized, y)
+        report["latency"] = _latency(onnx_model, space, arch, options)
+    report["sizes"] = {"packed_bytes": _packed_file_bytes(out, packed, report),
+                       "fp32_counterpart_bytes": fp32_counterpart_bytes(specs, names)}
+    report["sizes"]["ratio"] = report["sizes"]["packed_bytes"] / report["sizes"]["fp32_counterpart_bytes"]
+    report["ok"] = all(c["ok"] for c in report["checks"].values())
+    if "json" in formats:
+        summary = {"export": {k: report[k] for k in ("checks", "sizes") if k in report}}
+        if "latency" in report:
+            summary["export"]["latency"] = report["latency"]
+        ArchFile(space, arch, {**archfile.meta, **(meta or {}), **summary}).save(out / FILE_NAMES["json"])
+        record("json")
+    tmp = out / (REPORT_FILE + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, out / REPORT_FILE)
+    return report
+
+
+def _packed_file_bytes(out: Path, packed: Mapping[str, Any], report: Mapping[str, Any]) -> int:
+    from nas.export_pack import packed_nbytes
+
+    if "packed" in report["files"]:
+        return int(report["files"]["packed"]["bytes"])
+    return packed_nbytes(packed)
+
+
+def _latency(onnx_model: Any, space: Any, arch: Mapping[str, Any], options: ExportOptions) -> dict:
+    from nas.export_onnx import measure_latency_ms
+
+    out: dict[str, Any] = {"backend": "onnxruntime", "batch": 1, "threads": 1}
+    if options.measure_latency:
+        out["measured"] = measure_latency_ms(onnx_model, (*space.resolution, space.in_channels))
+        out["measured_ms"] = out["measured"]["median_ms"]
+    if options.latency_table:
+        from nas.latency.table import LatencyTable
+
+        table = LatencyTable.load(options.latency_table, space)
+        out["predicted_ms"] = float(table.predict(arch))
+        out["table"] = str(options.latency_table)
+        out["table_backend"] = table.backend
+        if out.get("measured_ms"):
+            out["error_pct"] = 100.0 * (out["predicted_ms"] - out["measured_ms"]) / out["measured_ms"]
+    return out

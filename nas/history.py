@@ -1,0 +1,140 @@
+"""``history.jsonl``: the append-only record of a search, one JSON object per evaluated candidate.
+
+Each line is written whole and fsync'd before the search moves on, so a crash loses at most the
+candidate being written. A torn last line (the process died mid-write) is dropped on load, and the
+file is rewritten without it atomically (temporary file + os.replace); a malformed line anywhere
+else is an input error naming the line, since silently skipping it would lose a result.
+
+Record fields (see :func:`make_record`): n, arch_id, arch, status ('ok' | 'error' | 'failed'),
+accuracy, val_accuracy, test_accuracy, latency_ms, reward, cost {params, macs, ...}, seconds,
+attempts, error, time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from nas.errors import NasInputError
+
+STATUSES = ("ok", "error", "failed", "stopped")
+_REQUIRED = ("arch_id", "arch", "status")
+
+
+def make_record(n: int, arch_id: str, arch: Mapping[str, Any], status: str,
+                result: Mapping[str, Any] | None = None, reward: float | None = None,
+                seconds: float | None = None, attempts: int = 1, error: str | None = None) -> dict:
+    """Returns one history record.
+
+    Args:
+        n: the candidate's position in the search (0-based, in evaluation order).
+        arch_id: Space.arch_id of the Arch.
+        arch: the canonical Arch.
+        status: 'ok' (evaluated), 'error' (the evaluation raised: a bad candidate), 'failed'
+            (the worker died and retries were exhausted), 'stopped' (ASHA stopped it early; accuracy
+            is the last reported validation accuracy).
+        result: the evaluation result (accuracy, val_accuracy, test_accuracy, latency_ms and cost
+            metrics); missing keys are recorded as null.
+        reward: the objective's reward, None when not ok.
+        seconds: wall time of the evaluation.
+        attempts: how many times it was started (retries + 1).
+        error: the error text, None when ok.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}")
+    result = dict(result or {})
+    cost_keys = ("params", "macs", "bops", "size_bytes", "energy_mj", "peak_activation_bytes")
+    return {
+        "n": int(n), "arch_id": arch_id, "arch": dict(arch), "status": status,
+        "accuracy": result.get("accuracy"), "val_accuracy": result.get("val_accuracy"),
+        "test_accuracy": result.get("test_accuracy"), "latency_ms": result.get("latency_ms"),
+        "reward": reward,
+        "cost": {k: result[k] for k in cost_keys if result.get(k) is not None},
+        "seconds": None if seconds is None else round(float(seconds), 3),
+        "attempts": int(attempts), "error": error,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _parse(line: str) -> dict | None:
+    """Returns the record on one line, or None when the line is not a valid record."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or any(k not in record for k in _REQUIRED):
+        return None
+    return record
+
+
+class History:
+    """An append-only JSONL file of candidate records.
+
+    Args:
+        path: the history.jsonl file (created on first append).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def load(self) -> list[dict]:
+        """Reads every record, repairing a torn last line.
+
+        Returns:
+            The records in file order (empty when the file does not exist).
+
+        Raises:
+            NasInputError: a line other than the last is not a valid record.
+        """
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        body, tail = lines[:-1], lines[-1]  # tail is "" when the file ends with a newline
+        records = []
+        for i, line in enumerate(body, start=1):
+            if line.strip():
+                record = _parse(line)
+                if record is None:
+                    raise NasInputError(f"line {i} is not a history record (fix or delete that line)",
+                                        str(self.path))
+                records.append(record)
+        if tail.strip():
+            record = _parse(tail)
+            if record is None:
+                sys.stderr.write(f"nas: warning: {self.path}: dropped an incomplete last line "
+                                 "(interrupted write)\n")
+            else:
+                records.append(record)
+            self._rewrite(records)
+        return records
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.load())
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Appends one record as a line and fsyncs it.
+
+        Args:
+            record: a JSON-able mapping (see :func:`make_record`).
+        """
+        line = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        if "\n" in line:  # pragma: no cover - json.dumps never emits raw newlines
+            raise ValueError("record serializes to several lines")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _rewrite(self, records: list[dict]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)

@@ -1,0 +1,79 @@
+"""The onnxruntime backend: each layer exported to ONNX (:mod:`nas.latency.onnx_blocks`) and run
+on the CPU execution provider with one intra-op and one inter-op thread. Layers whose weights and
+activations are both <= 8 bits are exported in QDQ format, so onnxruntime runs int8 kernels.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from nas.latency.onnx_blocks import block_to_onnx, network_to_onnx
+from nas.latency.precision import RULES, runs_int8
+from nas.spec import BlockSpec
+
+NAME = "onnxruntime"
+RULE = RULES[NAME]
+PROVIDER = "CPUExecutionProvider"
+
+
+def info() -> dict:
+    """Returns the runtime's versions and device."""
+    import onnx
+    import onnxruntime as ort
+
+    return {"versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__},
+            "device": f"cpu ({PROVIDER})"}
+
+
+def session(model_bytes: bytes, threads: int = 1, optimized_path: str | None = None):
+    """Returns an InferenceSession with all graph optimizations and `threads` threads.
+
+    Args:
+        model_bytes: the serialized ONNX model.
+        threads: intra-op threads (0 = onnxruntime's default).
+        optimized_path: where to write the optimized graph (to inspect which kernels run).
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1 if threads else 0
+    so.log_severity_level = 3
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model_bytes, so, providers=[PROVIDER])
+
+
+def _runner(model_bytes: bytes, in_shape: Sequence[int], threads: int) -> tuple[Callable, float]:
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    sess = session(model_bytes, threads)
+    x = np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input("input", ort.OrtValue.ortvalue_from_numpy(x))
+    binding.bind_output(sess.get_outputs()[0].name, "cpu")
+
+    def call() -> None:
+        sess.run_with_iobinding(binding)
+
+    call()
+    return call, time.perf_counter() - t0
+
+
+def block_runner(spec: BlockSpec, batch: int, threads: int = 1) -> tuple[Callable, float]:
+    """Returns (call, prepare_seconds) running one layer at its effective precision."""
+    model = block_to_onnx(spec, runs_int8(spec), batch)
+    return _runner(model.SerializeToString(), [batch, spec.cin, *spec.in_hw], threads)
+
+
+def network_runner(specs: Sequence[BlockSpec], batch: int, threads: int = 1) -> tuple[Callable, float]:
+    """Returns (call, prepare_seconds) running a whole network (NCHW input, like its layers)."""
+    model = network_to_onnx(list(specs), batch=batch)
+    first = specs[0]
+    return _runner(model.SerializeToString(), [batch, first.cin, *first.in_hw], threads)

@@ -1,0 +1,234 @@
+"""Reports of a pipeline workdir: terminal table, Pareto plots, TensorBoard logs, report.md.
+
+Everything is read back from the workdir's files (search/history.jsonl, the stage markers,
+export/export.json), so a report can be rebuilt at any time, also of a partial run.
+
+Example:
+    >>> info = write_report("runs/smoke")
+    >>> print(info["table"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from nas.pareto import plot_front
+
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+TB_DIR = "tb"
+
+
+def stage_result(workdir: Path, stage: str) -> dict | None:
+    from nas.pipeline import read_marker
+
+    return read_marker(workdir, stage)
+
+
+def load_history(workdir: Path) -> list[dict]:
+    """Returns the search's history records (empty if there is none)."""
+    from nas.history import History
+
+    path = workdir / "search" / "history.jsonl"
+    return History(path).load() if path.exists() else []
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        return format(value, spec)
+    return str(value)
+
+
+def candidates_table(history: Sequence[Mapping], retrain: Mapping | None, limit: int = 10) -> str:
+    """Returns a plain-text table of the best candidates (search and retrain results)."""
+    retrained = {r["arch_id"]: r for r in (retrain or {}).get("candidates", [])}
+    winner = (retrain or {}).get("winner")
+    ok = sorted((r for r in history if r.get("reward") is not None),
+                key=lambda r: r["reward"], reverse=True)[:limit]
+    if not history:  # one-shot search: the retrained candidates are all there is
+        ok = sorted((r for r in retrained.values() if r.get("reward") is not None),
+                    key=lambda r: r["reward"], reverse=True)[:limit]
+    header = (f"{'':1} {'arch_id':<14} {'reward':>7} {'search acc':>10} {'latency ms':>10} "
+              f"{'params':>8} {'size B':>8} {'retrain val':>11} {'retrain test':>12}")
+    lines = [header, "-" * len(header)]
+    for r in ok:
+        rt = retrained.get(r["arch_id"], {})
+        cost = r.get("cost") or {}
+        mark = "*" if r["arch_id"] == winner else ""
+        lines.append(f"{mark:1} {r['arch_id'][:14]:<14} {_fmt(r['reward']):>7} "
+                     f"{_fmt(r.get('accuracy')):>10} {_fmt(r.get('latency_ms'), '.3f'):>10} "
+                     f"{_fmt(cost.get('params'), 'd'):>8} {_fmt(cost.get('size_bytes'), 'd'):>8} "
+                     f"{_fmt(rt.get('val_accuracy')):>11} {_fmt(rt.get('test_accuracy')):>12}")
+    failed = sum(1 for r in history if r.get("status") != "ok")
+    if history or not retrained:
+        lines.append(f"{len(history)} candidates evaluated ({failed} not ok); * = winner")
+    else:
+        lines.append(f"{len(retrained)} retrained candidates of a one-shot search; * = winner")
+    return "\n".join(lines)
+
+
+def _points(history: Sequence[Mapping], cost_key: str) -> list[tuple[float, float]]:
+    pts = []
+    for r in history:
+        cost = r.get("latency_ms") if cost_key == "latency_ms" else (r.get("cost") or {}).get(cost_key)
+        if r.get("status") == "ok" and cost is not None and r.get("accuracy") is not None:
+            pts.append((float(cost), float(r["accuracy"])))
+    return pts
+
+
+def write_plots(workdir: Path, history: Sequence[Mapping], retrain: Mapping | None) -> list[str]:
+    """Writes the Pareto PNGs (accuracy vs latency, or MACs without a table; accuracy vs size)."""
+    plots = []
+    cands = [c for c in (retrain or {}).get("candidates", []) if c.get("status") == "ok"]
+    has_latency = any(r.get("latency_ms") is not None for r in list(history) + cands)
+    axes = [("latency_ms", "predicted latency (ms)", "accuracy_vs_latency.png")] if has_latency \
+        else [("macs", "MACs", "accuracy_vs_macs.png")]
+    axes.append(("size_bytes", "model size (bytes)", "accuracy_vs_size.png"))
+    winner = next((c for c in cands if c["arch_id"] == (retrain or {}).get("winner")), None)
+    for key, label, name in axes:
+        series = {"searched (validation accuracy)": _points(history, key)}
+        rpts = []
+        for c in cands:
+            cost = c.get("latency_ms") if key == "latency_ms" else (c.get("cost") or {}).get(key)
+            if cost is not None:
+                rpts.append((float(cost), float(c["val_accuracy"])))
+        if series["searched (validation accuracy)"]:
+            series["retrained (validation accuracy)"] = rpts
+        else:  # a one-shot search evaluates no candidate on its own: plot the retrained ones
+            series = {"retrained (validation accuracy)": rpts}
+        star = None
+        if winner is not None:
+            cost = winner.get("latency_ms") if key == "latency_ms" else (winner.get("cost") or {}).get(key)
+            star = None if cost is None else (float(cost), float(winner["val_accuracy"]))
+        if next(iter(series.values())):
+            plots.append(str(plot_front(series, label, workdir / PLOTS_DIR / name,
+                                        title=f"accuracy vs {label}", highlight=star)))
+    return plots
+
+
+def write_tensorboard(workdir: Path, history: Sequence[Mapping], retrain: Mapping | None,
+                      markdown: str) -> str:
+    """Writes the run's TensorBoard logs to W/tb (rewritten whole each time)."""
+    from tensorboardX import SummaryWriter
+
+    tb = workdir / TB_DIR
+    shutil.rmtree(tb, ignore_errors=True)
+    writer = SummaryWriter(logdir=str(tb))
+    try:
+        best = float("-inf")
+        for r in sorted(history, key=lambda r: r.get("n", 0)):
+            if r.get("reward") is None:
+                continue
+            n = int(r.get("n", 0))
+            best = max(best, r["reward"])
+            writer.add_scalar("search/reward", r["reward"], n)
+            writer.add_scalar("search/best_reward", best, n)
+            writer.add_scalar("search/accuracy", r["accuracy"], n)
+            if r.get("latency_ms") is not None:
+                writer.add_scalar("search/latency_ms", r["latency_ms"], n)
+        ok = [c for c in (retrain or {}).get("candidates", []) if c.get("status") == "ok"]
+        for i, c in enumerate(ok):
+            writer.add_scalar("retrain/val_accuracy", c["val_accuracy"], i)
+            writer.add_scalar("retrain/test_accuracy", c["test_accuracy"], i)
+        writer.add_text("report", markdown, 0)
+    finally:
+        writer.close()
+    return str(tb)
+
+
+def _export_section(export: Mapping | None) -> list[str]:
+    if not export:
+        return ["Export: not done yet."]
+    lines = ["| format | file | bytes | check | max abs diff | top-1 agreement | test accuracy |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for fmt, f in export["files"].items():
+        c = export["checks"].get(fmt, {})
+        ok = "-" if not c else ("ok" if c["ok"] else "**FAIL**")
+        lines.append(f"| {fmt} | `{Path(f['path']).name}` | {f['bytes']} | {ok} | "
+                     f"{_fmt(c.get('max_abs_diff'), '.3g')} | {_fmt(c.get('agreement'), '.3f')} | "
+                     f"{_fmt(c.get('accuracy'))} |")
+    s = export["sizes"]
+    lines += ["", f"Packed model: {s['packed_bytes']} bytes, {s['ratio']:.3f} x its uncompressed "
+                  f"fp32 counterpart ({s['fp32_counterpart_bytes']} bytes)."]
+    return lines
+
+
+def _latency_line(export: Mapping | None, winner: Mapping | None) -> str:
+    lat = (export or {}).get("latency") or {}
+    measured = lat.get("measured_ms")
+    predicted = lat.get("predicted_ms", (winner or {}).get("latency_ms"))
+    parts = [f"predicted (table) {_fmt(predicted, '.3f')} ms",
+             f"measured (onnxruntime, batch 1, 1 thread) {_fmt(measured, '.3f')} ms"]
+    if lat.get("error_pct") is not None:
+        parts.append(f"prediction error {lat['error_pct']:+.1f}%")
+    if lat.get("table_backend"):
+        parts.append(f"table backend {lat['table_backend']}")
+    return "Latency: " + ", ".join(parts) + "."
+
+
+def write_report(workdir: str | os.PathLike, objective: Any = None) -> dict[str, Any]:
+    """Writes report.md, the Pareto plots and TensorBoard logs of a pipeline workdir.
+
+    Args:
+        workdir: the pipeline's workdir.
+        objective: the MnasObjective (only named in the report).
+
+    Returns:
+        {"report_md", "plots", "tensorboard", "table", "winner"}.
+    """
+    workdir = Path(workdir).resolve()
+    history = load_history(workdir)
+    search, retrain = stage_result(workdir, "search"), stage_result(workdir, "retrain")
+    distill, export = stage_result(workdir, "distill"), stage_result(workdir, "export")
+    plots = write_plots(workdir, history, retrain)
+    table = candidates_table(history, retrain)
+    winner = None
+    if retrain:
+        winner = next(c for c in retrain["candidates"] if c["arch_id"] == retrain["winner"])
+    md = ["# NAS run report", "", f"Workdir: `{workdir}`"]
+    if objective is not None:
+        md.append(f"Objective: MnasNet reward on {objective.metric} (target {objective.target}, "
+                  f"alpha {objective.alpha}, beta {objective.beta}).")
+    md += ["", "## Winner", ""]
+    if winner is None:
+        md.append("Not chosen yet (retrain stage not done).")
+    else:
+        md += [f"Arch `{winner['arch_id']}`: retrained validation accuracy "
+               f"{winner['val_accuracy']:.4f}, test accuracy {winner['test_accuracy']:.4f}, "
+               f"{winner.get('params')} params.",
+               "", "```json", json.dumps(winner["arch"], indent=1, sort_keys=True), "```", ""]
+        cost = winner.get("cost") or {}
+        md.append("Metrics: " + ", ".join(f"{k} {_fmt(v, '.4g')}" for k, v in sorted(cost.items())) + ".")
+    if distill:
+        if distill.get("enabled"):
+            st, rt = distill["student"], distill["retrained"]
+            md += ["", f"Distillation from {distill['teacher']}: student test accuracy "
+                       f"{st['test_accuracy']:.4f} (validation {st['val_accuracy']:.4f}) vs retrained "
+                       f"{rt['test_accuracy']:.4f} ({rt['val_accuracy']:.4f}); exported: the "
+                       f"{distill['final']} model."]
+        else:
+            md += ["", "Distillation: disabled; the retrained winner is exported."]
+    md += ["", _latency_line(export, winner), "", "## Export", ""] + _export_section(export)
+    md += ["", "## Candidates", "", "```", table, "```", "", "## Plots", ""]
+    md += [f"![{Path(p).stem}]({PLOTS_DIR}/{Path(p).name})" for p in plots]
+    stages = {s: (m or {}).get("seconds") for s, m in
+              (("search", search), ("retrain", retrain), ("distill", distill), ("export", export))}
+    md += ["", "## Stages", "", "| stage | seconds |", "|---|---:|"]
+    md += [f"| {s} | {_fmt(v, '.1f')} |" for s, v in stages.items()]
+    md += ["", f"TensorBoard: `tensorboard --logdir {workdir}` (pipeline in tb/, each training "
+               "run in its own tb/)."]
+    text = "\n".join(md) + "\n"
+    tb = write_tensorboard(workdir, history, retrain, text)
+    tmp = workdir / (REPORT_FILE + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, workdir / REPORT_FILE)
+    win = None if winner is None else {k: winner.get(k) for k in (
+        "arch_id", "val_accuracy", "test_accuracy", "latency_ms", "params")}
+    return {"report_md": str(workdir / REPORT_FILE), "plots": plots, "tensorboard": tb,
+            "table": table, "winner": win}

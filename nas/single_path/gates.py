@@ -1,0 +1,198 @@
+"""The gates of a single-path slot, computed from its parameters alone.
+
+Every gate is ``indicator(log_rms(outer part) - t)`` with a learned threshold ``t`` per gate
+(param ``t_<ladder>`` of the slot, scaled by :data:`THRESHOLD_SCALE`), so the same function
+serves the forward pass, the latency term of the loss and ``derive``. The outer parts are listed
+in :mod:`nas.single_path.plan`.
+
+Also here: the 0/1 masks the gates switch (channels of the mid ladder, taps of the kernel ladder,
+singular directions of the rank ladder), built as sums of gate products over disjoint groups so
+that hard gates give exact 0/1 masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nas.single_path.indicators import NORM_EPS, indicator, ladder_levels, log_rms, reached
+from nas.single_path.nested_quant import residual_parts
+from nas.single_path.plan import SlotPlan
+
+#: Thresholds are stored divided by this factor: the optimizer's step on a threshold is
+#: THRESHOLD_SCALE times the weights' learning rate (a few hundred steps suffice to flip a gate).
+THRESHOLD_SCALE = 30.0
+#: Initial margin (in log-RMS units) of every indicator: all gates start on, as in the paper.
+INIT_MARGIN = 1.0
+
+
+def ring_masks(sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """Returns [K, K] masks: the k0 x k0 centre, then each ring of size k(l) not in k(l-1)."""
+    big = sizes[-1]
+    boxes = []
+    for k in sizes:
+        m = np.zeros((big, big), np.float32)
+        lo = (big - k) // 2
+        m[lo:lo + k, lo:lo + k] = 1.0
+        boxes.append(m)
+    return [boxes[0]] + [boxes[i] - boxes[i - 1] for i in range(1, len(boxes))]
+
+
+def range_masks(bounds: tuple[int, ...], size: int) -> list[np.ndarray]:
+    """Returns [size] masks of the index groups [0, b0), [b0, b1), ..."""
+    out, lo = [], 0
+    for b in bounds:
+        m = np.zeros((size,), np.float32)
+        m[lo:b] = 1.0
+        out.append(m)
+        lo = b
+    return out
+
+
+def _weights(p: Mapping[str, Any]) -> list[jax.Array]:
+    return [v for k, v in p.items() if k.startswith("kernel")]
+
+
+def block_weights(plan: SlotPlan, params: Mapping[str, Any]) -> list[jax.Array]:
+    """Returns every quantized weight tensor of a slot's superkernel."""
+    out = []
+    for name in ("expand", "dw", "project"):
+        if name in params:
+            out += _weights(params[name])
+    if "se" in params:
+        out += _weights(params["se"]["reduce"]) + _weights(params["se"]["expand"])
+    return out
+
+
+def rank_bounds(plan: SlotPlan, cin: int, cout: int) -> tuple[int, ...]:
+    """Returns the inner widths of the factorized levels of a cin->cout 1x1 conv."""
+    return tuple(plan.rank_channels(cin, cout, i) for i, r in enumerate(plan.ranks) if r is not None)
+
+
+def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """Returns {ladder: [gates] log RMS of each gate's outer part}.
+
+    Args:
+        plan: the slot's plan.
+        params: the slot's params (child layout: expand, dw, se/reduce, se/expand, project).
+    """
+    out: dict[str, jax.Array] = {}
+    dw = params["dw"]["kernel"]
+    mids = plan.mids
+    k = dw.shape[0]
+    if "keep" in plan.ladders or "mid" in plan.ladders:
+        # mean squares of the channel groups: one reduction and one constant matrix product
+        groups = np.stack(range_masks(mids, plan.max_mid), axis=1)          # [M, levels]
+        per_channel = jnp.sum(jnp.square(dw), axis=(0, 1, 2))               # [M]
+        group_ms = jnp.dot(per_channel, groups / (groups.sum(0) * k * k))
+        log_group = 0.5 * jnp.log(group_ms + NORM_EPS)
+        if "keep" in plan.ladders:
+            out["keep"] = log_group[:1]
+        if "mid" in plan.ladders:
+            out["mid"] = log_group[1:]
+    if "op" in plan.ladders:
+        out["op"] = jnp.stack([log_rms(*_weights(params["expand"]))])
+    if "kernel" in plan.ladders:
+        rings = np.stack(ring_masks(plan.kernel_sizes)[1:], axis=-1).reshape(k * k, -1)
+        per_tap = jnp.sum(jnp.square(dw), axis=(2, 3)).reshape(k * k)
+        ring_ms = jnp.dot(per_tap, rings / (rings.sum(0) * dw.shape[-1]))
+        out["kernel"] = 0.5 * jnp.log(ring_ms + NORM_EPS)
+    if "se" in plan.ladders:
+        out["se"] = jnp.stack([log_rms(params["se"]["reduce"]["kernel"])])
+    if "rank" in plan.ladders:
+        convs = [c for c in ("expand", "project") if c in params]
+        parts = []
+        for i in range(1, len(plan.ranks)):
+            tail = []
+            for c in convs:
+                v = params[c]["kernel_v"]
+                cin, cout = _conv_io(plan, c)
+                bounds = rank_bounds(plan, cin, cout) + (v.shape[-2],)
+                tail.append(v[..., bounds[i - 1]:bounds[i], :])
+            parts.append(log_rms(*tail))
+        out["rank"] = jnp.stack(parts)
+    if "bits" in plan.ladders:
+        # d(Q_b(w) - Q_b'(w))/dw = I - I = 0 under the STE: only the thresholds learn here.
+        residuals = [residual_parts(jax.lax.stop_gradient(w), plan.bits)
+                     for w in block_weights(plan, params)]
+        out["bits"] = jnp.stack([log_rms(*[r[i] for r in residuals])
+                                 for i in range(len(plan.bits) - 1)])
+    return out
+
+
+def _conv_io(plan: SlotPlan, conv: str) -> tuple[int, int]:
+    """(cin, cout) of a 1x1 conv of the superkernel at the largest mid level."""
+    if conv == "expand":
+        return plan.slot.cin, plan.max_mid
+    return plan.max_mid, plan.slot.cout
+
+
+def init_thresholds(log_rms_values: jax.Array) -> jax.Array:
+    """Initial stored thresholds: every gate on with margin :data:`INIT_MARGIN`."""
+    return (jax.lax.stop_gradient(log_rms_values) - INIT_MARGIN) / THRESHOLD_SCALE
+
+
+def slot_gates(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """Returns {ladder: [gates]} of a slot (exactly 0./1. forward, relaxed gradients).
+
+    Args:
+        plan: the slot's plan.
+        params: the slot's params, including the thresholds ``t_<ladder>``.
+    """
+    norms = outer_log_rms(plan, params)
+    return {name: indicator(norms[name] - THRESHOLD_SCALE * params[f"t_{name}"])
+            for name in plan.ladders}
+
+
+def channel_mask(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array:
+    """Returns the [max_mid] 0/1 mask of the channels the mid ladder keeps."""
+    groups = range_masks(plan.mids, plan.max_mid)
+    on = reached(gates["mid"]) if "mid" in gates else jnp.ones((1,))
+    return sum(on[i] * g for i, g in enumerate(groups))
+
+
+def kernel_mask(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array:
+    """Returns the [K, K] 0/1 mask of the depthwise taps the kernel ladder keeps."""
+    rings = ring_masks(plan.kernel_sizes)
+    on = reached(gates["kernel"]) if "kernel" in gates else jnp.ones((1,))
+    return sum(on[i] * r for i, r in enumerate(rings))
+
+
+def rank_row_mask(plan: SlotPlan, gates: Mapping[str, jax.Array], conv: str, width: int) -> jax.Array:
+    """Returns the [width] mask of the singular directions a factorized conv keeps.
+
+    The rank of a level depends on the conv's channels, hence on the mid level: the mask is the
+    sum over mid levels (hard one-hot, no gradient) of that level's nested direction groups.
+
+    Args:
+        plan: the slot's plan.
+        gates: the slot's gates.
+        conv: 'expand' or 'project'.
+        width: rows of the conv's ``kernel_v``.
+    """
+    mid_p = (jax.lax.stop_gradient(ladder_levels(gates["mid"])) if "mid" in gates
+             else jnp.ones((1,)))
+    rank_on = reached(gates["rank"]) if "rank" in gates else jnp.ones((1,))
+    total = 0.0
+    for j, m in enumerate(plan.mids):
+        cin, cout = (plan.slot.cin, m) if conv == "expand" else (m, plan.slot.cout)
+        groups = range_masks(rank_bounds(plan, cin, cout), width)
+        total = total + mid_p[j] * sum(rank_on[i] * g for i, g in enumerate(groups))
+    return total
+
+
+def full_rank_gate(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array | None:
+    """Returns the gate of the full-rank (not factorized) level, or None if it is not a choice."""
+    if plan.ranks[-1] is not None or not plan.factorized:
+        return None
+    return reached(gates["rank"])[-1]
+
+
+def hard_levels(plan: SlotPlan, gates: Mapping[str, Any]) -> dict[str, int]:
+    """Returns {ladder: chosen level} of hard gates."""
+    from nas.single_path.indicators import hard_level
+
+    return {name: hard_level(np.asarray(gates[name])) for name in plan.ladders}

@@ -1,0 +1,290 @@
+"""The single-path plan of a Space: every slot's decisions as nested ladders.
+
+Single-Path NAS needs every decision of a slot to be *nested*: each choice contains the smaller
+ones, and a threshold indicator switches the outer part on or off. This module reads the Space
+(never a second description of it) and turns each slot's knobs into ladders, ordered from the
+smallest level up:
+
+====== ================================ ===============================================
+ladder levels                            outer part whose norm feeds the indicator
+====== ================================ ===============================================
+keep   skip, layer                      the inner channel group of the depthwise kernel
+op     dwsep, mbconv (expand 1 only)    the expand 1x1 conv
+mid    expanded channel counts          the depthwise kernel's channels [m(l-1), m(l))
+kernel kernel sizes                     the ring of taps of size k(l) not in k(l-1)
+se     off, on                          the squeeze-excite reduce conv
+rank   ranks ascending, then full       the trailing singular directions [r(l-1), r(l))
+bits   bit-widths ascending (32 last)   the quantization residual Q_b(l) - Q_b(l-1)
+====== ================================ ===============================================
+
+A ladder of n levels has n - 1 gates (learned thresholds). The mid ladder's levels are the
+distinct values of ``round(cin * expand * width)`` over the slot's expand and width choices;
+where two (expand, width) pairs give the same channel count, the level maps to the one with the
+larger width (the unpruned network).
+
+Knobs that cannot be nested (searched activation, groups, bits_a, FBNet-style candidate blocks)
+are refused with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Mapping, Sequence
+
+from nas.errors import NasInputError
+from nas.space import Space, Slot
+from nas.spec import BlockSpec
+
+LADDER_ORDER = ("keep", "op", "mid", "kernel", "se", "rank", "bits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ladder:
+    """One nested decision of a slot.
+
+    Attributes:
+        name: 'keep', 'op', 'mid', 'kernel', 'se', 'rank' or 'bits'.
+        values: the level values, smallest first (for 'mid': (channels, expand, width)).
+    """
+
+    name: str
+    values: tuple
+
+    @property
+    def n(self) -> int:
+        """Number of levels."""
+        return len(self.values)
+
+    @property
+    def gates(self) -> int:
+        """Number of gates (thresholds)."""
+        return len(self.values) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotPlan:
+    """The superkernel of one slot: its largest shapes and its ladders.
+
+    Attributes:
+        slot: the Space's slot.
+        base_op: 'mbconv' or 'dwsep' (the operator of the non-skip levels; 'mbconv' when the op
+            ladder exists).
+        ladders: {name: Ladder} for the searched decisions (fixed knobs have none).
+        kernel_sizes: kernel sizes, ascending (one entry when fixed).
+        mids: expanded channel counts, ascending (``[cin]`` for dwsep).
+        mid_knobs: (expand, width) of each entry of `mids`.
+        ranks: rank fractions ascending, None (full) last; ``(None,)`` when not factorized.
+        bits: weight bit-widths ascending.
+        se: (False,), (True,) or (False, True).
+        bits_a: the slot's fixed activation bit-width.
+        act: the slot's activation.
+        can_skip: whether the keep ladder exists.
+    """
+
+    slot: Slot
+    base_op: str
+    ladders: Mapping[str, Ladder]
+    kernel_sizes: tuple[int, ...]
+    mids: tuple[int, ...]
+    mid_knobs: tuple[tuple[Any, float], ...]
+    ranks: tuple
+    bits: tuple[int, ...]
+    se: tuple[bool, ...]
+    bits_a: int
+    act: str
+    can_skip: bool
+
+    @property
+    def prefix(self) -> str:
+        """The slot's label prefix (its submodule name)."""
+        return self.slot.prefix
+
+    @property
+    def max_mid(self) -> int:
+        """Channels of the superkernel's expanded tensor."""
+        return self.mids[-1]
+
+    @property
+    def max_kernel(self) -> int:
+        """Size of the depthwise superkernel."""
+        return self.kernel_sizes[-1]
+
+    @property
+    def factorized(self) -> bool:
+        """Whether the 1x1 convs are held as factors (some rank level is not full)."""
+        return any(r is not None for r in self.ranks)
+
+    @property
+    def has_se(self) -> bool:
+        """Whether the superkernel holds SE weights."""
+        return any(self.se)
+
+    @property
+    def has_op_gate(self) -> bool:
+        """Whether the expand conv can be switched off (dwsep vs mbconv)."""
+        return "op" in self.ladders
+
+    @property
+    def has_expand(self) -> bool:
+        """Whether the superkernel holds an expand 1x1 conv."""
+        return self.base_op == "mbconv"
+
+    def level_values(self, levels: Mapping[str, int]) -> dict[str, Any]:
+        """Returns the slot's knob values {knob: value} for one level per ladder.
+
+        Args:
+            levels: {ladder name: level index}; missing ladders are fixed.
+
+        Returns:
+            Values for every knob of the slot (as ``Slot.resolve`` expects).
+        """
+        v = dict(self.slot.fixed)
+        for knob, vals in self.slot.choices.items():
+            v[knob] = vals[0]
+        get = lambda name: levels.get(name, 0)  # noqa: E731
+        v["op"] = self.base_op
+        if self.has_op_gate:
+            v["op"] = ("dwsep", "mbconv")[get("op")]
+        if v["op"] == "mbconv":
+            v["expand"], v["width"] = self.mid_knobs[get("mid") if "mid" in self.ladders else 0]
+        v["kernel"] = self.kernel_sizes[get("kernel") if "kernel" in self.ladders else 0]
+        v["se"] = self.se[get("se") if "se" in self.ladders else 0]
+        v["rank"] = self.ranks[get("rank") if "rank" in self.ladders else 0]
+        v["bits_w"] = self.bits[get("bits") if "bits" in self.ladders else 0]
+        if self.can_skip and get("keep") == 0:
+            v["op"] = "skip"
+        return v
+
+    def spec(self, levels: Mapping[str, int]) -> BlockSpec:
+        """Returns the BlockSpec of one level per ladder."""
+        return self.slot.spec(self.level_values(levels))
+
+    def max_spec(self) -> BlockSpec:
+        """Returns the BlockSpec of the largest level of every ladder (full rank, most bits)."""
+        return self.spec({name: ladder.n - 1 for name, ladder in self.ladders.items()})
+
+    def grid(self) -> list[dict[str, int]]:
+        """Returns every combination of ladder levels ({name: level}), in ladder order."""
+        names = [n for n in LADDER_ORDER if n in self.ladders]
+        return [dict(zip(names, combo))
+                for combo in itertools.product(*(range(self.ladders[n].n) for n in names))]
+
+    def rank_channels(self, cin: int, cout: int, rank_level: int) -> int | None:
+        """Returns the inner width of a factorized cin->cout 1x1 conv at one rank level."""
+        return dataclasses.replace(self.max_spec(), rank=self.ranks[rank_level]).rank_channels(cin, cout)
+
+
+def _refuse(space: Space, slot: Slot, knob: str, why: str) -> NasInputError:
+    return NasInputError(f"single_path cannot search {knob!r} ({why}); fix it to one value in "
+                         "the space or use strategy fbnet/proxyless", space.source,
+                         slot.label(knob))
+
+
+def _mid_ladder(slot: Slot) -> tuple[tuple[int, ...], tuple[tuple[Any, float], ...]]:
+    expands = slot.choices.get("expand", (slot.fixed["expand"],))
+    widths = slot.choices.get("width", (slot.fixed["width"],))
+    best: dict[int, tuple[Any, float]] = {}
+    for e in expands:
+        for w in widths:
+            m = BlockSpec("mbconv", slot.cin, slot.cout, 1, slot.in_hw, expand=e, width=w).mid_channels
+            if m not in best or w > best[m][1]:
+                best[m] = (e, w)
+    mids = tuple(sorted(best))
+    return mids, tuple(best[m] for m in mids)
+
+
+def slot_plan(space: Space, slot: Slot) -> SlotPlan:
+    """Returns the single-path plan of one slot.
+
+    Raises:
+        NasInputError: the slot searches a knob that cannot be nested (one line naming it).
+    """
+    ch = slot.choices
+    if len(slot.candidates) > 1:
+        raise _refuse(space, slot, "block", "candidate blocks are not nested")
+    for knob in ("act", "groups", "bits_a"):
+        if len(ch.get(knob, ())) > 1:
+            raise _refuse(space, slot, knob, "its choices are not nested")
+    if (ch.get("groups") or (slot.fixed["groups"],))[0] != 1:
+        raise _refuse(space, slot, "groups", "grouped 1x1 convs are not supported")
+    ops = set(ch.get("op", (slot.fixed["op"],)))
+    ladders: dict[str, Ladder] = {}
+    can_skip = "skip" in ops
+    if can_skip:
+        ladders["keep"] = Ladder("keep", ("skip", "layer"))
+    if ops - {"skip"} == {"mbconv", "dwsep"}:
+        base_op = "mbconv"
+    elif ops - {"skip"} in ({"mbconv"}, {"dwsep"}):
+        base_op = next(iter(ops - {"skip"}))
+    else:
+        raise _refuse(space, slot, "op", "a layer must be mbconv or dwsep")
+    if base_op == "mbconv":
+        mids, mid_knobs = _mid_ladder(slot)
+    else:
+        mids, mid_knobs = (slot.cin,), ((1, 1.0),)
+    if ops - {"skip"} == {"mbconv", "dwsep"}:
+        if mids != (slot.cin,):
+            raise _refuse(space, slot, "op", "mbconv vs dwsep nests only at expand 1, width 1")
+        if int(slot.fixed["bits_a"]) < 32 or "bits_a" in ch:
+            raise _refuse(space, slot, "op", "mbconv vs dwsep quantize the depthwise input "
+                          "differently; use bits_a 32 in this slot")
+        ladders["op"] = Ladder("op", ("dwsep", "mbconv"))
+    if len(mids) > 1:
+        ladders["mid"] = Ladder("mid", tuple((m, *k) for m, k in zip(mids, mid_knobs)))
+    kernels = tuple(sorted(ch.get("kernel", (slot.fixed["kernel"],))))
+    if len(kernels) > 1:
+        ladders["kernel"] = Ladder("kernel", kernels)
+    se = tuple(sorted(ch.get("se", (slot.fixed["se"],))))
+    if len(se) > 1:
+        ladders["se"] = Ladder("se", se)
+    rank_choices = ch.get("rank", (slot.fixed["rank"],))
+    ranks = tuple(sorted(r for r in rank_choices if r is not None))
+    if None in rank_choices or not ranks:
+        ranks = ranks + (None,)
+    if len(ranks) > 1:
+        ladders["rank"] = Ladder("rank", ranks)
+    bits = tuple(sorted(ch.get("bits_w", (slot.fixed["bits_w"],))))
+    if len(bits) > 1:
+        ladders["bits"] = Ladder("bits", bits)
+    return SlotPlan(slot=slot, base_op=base_op, ladders=ladders, kernel_sizes=kernels, mids=mids,
+                    mid_knobs=mid_knobs, ranks=ranks, bits=bits, se=se,
+                    bits_a=int(slot.fixed["bits_a"] if "bits_a" not in ch else ch["bits_a"][0]),
+                    act=slot.fixed["act"] if "act" not in ch else ch["act"][0],
+                    can_skip=can_skip)
+
+
+def space_plan(space: Space) -> tuple[SlotPlan, ...]:
+    """Returns the plan of every slot of a Space (checking that each can be nested).
+
+    Raises:
+        NasInputError: a slot searches a knob single_path cannot nest.
+    """
+    return tuple(slot_plan(space, slot) for slot in space.slots)
+
+
+def levels_to_arch(space: Space, plans: Sequence[SlotPlan], levels: Mapping[str, Mapping[str, int]]
+                   ) -> dict[str, Any]:
+    """Returns the canonical Arch of one level per ladder of every slot.
+
+    Args:
+        space: the Space.
+        plans: :func:`space_plan` of it.
+        levels: {slot prefix: {ladder name: level}}.
+
+    Returns:
+        A valid canonical Arch.
+    """
+    arch = {}
+    for plan in plans:
+        values = plan.level_values(levels.get(plan.prefix, {}))
+        for label, _ in space.decisions():
+            if label.startswith(plan.prefix + "_"):
+                arch[label] = values[label[len(plan.prefix) + 1:]]
+    return space.validate(arch)
+
+
+def max_arch(space: Space, plans: Sequence[SlotPlan]) -> dict[str, Any]:
+    """Returns the largest Arch the single-path superkernel contains (every ladder at its top)."""
+    return levels_to_arch(space, plans, {p.prefix: {n: l.n - 1 for n, l in p.ladders.items()}
+                                         for p in plans})

@@ -1,0 +1,116 @@
+"""Shared pieces of the one-shot (supernet) strategies: their parameters, objective and interface.
+
+A one-shot strategy is a small NamedTuple of pure functions (optax style):
+``weight_loss(trained, full, alpha, batch, rng, tau) -> (ce, accuracy)`` and
+``arch_grads(alpha, full, batch, rng, tau) -> (grads, metrics, aux)``, plus
+``post_update(new_alpha, old_alpha, aux)``; :mod:`nas.strategies.oneshot_loop` alternates them.
+
+Strategy parameters (``strategy.params`` of a search config)::
+
+    strategy:
+      name: fbnet                 # or proxyless
+      params: {epochs: 12, warmup_epochs: 2, arch_lr: 0.01,
+               objective: fbnet, fbnet_alpha: 0.2, fbnet_beta: 0.6, latency_scale: 1000}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import pydantic
+
+from nas.objective import fbnet_loss, proxyless_loss
+from nas.train import cross_entropy
+
+
+class OneShotStrategy(NamedTuple):
+    """The steps of a one-shot strategy (see the module docstring).
+
+    Attributes:
+        name: 'fbnet' | 'proxyless'.
+        mode: the supernet mode of its weight step ('soft' or 'pick').
+        weight_loss: (trained, full, alpha, batch, rng, tau) -> (ce, accuracy).
+        arch_grads: (alpha, full, batch, rng, tau) -> (grads, metrics, aux).
+        post_update: (new_alpha, old_alpha, aux) -> alpha.
+    """
+
+    name: str
+    mode: str
+    weight_loss: Callable
+    arch_grads: Callable
+    post_update: Callable
+
+
+class OneShotParams(pydantic.BaseModel):
+    """Parameters of a one-shot search.
+
+    Attributes:
+        epochs: supernet epochs (each: a weight pass over 80% of the training data, then, after
+            the warm-up, an arch pass over the other 20%).
+        warmup_epochs: epochs of weight training only (FBNet trains weights first).
+        batch_size: batch size of both passes.
+        weight_lr: peak learning rate (AdamW, cosine) of the weights.
+        weight_decay: weight decay of the kernels.
+        arch_lr: Adam learning rate of the architecture logits.
+        arch_fraction: fraction of the training split held out for the arch steps.
+        tau0, tau_decay: Gumbel-softmax temperature tau0 * tau_decay ** epoch (FBNet).
+        objective: 'fbnet' (CE * a * log(LAT * latency_scale) ** b), 'proxyless'
+            (CE + lam * LAT, times (LAT / target) ** mult_beta when target is set), 'none' (CE).
+        fbnet_alpha, fbnet_beta: FBNet's a and b.
+        latency_scale: multiplies the table's ms before FBNet's log (1000 = microseconds, so the
+            log of a sub-millisecond latency stays positive).
+        lam: ProxylessNAS's additive latency weight (per ms).
+        target: T of the multiplicative form in ms (None = additive form only).
+        mult_beta: exponent of the multiplicative form.
+        checkpoint_every: epochs between checkpoints.
+        progress: show a progress bar.
+        depthwise_impl: 'auto' | 'shift' | 'xla'.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    epochs: int = pydantic.Field(10, ge=1)
+    warmup_epochs: int = pydantic.Field(2, ge=0)
+    batch_size: int = pydantic.Field(64, ge=2)
+    weight_lr: float = pydantic.Field(3e-3, gt=0)
+    weight_decay: float = pydantic.Field(1e-4, ge=0)
+    arch_lr: float = pydantic.Field(0.01, gt=0)
+    arch_fraction: float = pydantic.Field(0.2, gt=0, lt=1)
+    tau0: float = pydantic.Field(5.0, gt=0)
+    tau_decay: float = pydantic.Field(0.956, gt=0, le=1)
+    objective: Literal["fbnet", "proxyless", "none"] | None = None
+    fbnet_alpha: float = pydantic.Field(0.2, gt=0)
+    fbnet_beta: float = pydantic.Field(0.6, ge=0)
+    latency_scale: float = pydantic.Field(1000.0, gt=0)
+    lam: float = pydantic.Field(0.0, ge=0)
+    target: float | None = pydantic.Field(None, gt=0)
+    mult_beta: float = pydantic.Field(0.6, ge=0)
+    checkpoint_every: int = pydantic.Field(1, ge=1)
+    progress: bool = False
+    depthwise_impl: Literal["auto", "shift", "xla"] = "auto"
+
+
+def make_objective(params: OneShotParams, default: str) -> Callable[[Any, Any], Any]:
+    """Returns ``objective(ce, lat_ms) -> loss`` of the configured kind (nas.objective).
+
+    Args:
+        params: the search parameters.
+        default: the kind used when ``params.objective`` is None (the strategy's own).
+    """
+    kind = params.objective or default
+    if kind == "fbnet":
+        return lambda ce, lat: fbnet_loss(ce, lat * params.latency_scale, params.fbnet_alpha,
+                                          params.fbnet_beta)
+    if kind == "proxyless":
+        return lambda ce, lat: proxyless_loss(ce, lat, params.lam, params.target, params.mult_beta)
+    return lambda ce, lat: ce
+
+
+def masked_ce(logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Returns (mean cross-entropy, accuracy) of a batch {x, y, mask}."""
+    ce = cross_entropy(logits, batch["y"], batch["mask"])
+    acc = jnp.sum((jnp.argmax(logits, -1) == batch["y"]) * batch["mask"]) / jnp.maximum(
+        jnp.sum(batch["mask"]), 1.0)
+    return ce, acc

@@ -1,0 +1,40 @@
+"""Shared fixtures of the single-path tests: a small nestable space and a synthetic latency table."""
+
+from __future__ import annotations
+
+from nas.latency.build import keys_to_measure
+from nas.latency.table import LatencyTable, new_table_data
+from nas.metrics import layer_costs
+from nas.space import Space
+
+#: Every kind of ladder in three slots at 8x8: op gate, skip, mid (expand x width), kernel,
+#: SE, three bit-widths, rank.
+SMALL = {
+    "name": "sp_small", "input": {"resolution": 8, "channels": 1}, "num_classes": 10,
+    "stem": {"channels": 8, "kernel": 3, "stride": 1, "act": "relu"},
+    "head": {"channels": 32, "act": "relu", "dropout": 0.0},
+    "defaults": {"act": "relu", "se_ratio": 0.25},
+    "stages": [
+        {"channels": 8, "stride": 1, "repeats": 1,
+         "knobs": {"op": ["mbconv", "dwsep"], "kernel": [3, 5], "expand": 1}},
+        {"channels": 8, "stride": 1, "repeats": 1,
+         "knobs": {"op": ["mbconv", "skip"], "kernel": [3, 5, 7], "expand": [3, 6],
+                   "width": [0.5, 1.0], "bits_w": [4, 8, 32], "se": [False, True]}},
+        {"channels": 16, "stride": 2, "repeats": 1,
+         "knobs": {"kernel": [3, 5], "expand": [3, 6], "rank": [None, 0.5], "bits_w": [8, 32]}},
+    ]}
+
+
+def small_space() -> Space:
+    """Returns the small test space."""
+    return Space.from_dict(SMALL, "tests:sp_small")
+
+
+def fake_table(space: Space, per_mac_ms: float = 1e-5, per_layer_ms: float = 0.01) -> LatencyTable:
+    """Returns an in-memory latency table whose entries grow with each layer's MACs."""
+    data = new_table_data(space, {"name": "fake", "precision_rule": "float", "versions": {},
+                                  "device": "test"}, {})
+    for key, spec in keys_to_measure(space, "float").items():
+        ms = per_layer_ms + per_mac_ms * layer_costs(spec)["macs"]
+        data["entries"][key] = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "n": 1}
+    return LatencyTable(data, space)

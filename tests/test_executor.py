@@ -1,0 +1,129 @@
+"""Executors: LocalExecutor, and RayExecutor (Ray Tune trials) with worker-death retries.
+
+One Ray session (2 CPUs, dashboard off, loopback) is shared by the module's tests.
+"""
+
+import os
+import signal
+import sys
+
+import pytest
+from ray import cloudpickle
+
+from nas.config import parse_config
+from nas.executor import ONE_THREAD_XLA, LocalExecutor, RayExecutor, start_ray
+from nas.history import History
+from nas.search import run_search
+from nas.space import Space
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+
+
+def work(item, report):
+    """Test function: returns its item, raises for 'raise', dies once for ('die', marker)."""
+    kind, arg = item
+    if kind == "raise":
+        raise ValueError("bad candidate")
+    if kind == "die" and not os.path.exists(arg):
+        open(arg, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-trial
+    if kind == "die_always":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"arg": arg, "xla": os.environ.get("XLA_FLAGS"), "pid": os.getpid()}
+
+
+class KillOnceEvaluator:
+    """Synthetic candidate evaluator whose worker dies the first time it sees one Arch."""
+
+    def __init__(self, space_name, victim_id, marker, always=False):
+        self.space_name, self.victim_id, self.marker, self.always = space_name, victim_id, marker, always
+
+    def __call__(self, arch, report=None):
+        space = Space.by_name(self.space_name)
+        if space.arch_id(arch) == self.victim_id and (self.always or not os.path.exists(self.marker)):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        score = sum(v in (7, 6, True) for v in arch.values()) / len(arch)
+        return {"accuracy": score, "val_accuracy": score, "test_accuracy": score, "macs": 1e6}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    owned = start_ray(None, num_cpus=2)
+    yield ray
+    if owned:
+        ray.shutdown()
+
+
+def test_local_executor_keeps_order_and_captures_errors():
+    seen = []
+    out = LocalExecutor().map(work, [("ok", 1), ("raise", 2), ("ok", 3)],
+                              on_result=lambda i, o: seen.append((i, o.status)))
+    assert [o.status for o in out] == ["ok", "error", "ok"]
+    assert out[1].error == "ValueError: bad candidate" and out[2].value["arg"] == 3
+    assert seen == [(0, "ok"), (1, "error"), (2, "ok")]
+
+
+def test_ray_executor_runs_trials_with_one_xla_thread(ray_session):
+    ex = RayExecutor(workers=2, retries=0)
+    out = ex.map(work, [("ok", 1), ("raise", 2), ("ok", 3)])
+    ex.close()
+    assert [o.status for o in out] == ["ok", "error", "ok"]
+    assert [o.value["arg"] for o in (out[0], out[2])] == [1, 3]
+    assert out[0].value["xla"] == ONE_THREAD_XLA and out[0].value["pid"] != os.getpid()
+    assert out[1].error == "ValueError: bad candidate" and out[1].attempts == 1  # not retried
+    assert ray_session.is_initialized()  # the executor did not own, so did not stop, Ray
+
+
+def test_killed_worker_is_retried_and_the_search_records_every_candidate_once(ray_session, tmp_path):
+    config = parse_config({"space": "tiny", "seed": 2, "budget": 6, "batch": 3,
+                           "strategy": {"name": "evolution", "params": {"population": 3}},
+                           "objective": {"metric": "macs", "target": 2e6}})
+    probe = []
+    run_search(config, tmp_path / "probe",
+               evaluate=lambda arch, report=None: probe.append(arch) or
+               {"accuracy": 0.5, "val_accuracy": 0.5, "macs": 1e6})
+    space = Space.by_name("tiny")
+    victim = space.arch_id(probe[1])
+    marker = str(tmp_path / "killed")
+    ex = RayExecutor(workers=2, retries=2)
+    result = run_search(config, tmp_path / "run", executor=ex,
+                        evaluate=KillOnceEvaluator("tiny", victim, marker))
+    ex.close()
+    assert os.path.exists(marker)  # the worker really was killed
+    records = History(tmp_path / "run" / "history.jsonl").load()
+    ids = [r["arch_id"] for r in records]
+    assert len(ids) == 6 == len(set(ids)) and victim in ids
+    by_id = {r["arch_id"]: r for r in records}
+    assert by_id[victim]["status"] == "ok" and by_id[victim]["attempts"] == 2
+    assert all(r["status"] == "ok" for r in records) and result.best is not None
+
+
+def test_worker_death_beyond_the_retries_is_recorded_as_failed(ray_session, tmp_path):
+    out = RayExecutor(workers=2, retries=0).map(work, [("ok", 1), ("die_always", 2)])
+    assert out[0].status == "ok"
+    assert out[1].status == "failed" and out[1].error and out[1].value is None
+
+
+def curve(item, report):
+    """Test function: reports a constant validation accuracy for 4 epochs."""
+    import time
+
+    for epoch in range(1, 5):
+        time.sleep(0.2)
+        if report:
+            report({"epoch": epoch, "val_accuracy": item, "accuracy": item})
+    return {"val_accuracy": item, "accuracy": item}
+
+
+def test_asha_stops_weak_candidates_early(ray_session):
+    ex = RayExecutor(workers=2, retries=0, early_stopping=(1, 4))
+    out = ex.map(curve, [0.9, 0.8, 0.2, 0.1, 0.05, 0.01])
+    assert out[0].status == "ok" and out[0].value["accuracy"] == 0.9
+    stopped = [o for o in out if o.status == "stopped"]
+    assert stopped and out[-1].status == "stopped"
+    # stopped at a rung below the last epoch, with the metrics reported up to then; the best
+    # candidate is never stopped (which of the others are depends on arrival order at the rungs)
+    assert all(o.value["epoch"] < 4 and o.value["accuracy"] < 0.9 for o in stopped)

@@ -1,0 +1,80 @@
+"""FBNet: Gumbel-softmax search, latency term, task mechanism, outputs and resume."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nas.data import Dataset
+from nas.space import Space
+from nas.strategies.oneshot_base import OneShotParams
+from nas.strategies.oneshot_loop import _make_steps, make_strategy, run_oneshot
+from nas.supernet.gates import derive, init_arch_params
+from nas.supernet.network import SuperNet
+from nas.supernet.synthetic import KERNEL_TASK_SPACE, macs_latency_table, pair_distance_task
+from nas.train import TrainConfig, make_optimizer
+
+from test_supernet import SMALL
+
+
+def test_huge_latency_weight_derives_the_minimum_latency_arch():
+    space = Space.from_dict(SMALL)
+    table = macs_latency_table(space)
+    net = SuperNet(space)
+    # FBNet's own loss CE * a * log(LAT) ** b with a large b: the latency term dominates
+    params = OneShotParams(objective="fbnet", fbnet_beta=20.0, arch_lr=0.1)
+    strategy = make_strategy("fbnet", net, params, table)
+    full = net.init(jax.random.PRNGKey(0))
+    _, arch_step = _make_steps(strategy, make_optimizer(TrainConfig()), optax.adam(params.arch_lr))
+    alpha = init_arch_params(space)
+    state = optax.adam(params.arch_lr).init(alpha)
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        batch = {"x": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
+                 "y": jnp.asarray(rng.integers(0, 10, 8), jnp.int32), "mask": jnp.ones(8)}
+        alpha, state, m = arch_step(alpha, state, full, batch, jax.random.PRNGKey(i), 1.0)
+    all_latencies = [table.predict(space.decode(list(ix)))
+                     for ix in np.ndindex(*space.cardinalities())]
+    assert table.predict(derive(space, alpha)) == min(all_latencies)
+
+
+def test_no_latency_weight_picks_the_kernel_the_task_needs_and_resumes(tmp_path):
+    space = Space.from_dict(KERNEL_TASK_SPACE)
+    x, y = pair_distance_task(1500, 0)
+    data = Dataset("pairs", x[:1000], y[:1000], x[1000:1250], y[1000:1250], x[1250:], y[1250:], 2)
+    params = dict(warmup_epochs=2, objective="none", arch_lr=0.05, weight_lr=0.01, batch_size=50)
+    first = run_oneshot(space, data, "fbnet", OneShotParams(epochs=4, **params), None, tmp_path)
+    assert [r["epoch"] for r in first["history"]] == [0, 1, 2, 3]
+    result = run_oneshot(space, data, "fbnet", OneShotParams(epochs=8, **params), None, tmp_path)
+    # resumed: epochs 0-3 come from the checkpoint and metrics.jsonl, 4-7 are new
+    assert [r["epoch"] for r in result["history"]] == list(range(8))
+    assert result["history"][3] == first["history"][3]
+    assert np.allclose([r["temperature"] for r in result["history"]],
+                       [5.0 * 0.956 ** e for e in range(8)])
+    assert result["arch"] == {"s1_b1_kernel": 7}, result["distribution"]
+    best = json.loads((tmp_path / "best_arch.json").read_text())
+    assert best["arch"] == {"s1_b1_kernel": 7}
+    assert set(best["meta"]["distribution"]["s1_b1_kernel"]) == {"3", "5", "7"}
+    assert "macs" in best["meta"]["metrics"]
+    assert (tmp_path / "tb").is_dir()
+
+
+def test_config_errors_are_one_line_naming_the_field():
+    import pytest
+
+    from nas.errors import NasInputError
+    from nas.strategies import parse_params
+
+    assert parse_params("fbnet", {"epochs": 3}).epochs == 3
+    with pytest.raises(NasInputError) as e:
+        parse_params("proxyless", {"epochs": 0}, "x.yaml")
+    assert e.value.field == "strategy.params.epochs"
+    with pytest.raises(NasInputError) as e:
+        parse_params("fbnet", {"temprature": 1.0}, "x.yaml")
+    assert "allowed fields" in e.value.message
+    space = Space.from_dict(SMALL)
+    with pytest.raises(NasInputError) as e:
+        make_strategy("fbnet", SuperNet(space), OneShotParams(), None)  # FBNet's loss needs a table
+    assert e.value.field == "latency_table"

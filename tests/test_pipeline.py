@@ -1,0 +1,191 @@
+"""The pipeline: a real end-to-end run on a micro space, stage markers, resume, config sections."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from nas.config import parse_config
+from nas.errors import NasInputError
+from nas.pipeline import Pipeline, read_marker, run_pipeline, stage_marker
+
+MICRO_SPACE = {
+    "name": "micro",
+    "input": {"resolution": 8, "channels": 1},
+    "num_classes": 10,
+    "stem": {"channels": 8, "kernel": 3, "stride": 1, "act": "relu"},
+    "head": {"channels": 16, "act": "relu", "dropout": 0.0},
+    "stages": [
+        {"channels": 8, "stride": 1, "repeats": 1, "knobs": {"op": "dwsep", "kernel": 3}},
+        {"channels": 16, "stride": 2, "repeats": 1,
+         "knobs": {"op": "mbconv", "kernel": [3, 5], "expand": 2, "bits_w": [8, 32]}},
+    ],
+}
+
+
+def micro_config_dict(**sections):
+    data = {"space": MICRO_SPACE, "data": "digits", "seed": 0, "budget": 2,
+            "strategy": {"name": "random"}, "objective": {"metric": "macs", "target": 20000},
+            "train": {"epochs": 1, "batch_size": 128},
+            "retrain": {"top_k": 2, "train": {"epochs": 1}},
+            "distill": {"teacher": "best", "train": {"epochs": 1}},
+            "export": {"calibration": 64}}
+    data.update(sections)
+    return data
+
+
+def micro_config(**sections):
+    return parse_config(micro_config_dict(**sections), "micro.yaml")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    logs = []
+    summary = run_pipeline(micro_config(), workdir, progress=False, log=logs.append)
+    return workdir, summary, logs
+
+
+def test_end_to_end_outputs(finished):
+    workdir, summary, logs = finished
+    for stage in ("search", "retrain", "distill", "export"):
+        assert stage_marker(workdir, stage).exists()
+        assert f"{stage}: started" in logs
+    assert summary["export_ok"]
+    for name in ("model.onnx", "model.stablehlo", "model.npk", "arch.json", "export.json"):
+        assert (workdir / "export" / name).stat().st_size > 0
+    assert (workdir / "export" / "orbax").is_dir()
+    retrain = read_marker(workdir, "retrain")
+    assert len(retrain["candidates"]) == 2 and all(c["status"] == "ok" for c in retrain["candidates"])
+    for c in retrain["candidates"]:
+        assert (workdir / "retrain" / c["arch_id"] / "checkpoints").is_dir()
+    distill = read_marker(workdir, "distill")
+    # the teacher of 'best' is the other retrained candidate
+    assert distill["teacher"].startswith("retrained ") and retrain["winner"] not in distill["teacher"]
+    report = (workdir / "report.md").read_text()
+    assert summary["winner"]["arch_id"] == retrain["winner"] and retrain["winner"] in report
+    assert "## Export" in report and "model.onnx" in report and "Latency:" in report
+    assert len(summary["plots"]) == 2
+    for p in summary["plots"]:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert any((workdir / "tb").iterdir())
+    exported = json.loads((workdir / "export" / "arch.json").read_text())
+    assert exported["arch"] == next(c["arch"] for c in retrain["candidates"]
+                                    if c["arch_id"] == retrain["winner"])
+
+
+def test_rerun_skips_finished_stages(finished, monkeypatch):
+    workdir, summary, _ = finished
+
+    def boom(self, *a):
+        raise AssertionError("a finished stage ran again")
+
+    for stage in ("search", "retrain", "distill", "export"):
+        monkeypatch.setattr(Pipeline, stage, boom)
+    logs = []
+    again = run_pipeline(micro_config(), workdir, progress=False, log=logs.append)
+    assert all(f"{s}: already done, skipped" in logs for s in ("search", "retrain", "distill", "export"))
+    assert again["winner"] == summary["winner"]
+
+
+def test_rerun_with_changed_settings_is_refused(finished):
+    workdir, _, _ = finished
+    changed = micro_config(distill={"teacher": "best", "train": {"epochs": 2}})
+    with pytest.raises(NasInputError, match="stage 'distill' finished with other settings"):
+        run_pipeline(changed, workdir, progress=False, log=lambda m: None)
+    # an export-only change is refused at the export stage: earlier stages still match
+    with pytest.raises(NasInputError, match="stage 'export'"):
+        run_pipeline(micro_config(export={"calibration": 32}), workdir, progress=False,
+                     log=lambda m: None)
+
+
+def test_interrupted_stage_resumes_and_later_stages_rerun(finished, tmp_path, monkeypatch):
+    src, _, _ = finished
+    workdir = tmp_path / "copy"
+    shutil.copytree(src, workdir)
+    for stage in ("distill", "export"):
+        stage_marker(workdir, stage).unlink()
+    real_distill = Pipeline.distill
+
+    def crash(self, retrain):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(Pipeline, "distill", crash)
+    with pytest.raises(RuntimeError):
+        run_pipeline(micro_config(), workdir, progress=False, log=lambda m: None)
+    assert stage_marker(workdir, "retrain").exists() and not stage_marker(workdir, "distill").exists()
+    monkeypatch.setattr(Pipeline, "distill", real_distill)
+    for stage in ("search", "retrain"):
+        monkeypatch.setattr(Pipeline, stage, lambda self, *a: (_ for _ in ()).throw(AssertionError))
+    logs = []
+    run_pipeline(micro_config(), workdir, progress=False, log=logs.append)
+    assert "distill: started" in logs and "export: started" in logs
+    assert "retrain: already done, skipped" in logs
+
+
+def test_pipeline_sections_validate_and_do_not_change_the_search():
+    base = micro_config()
+    other = micro_config(retrain={"top_k": 5, "train": {"epochs": 9}},
+                         distill={"enabled": False}, export={"formats": ["onnx"]})
+    assert base.config.fingerprint() == other.config.fingerprint()
+    with pytest.raises(NasInputError, match="retrain.train.epochz"):
+        micro_config(retrain={"train": {"epochz": 3}})
+    with pytest.raises(NasInputError, match="distill.teacher"):
+        micro_config(distill={"teacher": "somebody"})
+    with pytest.raises(NasInputError, match="retrain.top_k"):
+        micro_config(retrain={"top_k": 0})
+
+
+def test_missing_teacher_checkpoint_is_one_clear_error(finished, tmp_path):
+    src, _, _ = finished
+    workdir = tmp_path / "copy"
+    shutil.copytree(src, workdir)
+    for stage in ("distill", "export"):
+        stage_marker(workdir, stage).unlink()
+    loaded = micro_config(distill={"teacher": f"ckpt:{tmp_path / 'nothing'}"})
+    with pytest.raises(NasInputError, match="arch.json"):
+        run_pipeline(loaded, workdir, progress=False, log=lambda m: None)
+    assert not stage_marker(workdir, "distill").exists()
+
+
+def test_runner_ups_flip_the_least_certain_decisions():
+    from nas.pipeline import runner_ups
+    from nas.space import Space
+
+    space = Space.by_name("tiny")
+    arch = space.validate({**space.sample(0), "s4_b1_kernel": 3, "s1_b1_kernel": 3})
+    dist = {label: {str(v): (0.9 if v == arch.get(label) else 0.1 / (len(vs) - 1)) for v in vs}
+            for label, vs in space.decisions()}
+    dist["s4_b1_kernel"] = {"3": 0.51, "5": 0.49}   # least certain
+    dist["s1_b1_kernel"] = {"3": 0.6, "5": 0.4}     # second least certain
+    out = runner_ups(space, arch, dist, 3)
+    assert out[0] == arch
+    assert out[1] == space.validate({**arch, "s4_b1_kernel": 5})
+    assert out[2] == space.validate({**arch, "s1_b1_kernel": 5})
+    assert len({space.arch_id(a) for a in out}) == 3
+    assert runner_ups(space, arch, dist, 1) == [arch]
+
+
+def test_cli_run_json_and_bad_config(finished, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    workdir, summary, _ = finished
+    cfg = tmp_path / "micro.yaml"
+    cfg.write_text(yaml.safe_dump(micro_config_dict()))
+    r = subprocess.run([sys.executable, "-m", "nas.cli", "run", str(cfg), "--workdir", str(workdir),
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["winner"]["arch_id"] == summary["winner"]["arch_id"] and out["export_ok"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(micro_config_dict(retrain={"top_k": "many"})))
+    r = subprocess.run([sys.executable, "-m", "nas.cli", "run", str(bad), "--workdir",
+                        str(tmp_path / "w")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "retrain.top_k" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "w").exists()

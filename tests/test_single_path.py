@@ -1,0 +1,197 @@
+"""Single-Path NAS mechanisms: indicators, nested quantizer, superkernel slices, cost term."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nas.blocks.quant import fake_quant_weight
+from nas.errors import NasInputError
+from nas.model import build_model, init_variables
+from nas.single_path.cost import SlotCosts
+from nas.single_path.export import derive_arch, derive_levels, export_child, force_levels
+from nas.single_path.gates import slot_gates
+from nas.single_path.indicators import indicator, ladder_levels, select
+from nas.single_path.nested_quant import nested_fake_quant_weight
+from nas.single_path.network import SinglePathNetwork, init_single_path
+from nas.single_path.plan import max_arch, space_plan
+from nas.space import Space
+
+from single_path_helpers import fake_table, small_space
+
+
+# ------------------------------------------------------------------------------ indicators
+def test_indicator_is_hard_forward_and_sigmoid_backward():
+    x = jnp.array([-2.0, -0.1, 0.3, 4.0])
+    np.testing.assert_array_equal(indicator(x), [0.0, 0.0, 1.0, 1.0])
+    grad = jax.grad(lambda v: jnp.sum(indicator(v) * jnp.arange(1.0, 5.0)))(x)
+    s = jax.nn.sigmoid(x)
+    np.testing.assert_allclose(grad, s * (1 - s) * jnp.arange(1.0, 5.0), rtol=1e-6)
+
+
+def test_select_is_exact_and_has_the_mixture_gradient():
+    off, on = jnp.array([0.1, 0.7]), jnp.array([0.3, 1e-9])
+    for g in (0.0, 1.0):
+        out = select(jnp.float32(g), off, on)
+        np.testing.assert_array_equal(out, on if g else off)   # never off + g * (on - off)
+    dg = jax.grad(lambda g: jnp.sum(select(g, off, on) * jnp.array([2.0, 3.0])))(jnp.float32(1.0))
+    np.testing.assert_allclose(dg, np.sum((on - off) * np.array([2.0, 3.0])), rtol=1e-6)
+
+
+def test_ladder_levels_are_the_papers_kernel_probabilities():
+    i5, i7 = 0.8, 0.3
+    p = ladder_levels(jnp.array([i5, i7]))
+    np.testing.assert_allclose(p, [1 - i5, i5 * (1 - i7), i5 * i7], rtol=1e-6)
+    np.testing.assert_array_equal(ladder_levels(jnp.array([1.0, 0.0])), [0, 1, 0])
+
+
+# ------------------------------------------------------------------------- nested quantizer
+@pytest.mark.parametrize("ladder", [(2, 4, 8, 32), (8, 32), (4, 8, 32)])
+def test_nested_quantizer_equals_plain_fake_quant_at_every_gate_setting(ladder):
+    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 12)) * jnp.linspace(0.1, 2.0, 12)
+    n = len(ladder) - 1
+    for gates in itertools.product((0.0, 1.0), repeat=n):
+        level = next((i for i, g in enumerate(gates) if g == 0.0), n)
+        got = nested_fake_quant_weight(w, ladder, jnp.array(gates, jnp.float32))
+        np.testing.assert_array_equal(got, fake_quant_weight(w, ladder[level]))
+
+
+def test_nested_quantizer_gradients_are_ste_and_gated_residuals():
+    w = jax.random.normal(jax.random.key(2), (4, 6))
+    ladder = (2, 4, 8, 32)
+    cot = jax.random.normal(jax.random.key(3), (4, 6))
+    gates = jnp.array([1.0, 1.0, 0.0])          # 8 bits selected
+    dw, dg = jax.grad(lambda w, g: jnp.sum(nested_fake_quant_weight(w, ladder, g) * cot),
+                      argnums=(0, 1))(w, gates)
+    np.testing.assert_allclose(dw, cot, rtol=1e-6)           # straight-through
+    q = {b: fake_quant_weight(w, b) for b in ladder}
+    # d/dg_i = <cot, (Q_bi - Q_b(i-1)) + deeper gated residuals> at the current gates
+    np.testing.assert_allclose(dg[2], np.sum(cot * (q[32] - q[8])), rtol=1e-5)
+    np.testing.assert_allclose(dg[1], np.sum(cot * (q[8] - q[4])), rtol=1e-5)
+    np.testing.assert_allclose(dg[0], np.sum(cot * (q[8] - q[2])), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- plans
+def test_plan_nests_every_knob_of_the_tiny_space():
+    space = Space.by_name("tiny")
+    plans = {p.prefix: p for p in space_plan(space)}
+    assert plans["s1_b1"].ladders["op"].values == ("dwsep", "mbconv")
+    assert plans["s2_b2"].ladders["keep"].values == ("skip", "layer")
+    assert [m[0] for m in plans["s2_b2"].ladders["mid"].values] == [36, 72, 144]
+    assert plans["s3_b1"].ladders["kernel"].values == (3, 5, 7)
+    assert plans["s4_b1"].ladders["rank"].values == (0.5, None)
+    assert max_arch(space, list(plans.values()))["s2_b1_expand"] == 6
+
+
+def test_a_space_with_a_searched_activation_bit_width_is_refused_in_one_line():
+    with pytest.raises(NasInputError, match="s1_b1_bits_a.*single_path cannot search"):
+        space_plan(Space.by_name("mixed"))
+
+
+# ---------------------------------------------------------------------- slices and export
+@pytest.fixture(scope="module")
+def small_net():
+    space = small_space()
+    net = SinglePathNetwork(space)
+    variables = init_single_path(net, jax.random.key(0))
+    # non-trivial BatchNorm statistics, so that slicing them matters
+    key = jax.random.key(5)
+    variables["batch_stats"] = jax.tree_util.tree_map(
+        lambda a: a + 0.5 * jax.random.uniform(key, a.shape), variables["batch_stats"])
+    return space, net, variables, jax.jit(net.apply)
+
+
+def _random_levels(space, rng):
+    return {p.prefix: {n: int(rng.integers(l.n)) for n, l in p.ladders.items()}
+            for p in space_plan(space)}
+
+
+def test_exported_child_computes_what_the_superkernel_computes(small_net):
+    space, net, variables, apply = small_net
+    x = jax.random.normal(jax.random.key(7), (3, 8, 8, 1))
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(3):
+        levels = _random_levels(space, rng)
+        params = force_levels(space, variables["params"], levels)
+        assert derive_levels(space, params) == levels
+        full = {"params": params, "batch_stats": variables["batch_stats"]}
+        arch, child_vars = export_child(space, full)
+        seen.add(space.arch_id(arch))
+        child = build_model(space, arch)
+        ref = init_variables(child, jax.random.key(1), (1, 8, 8, 1))
+        assert jax.tree_util.tree_structure(ref) == jax.tree_util.tree_structure(child_vars)
+        for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(child_vars)):
+            assert a.shape == b.shape
+        want = apply(full, x)
+        got = child.apply(child_vars, x)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert len(seen) == 3
+
+
+def test_exported_weights_are_exact_slices_of_the_superkernel(small_net):
+    space, _, variables, _ = small_net
+    levels = {"s1_b1": {"op": 1, "kernel": 0},
+              "s2_b1": {"keep": 1, "mid": 1, "kernel": 1, "bits": 1, "se": 1},
+              "s3_b1": {"mid": 0, "kernel": 1, "rank": 0, "bits": 0}}
+    params = force_levels(space, variables["params"], levels)
+    arch, child = export_child(space, {"params": params, "batch_stats": variables["batch_stats"]})
+    assert (arch["s2_b1_kernel"], arch["s2_b1_expand"], arch["s2_b1_width"], arch["s2_b1_bits_w"],
+            arch["s2_b1_se"]) == (5, 3, 1.0, 8, True)    # 24 channels: expand 3 (unpruned)
+    sup, got = params["s2_b1"], child["params"]["s2_b1"]
+    m = 24
+    np.testing.assert_array_equal(got["dw"]["kernel"], sup["dw"]["kernel"][1:6, 1:6, :, :m])
+    np.testing.assert_array_equal(got["expand"]["kernel"], sup["expand"]["kernel"][..., :m])
+    np.testing.assert_array_equal(got["project"]["kernel"], sup["project"]["kernel"][:, :, :m])
+    np.testing.assert_array_equal(got["se"]["reduce"]["kernel"], sup["se"]["reduce"]["kernel"][:, :, :m])
+    np.testing.assert_array_equal(child["batch_stats"]["s2_b1"]["dw_bn"]["mean"],
+                                  variables["batch_stats"]["s2_b1"]["dw_bn"]["mean"][:m])
+    r = child["params"]["s3_b1"]
+    u = params["s3_b1"]["expand"]["kernel_u"]                 # [8, 8]; rank 0.5 of min(8, 24) = 4
+    np.testing.assert_array_equal(r["expand"]["kernel_u"], u[..., :4])
+    assert "expand" not in child["params"].get("s1_b1", {}) or arch["s1_b1_op"] == "mbconv"
+
+
+def test_skip_and_dwsep_levels_drop_their_weights(small_net):
+    space, _, variables, _ = small_net
+    levels = {"s1_b1": {"op": 0, "kernel": 1}, "s2_b1": {"keep": 0}}
+    arch, child = export_child(space, {"params": force_levels(space, variables["params"], levels),
+                                       "batch_stats": variables["batch_stats"]})
+    assert arch["s1_b1_op"] == "dwsep" and arch["s2_b1_op"] == "skip"
+    assert "expand" not in child["params"]["s1_b1"] and "s2_b1" not in child["params"]
+
+
+# ------------------------------------------------------------------------------ cost term
+def test_cost_on_hard_gates_is_the_tables_prediction_of_the_derived_arch(small_net):
+    space, _, variables, _ = small_net
+    table = fake_table(space)
+    costs = SlotCosts.from_table(space, table)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        params = force_levels(space, variables["params"], _random_levels(space, rng))
+        gates = [slot_gates(p, params[p.prefix]) for p in space_plan(space)]
+        assert float(costs.expected(gates)) == pytest.approx(table.predict(derive_arch(space, params)),
+                                                             rel=1e-5)
+    lo, hi = costs.extremes()
+    assert lo < hi
+
+
+def test_cost_gradient_raises_every_threshold(small_net):
+    space, _, variables, _ = small_net
+    costs = SlotCosts.from_metric(space, "bops")
+    plans = space_plan(space)
+    grads = jax.grad(lambda p: jnp.log(costs.expected([slot_gates(pl, p[pl.prefix]) for pl in plans])))(
+        variables["params"])
+    for plan in plans:
+        for ladder in plan.ladders:
+            g = np.asarray(grads[plan.prefix][f"t_{ladder}"])
+            assert np.all(g < 0), (plan.prefix, ladder, g)     # raising t lowers the cost
+
+
+def test_unknown_cost_metric_is_refused():
+    with pytest.raises(NasInputError, match="unknown cost metric"):
+        SlotCosts.from_metric(small_space(), "watts")

@@ -1,0 +1,115 @@
+"""Single-Path NAS search behaviour: the cost weight shrinks every knob; without it accuracy
+decides; the CLI writes best_arch.json and the child's weights, and resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nas.data import load_data
+from nas.errors import NasInputError
+from nas.single_path.cost import SlotCosts
+from nas.single_path.plan import max_arch, space_plan
+from nas.strategies.single_path import SinglePathParams, SinglePathSetup, parse_params, search
+from nas.train import TrainConfig
+
+from single_path_helpers import small_space
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def runs():
+    space = small_space()
+    data = load_data("digits", space)
+    costs = SlotCosts.from_metric(space, "bops")
+    out = {}
+    for lam in (0.0, 5.0):
+        setup = SinglePathSetup(space, data, None, costs, SinglePathParams(lam=lam, cost="bops"),
+                                None, TrainConfig(epochs=EPOCHS, batch_size=32, learning_rate=3e-3))
+        out[lam] = search(setup, None)
+    return space, costs, out
+
+
+def test_a_large_lambda_shrinks_kernels_channels_ranks_and_bits(runs):
+    space, costs, out = runs
+    arch = out[5.0]["arch"]
+    # every slot at its cheapest level: dwsep instead of mbconv, skip where allowed, and in the
+    # slot that cannot skip the smallest kernel, channels, rank and bit-width
+    assert arch["s1_b1_op"] == "dwsep" and arch["s1_b1_kernel"] == 3
+    assert arch["s2_b1_op"] == "skip"
+    assert (arch["s3_b1_kernel"], arch["s3_b1_expand"], arch["s3_b1_rank"], arch["s3_b1_bits_w"]) \
+        == (3, 3, 0.5, 8)
+    assert out[5.0]["cost"] == pytest.approx(costs.extremes()[0], rel=1e-6)
+
+
+def test_lambda_zero_keeps_what_accuracy_needs(runs):
+    space, costs, out = runs
+    big, small = out[0.0], out[5.0]
+    assert big["cost"] > 2 * small["cost"]
+    assert big["val_accuracy"] >= small["val_accuracy"] - 0.02
+    assert big["val_accuracy"] > 0.8
+    # with no cost pressure, no layer is dropped and the kernels stay at their largest
+    arch = big["arch"]
+    assert arch["s1_b1_op"] == "mbconv" and arch["s2_b1_op"] == "mbconv"
+
+
+def test_history_logs_decisions_and_cost_per_epoch(runs):
+    _, _, out = runs
+    hist = out[5.0]["history"]
+    assert len(hist) == EPOCHS
+    assert hist[-1]["cost"] <= hist[0]["cost"]
+    assert hist[-1]["decision/s3_b1_kernel"] == 3
+
+
+def test_bad_strategy_params_name_the_field():
+    with pytest.raises(NasInputError, match="strategy.params.lam"):
+        parse_params({"lam": -1})
+    with pytest.raises(NasInputError, match="strategy.params.temperature"):
+        parse_params({"temperature": 1})
+
+
+def test_cli_search_writes_best_arch_and_child_weights_and_resumes(tmp_path, capsys):
+    import yaml
+
+    from nas.archfile import load_arch
+    from nas.checkpoint import load_trained
+    from nas.cli import main
+
+    from single_path_helpers import SMALL
+
+    config = {"space": SMALL, "data": "digits", "seed": 0,
+              "strategy": {"name": "single_path", "params": {"lam": 5.0, "cost": "bops"}},
+              "train": {"epochs": 1, "batch_size": 32}}
+    path = tmp_path / "sp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    wd = tmp_path / "run"
+    assert main(["search", str(path), "--workdir", str(wd), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    best = load_arch(wd / "best_arch.json")
+    assert best.space.arch_id(best.arch) == first["arch_id"]
+    assert best.meta["gates"] and best.meta["cost_unit"] == "bops"
+    archfile, _, variables, _ = load_trained(wd / "child")
+    assert archfile.space.arch_id(archfile.arch) == first["arch_id"]
+    # the same command again resumes from the finished checkpoint: nothing is retrained
+    assert main(["search", str(path), "--workdir", str(wd), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["arch_id"] == first["arch_id"] and again["cost"] == first["cost"]
+    # other settings on the same workdir are refused in one line
+    config["strategy"]["params"]["lam"] = 1.0
+    path.write_text(yaml.safe_dump(config))
+    assert main(["search", str(path), "--workdir", str(wd)]) == 2
+    assert "lam" in capsys.readouterr().err
+
+
+def test_cli_refuses_latency_cost_without_a_table(tmp_path, capsys):
+    import yaml
+
+    from nas.cli import main
+
+    path = tmp_path / "sp.yaml"
+    path.write_text(yaml.safe_dump({"space": "tiny", "strategy": {"name": "single_path"}}))
+    assert main(["search", str(path), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "latency_table" in err and len(err.splitlines()) == 1
