@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import pydantic
-import yaml
 
 from nas.errors import NasInputError
+from nas.yaml_file import read_yaml_file
 from nas.objective import CONSTRAINTS, MnasObjective
 
 COST_METRICS = ("latency_ms", "params", "macs", "bops", "size_bytes", "energy_mj",
@@ -273,16 +273,7 @@ def load_config(path: str | os.PathLike) -> LoadedConfig:
         NasInputError: unreadable file, invalid YAML, or a bad field.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise NasInputError(f"cannot read config file ({e.strerror})", str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise NasInputError(f"not valid YAML{where}: {getattr(e, 'problem', e)}", str(path)) from None
+    data = read_yaml_file(path, "config file")
     return parse_config(data, str(path), path.parent)
 
 
