@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from nas.errors import NasInputError
 from nas.space import Arch, Space
+from nas.yaml_file import read_json_file
 
 _FILE_KEYS = {"space", "arch", "meta"}
 
@@ -78,14 +79,7 @@ def load_arch(path: str | os.PathLike, space: Space | str | None = None) -> Arch
     """
     path = Path(path)
     src = str(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise NasInputError(f"cannot read arch file ({e.strerror})", src) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise NasInputError(f"not valid JSON at line {e.lineno} column {e.colno}: {e.msg}", src) from None
+    data = read_json_file(path, "arch file")
     if isinstance(space, str):
         space = Space.by_name(space)
     if not isinstance(data, dict):

@@ -66,8 +66,9 @@ class Checkpointer:
         self.directory = Path(workdir).absolute() / CKPT_SUBDIR
         self.arch_id = arch_id
         self._manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max(2, max_to_keep),
-                                                                 create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(
+                max_to_keep=max(2, max_to_keep), create=True,
+                cleanup_tmp_directories=True))  # a save killed midway leaves only a tmp folder
 
     def steps(self) -> list[int]:
         """Returns the saved steps, oldest first."""
@@ -205,8 +206,11 @@ def read_json_lines(path: str | os.PathLike) -> list[dict]:
 
 
 def write_json_lines(path: str | os.PathLike, records: list[dict]) -> None:
-    """Writes JSONL records atomically (temporary file + os.replace)."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, p)
+    """Writes JSONL records atomically (temporary file, fsync, os.replace).
+
+    Raises:
+        NasInputError: the disk is full or the folder is not writable (old content intact).
+    """
+    from nas.safe_write import write_atomic
+
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))

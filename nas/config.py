@@ -52,10 +52,16 @@ class StrategyConfig(_Section):
 
 
 class ObjectiveConfig(_Section):
-    """MnasNet reward settings.
+    """The cost weighed against accuracy, for every strategy.
+
+    Sample-based strategies use MnasNet's reward ``ACC * (COST / T) ** w``. fbnet and proxyless
+    differentiate the expected ``metric``: latency_ms from the latency table, any other (params,
+    macs, bops, size_bytes, energy_mj) from an exact cost table built on the fly
+    (:mod:`nas.cost_table`; their ``lam`` / ``target`` parameters are then in that unit).
+    single_path uses the matching per-layer metric as its ``cost`` unless it sets one.
 
     Attributes:
-        metric: the cost weighed against accuracy (latency_ms needs latency_table).
+        metric: the cost (latency_ms needs latency_table).
         target: T in the metric's unit; None = maximize accuracy only.
         constraint: 'soft' (alpha = beta = -0.07) or 'hard' (alpha = 0, beta = -1).
         alpha, beta: explicit exponents (override the constraint's).
@@ -74,6 +80,24 @@ class ObjectiveConfig(_Section):
         return MnasObjective(self.metric, self.target,
                              a if self.alpha is None else self.alpha,
                              b if self.beta is None else self.beta)
+
+
+class EvaluationConfig(_Section):
+    """How a sample-based search scores a candidate.
+
+    Attributes:
+        mode: 'train' (train it from scratch with the ``train`` settings) or 'supernet' (the
+            weight-sharing fast path: its path through a trained fbnet / proxyless supernet,
+            BatchNorm recalibrated, see :mod:`nas.weight_sharing`).
+        supernet: the workdir of that supernet's 'nas search' (mode supernet).
+        calibration_images: training images of the BatchNorm recalibration batch.
+        eval_batch_size: batch size of the scoring passes.
+    """
+
+    mode: Literal["train", "supernet"] = "train"
+    supernet: str | None = None
+    calibration_images: int = pydantic.Field(512, ge=2)
+    eval_batch_size: int = pydantic.Field(512, ge=1)
 
 
 class ExecutorConfig(_Section):
@@ -178,6 +202,7 @@ class SearchConfig(_Section):
     latency_table: str | None = None
     train: dict[str, Any] = {}
     executor: ExecutorConfig = ExecutorConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     retrain: RetrainConfig = RetrainConfig()
     distill: DistillSection = DistillSection()
     export: ExportSection = ExportSection()
@@ -194,6 +219,8 @@ class SearchConfig(_Section):
         executor may change).
         """
         body = self.model_dump(exclude={"budget", "executor", *PIPELINE_SECTIONS})
+        if self.evaluation == EvaluationConfig():  # fingerprints from before the section stay valid
+            body.pop("evaluation")
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -261,6 +288,7 @@ def parse_config(data: Any, source: str | None = None, base_dir: str | os.PathLi
         raise NasInputError("metric latency_ms needs a latency table; set latency_table: PATH "
                             "(build one with 'nas latency build') or use another metric",
                             source, "objective.metric")
+    _check_evaluation(config, base_dir, source)
     if config.executor.address and config.executor.kind != "ray":
         raise NasInputError("an address needs kind: ray", source, "executor.address")
     return LoadedConfig(config, source, table)
@@ -275,6 +303,27 @@ def load_config(path: str | os.PathLike) -> LoadedConfig:
     path = Path(path)
     data = read_yaml_file(path, "config file")
     return parse_config(data, str(path), path.parent)
+
+
+def _check_evaluation(config: SearchConfig, base_dir: str | os.PathLike | None,
+                      source: str | None) -> None:
+    """Checks the evaluation section and makes its supernet path absolute."""
+    ev = config.evaluation
+    if ev.mode == "train":
+        if ev.supernet is not None:
+            raise NasInputError("a supernet is only used with mode: supernet", source,
+                                "evaluation.supernet")
+        return
+    from nas.strategies import SAMPLE_BASED
+
+    if config.strategy.name not in SAMPLE_BASED:
+        raise NasInputError(f"mode supernet scores the candidates of a sample-based search "
+                            f"({sorted(SAMPLE_BASED)}), not {config.strategy.name!r}", source,
+                            "evaluation.mode")
+    if not ev.supernet:
+        raise NasInputError("mode supernet needs supernet: WORKDIR (a finished 'nas search' with "
+                            "strategy fbnet or proxyless)", source, "evaluation.supernet")
+    ev.supernet = str(_resolve(ev.supernet, base_dir, source, "evaluation.supernet"))
 
 
 def _check_strategy(config: SearchConfig, source: str | None) -> None:
@@ -322,3 +371,45 @@ def _resolve(path: str, base_dir: str | os.PathLike | None, source: str | None, 
             return c.resolve()
     raise NasInputError(f"file {path!r} not found (looked in the current folder, the config's "
                         "folder and the project root)", source, field)
+
+
+def check_inputs(loaded: LoadedConfig, data: bool = True) -> dict[str, Any]:
+    """Checks everything a config points at, before any work starts.
+
+    Resolves the space, loads the latency table against it (schema, checksum, space hash) and,
+    with ``data``, loads the data set as a search would (files, shapes, labels).
+
+    Args:
+        loaded: the validated config (:func:`load_config`).
+        data: also load and check the data set (the slowest part: reads every file).
+
+    Returns:
+        A JSON-able summary: space, slots, log10 size, latency table and its entry count, data.
+
+    Raises:
+        NasInputError: the first problem found (one line naming the file and the field).
+    """
+    from nas.search import resolve_space
+
+    config = loaded.config
+    space = resolve_space(config.space, loaded.source)
+    summary: dict[str, Any] = {"config": loaded.source, "space": space.name,
+                               "slots": len(space.slots), "log10_size": round(space.log10_size(), 2),
+                               "strategy": config.strategy.name, "latency_table": None}
+    if loaded.latency_table:
+        from nas.latency.table import LatencyTable
+
+        table = LatencyTable.load(loaded.latency_table, space)
+        summary["latency_table"] = loaded.latency_table
+        summary["table_entries"] = len(table.entries)
+        summary["table_complete"] = bool(table.data.get("complete", False))
+    if data:
+        from nas.data import load_data
+
+        try:
+            summary["data"] = load_data(config.data, space, seed=config.seed).summary()
+        except NasInputError as e:
+            if e.source:  # a data file's own problem: it names the file
+                raise
+            raise NasInputError(e.message, loaded.source, "data") from None
+    return summary

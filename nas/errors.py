@@ -8,6 +8,12 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 
+def printable_line(text: str, limit: int = 300) -> str:
+    """Returns `text` on one line: control and line-separator characters escaped, long parts cut."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return out if len(out) <= limit else out[:limit - 3] + "..."
+
+
 class NasInputError(ValueError):
     """A user-supplied input is malformed.
 
@@ -18,9 +24,9 @@ class NasInputError(ValueError):
     """
 
     def __init__(self, message: str, source: str | None = None, field: str | None = None):
-        self.message = message.replace("\n", " ")
-        self.source = source
-        self.field = field
+        self.message = printable_line(str(message).replace("\n", " "), 1000)
+        self.source = None if source is None else printable_line(source)
+        self.field = None if field is None else printable_line(field)
         super().__init__(self.one_line())
 
     def one_line(self) -> str:

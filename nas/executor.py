@@ -13,23 +13,42 @@ Both executors have the same ``map(fn, items) -> list[Outcome]`` (results in ite
 ``fn(item, report)``: ``report`` is None locally and a callable(dict) under Ray (per-epoch
 metrics; ASHA reads 'val_accuracy'). ``fn`` must return a JSON-able dict.
 
-Each trial runs JAX with one XLA thread (``XLA_FLAGS``) so concurrent trials do not fight over
-cores. Ray is started with the dashboard off, usage stats off, auth disabled, bound to loopback,
-with a short temp dir under /tmp; or joins an existing cluster given its address.
+Concurrent trials must not fight over cores. Each trial (see :func:`_isolate_trial`):
+
+* claims a core of its own (an exclusive ``flock`` on ``cpu-N.lock`` in a folder shared by the
+  executor's trials on a node; Ray hands out CPU *counts*, not core ids) and pins every thread
+  of its process to it (``os.sched_setaffinity`` per thread: Linux pins only the calling thread,
+  and JAX's pools already exist when an actor is reused); a 1-worker run is thus one core too;
+* runs JAX with one XLA thread and single-threaded compilation (``XLA_FLAGS``) and numpy/BLAS
+  pools of one thread (``OMP/OPENBLAS/MKL_NUM_THREADS``, set when the worker starts);
+* uses the persistent JAX compile cache in a folder shared by all trials (an identical
+  program compiles once).
+
+Ray is started with the dashboard off, usage stats off, auth disabled and every server bound to
+loopback (see :func:`start_ray`), with a short temp dir under /tmp; or joins an existing cluster
+given its address.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+ONE_THREAD_XLA = ("--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1 "
+                  "--xla_cpu_parallel_codegen_split_count=1")
+# thread pools of numpy/BLAS and friends, read when a library loads: set for the worker process
+ONE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                         "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                                         "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
 
 
 @dataclasses.dataclass
@@ -43,6 +62,7 @@ class Outcome:
         error: one-line error text when not ok.
         seconds: wall time of the successful (or last) attempt.
         attempts: how many times the item was started.
+        cpus: the cores the trial was pinned to (None: not pinned, e.g. run locally).
     """
 
     status: str
@@ -50,6 +70,7 @@ class Outcome:
     error: str | None = None
     seconds: float = 0.0
     attempts: int = 1
+    cpus: tuple[int, ...] | None = None
 
 
 def _error_text(exc: BaseException) -> str:
@@ -90,28 +111,112 @@ class LocalExecutor:
         """Nothing to release."""
 
 
-def _trial(config: dict, fn: Callable[..., dict], items: Sequence[Any]) -> None:
-    """The Ray Tune trainable: runs fn on one item and reports its outcome."""
+_HOME_CPUS: tuple[int, ...] | None = None  # this process's cores before any trial pinned it
+
+
+def _claim_cores(lock_dir: str, count: int) -> tuple[tuple[int, ...], list[int]]:
+    """Claims ``count`` cores no other trial of this executor holds (non-blocking file locks).
+
+    Args:
+        lock_dir: folder of the ``cpu-N.lock`` files (created if missing).
+        count: cores wanted.
+
+    Returns:
+        (claimed cores, open lock file descriptors); no cores (and no descriptors) when fewer
+        than ``count`` are free, e.g. more concurrent trials than cores.
+    """
+    global _HOME_CPUS
+    if _HOME_CPUS is None:
+        _HOME_CPUS = tuple(sorted(os.sched_getaffinity(0)))
+    os.makedirs(lock_dir, exist_ok=True)
+    current = set(os.sched_getaffinity(0))
+    order = sorted(_HOME_CPUS, key=lambda c: (c not in current, c))  # keep a reused actor's core
+    cpus, fds = [], []
+    for cpu in order:
+        if len(cpus) == count:
+            break
+        fd = os.open(os.path.join(lock_dir, f"cpu-{cpu}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        cpus.append(cpu)
+        fds.append(fd)
+    if len(cpus) < count:
+        for fd in fds:
+            os.close(fd)
+        return (), []
+    return tuple(cpus), fds
+
+
+def _pin_process(cpus: Sequence[int]) -> None:
+    """Pins every thread of this process (not only the calling one) to ``cpus``."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+@contextlib.contextmanager
+def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None) -> Iterator[tuple]:
+    """Runs the body on cores of its own, with one-thread pools and the shared compile cache.
+
+    Args:
+        lock_dir: folder of the per-core locks (None: do not pin).
+        cores: cores to claim.
+        compile_cache: JAX persistent compile cache folder (None: leave JAX's setting).
+
+    Yields:
+        The pinned cores (empty when none were free or pinning is off).
+    """
     os.environ["XLA_FLAGS"] = ONE_THREAD_XLA  # before this worker first uses JAX
+    os.environ.update(ONE_THREAD_ENV)
+    if compile_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    cpus, fds = _claim_cores(lock_dir, cores) if lock_dir else ((), [])
+    if cpus:
+        _pin_process(cpus)
+    elif _HOME_CPUS:
+        _pin_process(_HOME_CPUS)  # no free core: undo an earlier trial's pin
+    try:
+        yield cpus
+    finally:
+        for fd in fds:
+            os.close(fd)  # releases the lock; the next trial on this core may claim it
+
+
+def _trial(config: dict, fn: Callable[..., dict], items: Sequence[Any], lock_dir: str | None = None,
+           cores: int = 1, compile_cache: str | None = None) -> None:
+    """The Ray Tune trainable: runs fn on one item (isolated on its own core) and reports it."""
     from ray import tune
 
-    item = items[config["index"]]
-    start = time.perf_counter()
-    last = {"epoch": 0, "val_accuracy": 0.0}  # every report carries the scheduler's fields
+    with _isolate_trial(lock_dir, cores, compile_cache) as cpus:
+        item = items[config["index"]]
+        start = time.perf_counter()
+        last = {"epoch": 0, "val_accuracy": 0.0}  # every report carries the scheduler's fields
 
-    def report(metrics: dict) -> None:
-        last.update(_scalars(metrics))
-        tune.report({"status": "running", "value_json": json.dumps(metrics), **last})
+        def report(metrics: dict) -> None:
+            last.update(_scalars(metrics))
+            tune.report({"status": "running", "value_json": json.dumps(metrics), **last})
 
-    try:
-        value = fn(item, report)
-    except Exception as e:  # noqa: BLE001 - reported as the candidate's error
-        traceback.print_exc()
-        tune.report({"status": "error", "error": _error_text(e), **last,
-                     "seconds": time.perf_counter() - start, "done": True})
-        return
-    tune.report({"status": "ok", "value_json": json.dumps(value), **{**last, **_scalars(value)},
-                 "seconds": time.perf_counter() - start, "done": True})
+        try:
+            value = fn(item, report)
+        except Exception as e:  # noqa: BLE001 - reported as the candidate's error
+            traceback.print_exc()
+            tune.report({"status": "error", "error": _error_text(e), **last, "cpus": _cpus_text(cpus),
+                         "seconds": time.perf_counter() - start, "done": True})
+            return
+        tune.report({"status": "ok", "value_json": json.dumps(value), **{**last, **_scalars(value)},
+                     "cpus": _cpus_text(cpus), "seconds": time.perf_counter() - start, "done": True})
+
+
+def _cpus_text(cpus: Sequence[int]) -> str:
+    return ",".join(str(c) for c in cpus)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -119,8 +224,32 @@ def _scalars(metrics: dict) -> dict:
             and k in ("val_accuracy", "epoch")}
 
 
+@contextlib.contextmanager
+def _local_node_ip_is_loopback() -> Iterator[None]:
+    """Makes ``ray.init`` keep 127.0.0.1 as the node IP of a Ray it starts (Ray 2.60).
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone does not work: ``ray.init`` passes it through
+    ``services.resolve_ip_for_localhost``, which swaps a loopback address for the machine's
+    outward IP; the GCS, raylet, core workers and agents then bind to *all* interfaces ('::'),
+    because Ray binds loopback only when the node IP is loopback. That swap is skipped when
+    ``ray_constants.ENABLE_RAY_CLUSTER`` is off (env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read at
+    import), so it is switched off for the duration of ``ray.init`` only.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Starts (or joins) Ray unless this process is already connected.
+
+    A locally started Ray has the dashboard off, every server (GCS, raylet, object manager,
+    core workers, agents) listening on 127.0.0.1 only, and workers at the driver's niceness.
 
     Args:
         address: 'auto' or HOST:PORT of an existing cluster; None starts a local one.
@@ -135,15 +264,34 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"XLA_FLAGS": ONE_THREAD_XLA, "RAY_AUTH_MODE": "disabled",
+    env = {"env_vars": {"XLA_FLAGS": ONE_THREAD_XLA, "RAY_AUTH_MODE": "disabled", **ONE_THREAD_ENV,
                         "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}}
     common = dict(runtime_env=env, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"), **common)
+        # worker_niceness 0: Ray renices its workers by +15 by default, so trials would yield
+        # to every other process on a shared machine (and run at nice 19 under a niced driver)
+        with _local_node_ip_is_loopback():
+            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
+                     _system_config={"worker_niceness": 0}, **common)
     return True
+
+
+def default_compile_cache() -> str:
+    """Returns the JAX compile cache folder trials share: this process's JAX setting if any,
+    else $NAS_JAX_CACHE, else ~/.cache/nas/jax."""
+    import sys
+
+    if "jax" in sys.modules:
+        configured = sys.modules["jax"].config.jax_compilation_cache_dir
+        if configured:
+            return os.path.abspath(configured)
+    if os.environ.get("NAS_JAX_CACHE"):
+        return os.path.abspath(os.environ["NAS_JAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "nas", "jax")
 
 
 class RayExecutor:
@@ -158,12 +306,18 @@ class RayExecutor:
         num_cpus: CPUs of a locally started Ray (default: workers * cpus_per_trial).
         reuse_actors: run later trials in the same worker processes (saves the JAX import and
             data loading per candidate; a worker that dies is replaced).
+        pin_cores: pin each trial to ceil(cpus_per_trial) cores of its own.
+        compile_cache: JAX compile cache folder shared by the trials ('auto':
+            :func:`default_compile_cache`; None: leave the workers' JAX setting).
     """
 
     def __init__(self, address: str | None = None, workers: int = 1, cpus_per_trial: float = 1.0,
                  retries: int = 2, early_stopping: tuple[int, int] | None = None,
-                 num_cpus: int | None = None, reuse_actors: bool = True):
+                 num_cpus: int | None = None, reuse_actors: bool = True, pin_cores: bool = True,
+                 compile_cache: str | None = "auto"):
         self.reuse_actors = bool(reuse_actors)
+        self.pin_cores = bool(pin_cores)
+        self.compile_cache = default_compile_cache() if compile_cache == "auto" else compile_cache
         self.workers = int(workers)
         self.cpus_per_trial = float(cpus_per_trial)
         self.retries = int(retries)
@@ -199,8 +353,12 @@ class RayExecutor:
             scheduler = ASHAScheduler(metric="val_accuracy", mode="max", time_attr="epoch",
                                       grace_period=grace, max_t=max_t + 1, reduction_factor=2)
             # max_t + 1: a candidate that trains all its epochs ends with its own final report
-        trainable = tune.with_resources(tune.with_parameters(_trial, fn=fn, items=list(items)),
-                                        {"cpu": self.cpus_per_trial})
+        lock_dir = os.path.join(self._storage, "cores") if self.pin_cores else None
+        cores = max(1, math.ceil(self.cpus_per_trial))
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, fn=fn, items=list(items), lock_dir=lock_dir, cores=cores,
+                                 compile_cache=self.compile_cache),
+            {"cpu": self.cpus_per_trial})
         name = f"map-{time.strftime('%H%M%S')}-{os.getpid()}"
         tuner = tune.Tuner(
             trainable,
@@ -236,12 +394,14 @@ def _outcome(result: Any, attempts: int) -> Outcome:
     metrics = result.metrics or {}
     status = metrics.get("status")
     seconds = float(metrics.get("seconds") or metrics.get("time_total_s") or 0.0)
+    text = metrics.get("cpus")
+    cpus = tuple(int(c) for c in text.split(",") if c) if isinstance(text, str) else None
     if result.error is not None and status not in ("ok", "error"):
         return Outcome("failed", None, _error_text(result.error), seconds, attempts)
     if status == "ok":
-        return Outcome("ok", json.loads(metrics["value_json"]), None, seconds, attempts)
+        return Outcome("ok", json.loads(metrics["value_json"]), None, seconds, attempts, cpus)
     if status == "error":
-        return Outcome("error", None, metrics.get("error"), seconds, attempts)
+        return Outcome("error", None, metrics.get("error"), seconds, attempts, cpus)
     if status == "running" and "value_json" in metrics:  # stopped by the scheduler
         return Outcome("stopped", json.loads(metrics["value_json"]), "stopped early by ASHA",
                        seconds, attempts)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from nas.errors import NasInputError
+from nas.safe_write import append_line, write_atomic
 
 STATUSES = ("ok", "error", "failed", "stopped")
 _REQUIRED = ("arch_id", "arch", "status")
@@ -118,23 +119,33 @@ class History:
     def append(self, record: Mapping[str, Any]) -> None:
         """Appends one record as a line and fsyncs it.
 
+        A failed append (disk full, permissions) leaves the file as it was and raises one error
+        line; a torn last line left by a crash is ended first so it never merges with this one.
+
         Args:
             record: a JSON-able mapping (see :func:`make_record`).
+
+        Raises:
+            NasInputError: the history cannot be written (the message names the file and fix).
         """
         line = json.dumps(record, sort_keys=True, separators=(",", ":"))
-        if "\n" in line:  # pragma: no cover - json.dumps never emits raw newlines
-            raise ValueError("record serializes to several lines")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self._torn():
+            self.load()  # drops the torn last line (atomic rewrite) before appending
+        append_line(self.path, line)
+
+    def _torn(self) -> bool:
+        """Whether the file's last line is unfinished (a crash during an append)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() == 0:
+                    return False
+                f.seek(-1, os.SEEK_END)
+                return f.read(1) != b"\n"
+        except FileNotFoundError:
+            return False
 
     def _rewrite(self, records: list[dict]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n"
+                                        for r in records))

@@ -7,6 +7,7 @@ This module is the one place that says which knobs exist and what values each ma
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from nas.errors import NasInputError
@@ -14,6 +15,13 @@ from nas.errors import NasInputError
 OPS = ("mbconv", "dwsep", "skip")
 ACTIVATIONS = ("relu", "relu6", "hswish", "swish")
 BITS = (2, 4, 8, 32)
+MAX_EXPAND = 64
+MAX_GROUPS = 1024
+
+#: Upper bounds of a space's numbers: far above any real network, low enough that a typo (an
+#: extra zero, 1e9) is reported instead of exhausting memory or time.
+SPACE_LIMITS = {"resolution": 8192, "channels": 100_000, "num_classes": 1_000_000, "stride": 8,
+                "repeats": 64, "slots": 256, "choices": 64, "slot_options": 10_000}
 
 #: Knob defaults used when a stage neither fixes nor searches a knob.
 KNOB_DEFAULTS: dict[str, Any] = {
@@ -32,19 +40,37 @@ KNOB_DEFAULTS: dict[str, Any] = {
 KNOB_HELP = {
     "op": f"one of {list(OPS)}",
     "kernel": "an odd integer between 1 and 9 (depthwise kernel size)",
-    "expand": "a positive number (expansion ratio of the inverted bottleneck)",
+    "expand": f"a positive number up to {MAX_EXPAND} (expansion ratio of the inverted bottleneck)",
     "se": "true or false (squeeze-and-excite)",
     "bits_w": f"one of {list(BITS)} (weight bit-width; 32 = float)",
     "bits_a": f"one of {list(BITS)} (activation bit-width; 32 = float)",
     "width": "a number in (0, 1] (kept fraction of the expanded channels)",
     "rank": "null or a number in (0, 1] (rank of the 1x1 convs as a fraction of full rank)",
-    "groups": "a positive integer (groups of the 1x1 convs)",
+    "groups": f"an integer from 1 to {MAX_GROUPS} (groups of the 1x1 convs)",
     "act": f"one of {list(ACTIVATIONS)}",
 }
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether `value` is a finite int or float (bools, NaN and infinities are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def check_int(value: Any, field: str, source: str | None, minimum: int = 1,
+              maximum: int | None = None) -> int:
+    """Returns `value` as an int if it is a whole number in [minimum, maximum].
+
+    Raises:
+        NasInputError: not a finite whole number (bools excluded) or out of range.
+    """
+    if not _is_number(value) or int(value) != value or value < minimum or \
+            (maximum is not None and value > maximum):
+        upper = f" and <= {maximum}" if maximum is not None else ""
+        raise NasInputError(f"{value!r} is not allowed; expected an integer >= {minimum}{upper}",
+                            source, field)
+    return int(value)
 
 
 def normalize_knob(name: str, value: Any, where: str | None = None, source: str | None = None) -> Any:
@@ -84,11 +110,11 @@ def normalize_knob(name: str, value: Any, where: str | None = None, source: str 
             raise bad
         return int(value)
     if name == "groups":
-        if not _is_number(value) or int(value) != value or value < 1:
+        if not _is_number(value) or int(value) != value or not 1 <= value <= MAX_GROUPS:
             raise bad
         return int(value)
     if name == "expand":
-        if not _is_number(value) or value <= 0:
+        if not _is_number(value) or not 0 < value <= MAX_EXPAND:
             raise bad
         return int(value) if float(value).is_integer() else float(value)
     if name == "width":

@@ -103,7 +103,7 @@ class RetrainJob:
 
         result = train_arch(space, arch, data, config, workdir=str(workdir), on_epoch_end=on_epoch_end)
         keep = ("arch_id", "val_accuracy", "test_accuracy", "train_seconds", "params", "epochs")
-        return {**{k: result.get(k) for k in keep}, "workdir": str(workdir)}
+        return {**{k: result.get(k) for k in keep}, "workdir": str(workdir), "pid": os.getpid()}
 
 
 class Pipeline:
@@ -203,12 +203,11 @@ class Pipeline:
         """Stage 1: the architecture search (resumable through its history or checkpoints)."""
         from nas.search import run_search
 
-        if self.one_shot:
-            from nas.strategies.oneshot_loop import run_oneshot_search
-
-            summary = run_oneshot_search(self.loaded, self.workdir / "search", progress=self.progress)
+        if self.one_shot:  # fbnet / proxyless supernet, or single_path's superkernel
+            summary = run_search(self.loaded, self.workdir / "search",
+                                 progress=self.progress).summary()
             archs = runner_ups(self.space, summary["arch"], summary.get("distribution") or {},
-                               self.config.retrain.top_k)
+                               self.config.retrain.top_k, seed=self.config.seed)
             cands = [{"arch_id": self.space.arch_id(a), "arch": a, "reward": None,
                       "accuracy": None, "status": "ok"} for a in archs]
             return {"summary": summary, "one_shot": True, "candidates": cands}
@@ -283,6 +282,7 @@ class Pipeline:
             _, model, variables, _ = load_trained(best["workdir"])
             return model, variables, f"retrained {best['arch_id']}"
         kind, _, path = spec.partition(":")
+        path = self._teacher_path(path) if path else path
         if kind == "ckpt" and path:
             taf, model, variables, _ = load_trained(path)
             self._check_teacher_io(taf.space, path)
@@ -301,6 +301,24 @@ class Pipeline:
             return model, variables, f"arch {path} (trained in {wd})"
         raise NasInputError(f"{spec!r} is not allowed; expected 'best', 'arch:PATH' or 'ckpt:DIR'",
                             self.loaded.source, "distill.teacher")
+
+    def _teacher_path(self, path: str) -> str:
+        """Resolves a teacher's relative path like the config's other paths: the current folder,
+        then the config's folder, then the project root (the first that exists; else as given,
+        so that loading it names the missing file)."""
+        from nas.space import repo_root
+
+        p = Path(path).expanduser()
+        if p.is_absolute():
+            return str(p)
+        bases = [Path.cwd()]
+        if self.loaded.source:
+            bases.append(Path(self.loaded.source).parent)
+        bases.append(repo_root())
+        for base in bases:
+            if (base / p).exists():
+                return str((base / p).resolve())
+        return path
 
     def _check_teacher_io(self, space: Any, where: str) -> None:
         mine = (tuple(self.space.resolution), self.space.in_channels, self.space.num_classes)
@@ -360,7 +378,9 @@ class Pipeline:
     # ----------------------------------------------------------------------------------- all
     def run(self) -> dict:
         """Runs every stage not yet done, then writes the report; returns the run's summary."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        from nas.workdir import lock_workdir
+
+        claim = lock_workdir(self.workdir)  # flock, held for this run (re-entrant under `nas run`)
         write_json_atomic(self.workdir / "pipeline.json",
                           {"config": self.config.model_dump(), "source": self.loaded.source})
         start = time.time()
@@ -371,6 +391,7 @@ class Pipeline:
         from nas.report import write_report
 
         report = write_report(self.workdir, self.objective)
+        claim.release()
         return {"workdir": str(self.workdir), "seconds": round(time.time() - start, 2),
                 "stages": {s: results[s].get("seconds") for s in STAGES},
                 "winner": report["winner"], "report": report["report_md"],
@@ -378,18 +399,21 @@ class Pipeline:
 
 
 def runner_ups(space: Any, arch: Mapping[str, Any], distribution: Mapping[str, Mapping[str, float]],
-               k: int) -> list[dict]:
+               k: int, seed: int = 0) -> list[dict]:
     """Returns the derived Arch of a one-shot search and up to k - 1 runner-ups.
 
     A runner-up changes one decision of the derived Arch to its second most probable choice;
     the decisions the supernet was least sure about (smallest gap between its two most probable
-    choices) come first. Invalid or duplicate Archs are skipped.
+    choices) come first. Invalid or duplicate Archs are skipped. When the distribution yields
+    fewer than k - 1 (Single-Path NAS has thresholds, not probabilities), the rest are random
+    neighbours: one decision changed (``space.mutate`` seeded with `seed`).
 
     Args:
         space: the Space.
         arch: the derived Arch.
         distribution: {label: {str(choice): probability}} of the final architecture weights.
         k: how many Archs to return at most.
+        seed: seed of the random neighbours.
 
     Returns:
         [arch, runner-up 1, ...], distinct canonical Archs.
@@ -415,6 +439,17 @@ def runner_ups(space: Any, arch: Mapping[str, Any], distribution: Mapping[str, M
         if space.arch_id(cand) not in seen:
             seen.add(space.arch_id(cand))
             out.append(cand)
+    if len(out) < k and space.size() > 1:
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        for _ in range(20 * k):
+            if len(out) >= k:
+                break
+            cand = space.mutate(out[0], rng)
+            if space.arch_id(cand) not in seen:
+                seen.add(space.arch_id(cand))
+                out.append(cand)
     return out[:k]
 
 

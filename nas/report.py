@@ -172,6 +172,26 @@ def _latency_line(export: Mapping | None, winner: Mapping | None) -> str:
     return "Latency: " + ", ".join(parts) + "."
 
 
+def _search_line(workdir: Path, search: Mapping | None, history: Sequence[Mapping]) -> str:
+    """One line naming the strategy and what the search produced (empty before the search)."""
+    if not search:
+        return ""
+    strategy = (search.get("summary") or {}).get("strategy")
+    try:
+        strategy = json.loads((workdir / "pipeline.json").read_text())["config"]["strategy"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if search.get("one_shot"):
+        summary = search.get("summary") or {}
+        lat = summary.get("predicted_latency_ms")
+        lat_text = "" if lat is None else f", predicted latency {lat:.4f} ms"
+        return (f"Search: {strategy} (one-shot), derived Arch `{summary.get('arch_id')}`{lat_text}; "
+                f"{len(search.get('candidates') or [])} Archs retrained (the derived one and its "
+                f"runner-ups), search {_fmt(summary.get('search_seconds'), '.1f')} s.")
+    ok = sum(1 for r in history if r.get("status") == "ok")
+    return f"Search: {strategy}, {len(history)} candidates evaluated ({ok} ok)."
+
+
 def write_report(workdir: str | os.PathLike, objective: Any = None) -> dict[str, Any]:
     """Writes report.md, the Pareto plots and TensorBoard logs of a pipeline workdir.
 
@@ -195,6 +215,9 @@ def write_report(workdir: str | os.PathLike, objective: Any = None) -> dict[str,
     if objective is not None:
         md.append(f"Objective: MnasNet reward on {objective.metric} (target {objective.target}, "
                   f"alpha {objective.alpha}, beta {objective.beta}).")
+    search_line = _search_line(workdir, search, history)
+    if search_line:
+        md += ["", search_line]
     md += ["", "## Winner", ""]
     if winner is None:
         md.append("Not chosen yet (retrain stage not done).")

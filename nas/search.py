@@ -1,4 +1,11 @@
-"""The sample-based search loop: ask -> executor.map(evaluate) -> tell -> history.jsonl.
+"""The search entry point :func:`run_search` for every strategy, and the sample-based loop.
+
+One-shot strategies (fbnet, proxyless, single_path) are handed to their supernet loop
+(:func:`run_oneshot_config`), against the config's ``objective.metric`` (latency from the table,
+or an exact cost table of params / MACs / BOPs / size / energy, :mod:`nas.cost_table`).
+Sample-based ones run ask -> executor.map(evaluate) -> tell -> history.jsonl, each candidate
+trained from scratch or, with ``evaluation.mode: supernet``, scored on a trained supernet
+(:mod:`nas.weight_sharing`); each record says which (``scored_by``).
 
 Every evaluated candidate is appended to ``WORKDIR/history.jsonl`` (fsync'd) as soon as its
 batch returns. A search restarted on the same workdir *replays*: it runs the same deterministic
@@ -29,7 +36,8 @@ from nas.executor import Outcome, make_executor
 from nas.history import History, make_record
 from nas.objective import MnasObjective
 from nas.space import Space
-from nas.strategies import Observation, make_strategy
+from nas.strategies import ONE_SHOT_PARAMS, Observation, make_strategy
+from nas.workdir import claim_workdir, write_json_atomic
 
 HISTORY_FILE = "history.jsonl"
 CONFIG_FILE = "search.json"
@@ -87,26 +95,7 @@ def resolve_space(space: str | Mapping[str, Any], source: str | None = None) -> 
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _claim_workdir(workdir: Path, config: SearchConfig) -> None:
-    """Writes search.json, or checks that the workdir's search used the same config."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / CONFIG_FILE
-    fingerprint = config.fingerprint()
-    if path.exists():
-        try:
-            old = json.loads(path.read_text()).get("fingerprint")
-        except (ValueError, AttributeError):
-            raise NasInputError("not a search record; delete it or use a new --workdir", str(path)) from None
-        if old != fingerprint:
-            raise NasInputError("the workdir holds a search with another config (space, data, "
-                                "strategy, objective, seed or train differ); use a new --workdir "
-                                "or the same config", str(path), "fingerprint")
-    _write_json_atomic(path, {"fingerprint": fingerprint, "config": config.model_dump()})
+    write_json_atomic(path, data)  # temp + fsync + os.replace; a full disk is one error line
 
 
 def _record(n: int, space: Space, arch: Mapping, outcome: Outcome, objective: MnasObjective) -> dict:
@@ -117,8 +106,29 @@ def _record(n: int, space: Space, arch: Mapping, outcome: Outcome, objective: Mn
             reward = objective.reward(outcome.value)
         except (KeyError, ValueError, TypeError) as e:
             status, error = "error", f"cannot compute the reward: {e}"
-    return make_record(n, arch_id, arch, status, outcome.value, reward, outcome.seconds,
-                       outcome.attempts, error)
+    record = make_record(n, arch_id, arch, status, outcome.value, reward, outcome.seconds,
+                         outcome.attempts, error)
+    record["scored_by"] = (outcome.value or {}).get("scored_by", "train")
+    return record
+
+
+def default_evaluator(loaded: LoadedConfig, space: Space) -> Callable[..., dict]:
+    """Returns what scores a candidate: training from scratch, or its supernet path.
+
+    Raises:
+        NasInputError: mode supernet with a supernet of another space or data set.
+    """
+    config = loaded.config
+    ev = config.evaluation
+    if ev.mode == "supernet":
+        from nas.weight_sharing import SupernetScorer, check_compatible
+
+        scorer = SupernetScorer(ev.supernet, ev.calibration_images, ev.eval_batch_size,
+                                loaded.latency_table)
+        check_compatible(scorer.load(), space, config.data, loaded.source)
+        return scorer
+    return CandidateEvaluator.for_space(space, data=config.data, train=dict(config.train),
+                                        seed=config.seed, latency_table=loaded.latency_table)
 
 
 def best_records(records: list[dict], objective: MnasObjective) -> tuple[dict | None, dict | None]:
@@ -131,35 +141,45 @@ def best_records(records: list[dict], objective: MnasObjective) -> tuple[dict | 
 
 def run_search(loaded: LoadedConfig, workdir: str | os.PathLike, *,
                evaluate: Callable[..., dict] | None = None, executor: Any = None,
-               progress: bool = False) -> SearchResult:
-    """Runs (or resumes) a sample-based search.
+               progress: bool = False) -> "SearchResult | OneShotSearchResult":
+    """Runs (or resumes) the search a config describes, whatever its strategy.
+
+    Sample-based strategies (random, evolution, rl) run the ask/tell loop below; one-shot ones
+    (fbnet, proxyless, single_path) train their supernet and derive an Arch
+    (:func:`run_oneshot_config`). Both results have ``summary()``.
 
     Args:
         loaded: the validated config (:func:`nas.config.load_config`).
         workdir: output folder; an existing search there is resumed.
-        evaluate: ``fn(arch, report) -> result`` (default: a :class:`CandidateEvaluator` that
-            trains with the config's settings and predicts latency from its table).
+        evaluate: ``fn(arch, report) -> result`` (sample-based only; default: a
+            :class:`CandidateEvaluator` that trains with the config's settings and predicts
+            latency from its table, or with ``evaluation.mode: supernet`` a
+            :class:`nas.weight_sharing.SupernetScorer`).
         executor: an executor (default: built from the config; closed at the end if built here).
         progress: show a progress bar on stderr.
 
     Returns:
-        The SearchResult (also written to summary.json and best.json).
+        The SearchResult (also written to summary.json and best.json), or for a one-shot
+        strategy the :class:`OneShotSearchResult`.
 
     Raises:
         NasInputError: bad config, or a workdir holding a search with another config.
     """
     config = loaded.config
+    if config.strategy.name in ONE_SHOT_PARAMS:
+        if evaluate is not None or executor is not None:
+            raise ValueError("evaluate and executor apply to sample-based strategies only")
+        return run_oneshot_config(loaded, workdir, progress)
     space = resolve_space(config.space, loaded.source)
     workdir = Path(workdir).resolve()
-    _claim_workdir(workdir, config)
+    if evaluate is None:  # before the claim: a bad supernet writes nothing
+        evaluate = default_evaluator(loaded, space)
+    claim = claim_workdir(workdir, config)  # flock on the workdir, held for this search
     history = History(workdir / HISTORY_FILE)
     records = history.load()
     cache = {r["arch_id"]: r for r in records}
     objective = config.objective.build()
     strategy = make_strategy(config.strategy.name, space, config.strategy.params)
-    if evaluate is None:
-        evaluate = CandidateEvaluator.for_space(space, data=config.data, train=dict(config.train),
-                                                seed=config.seed, latency_table=loaded.latency_table)
     own_executor = executor is None  # built on first use: a finished search starts no Ray
     bar = _progress_bar(config.budget, len(cache), progress)
     state = strategy.init(config.seed)
@@ -208,7 +228,100 @@ def run_search(loaded: LoadedConfig, workdir: str | os.PathLike, *,
                                          "test_accuracy", "latency_ms", "cost")}
         meta["source"] = f"nas search ({config.strategy.name}), {workdir}"
         ArchFile(space, best["arch"], meta).save(workdir / BEST_FILE)
+    claim.release()
     return result
+
+
+@dataclasses.dataclass
+class OneShotSearchResult:
+    """What a one-shot search (fbnet, proxyless, single_path) produced.
+
+    Attributes:
+        data: the JSON-able summary (workdir, strategy, arch, arch_id, cost metric, predicted
+            cost and latency, target and whether it is met, search seconds, distribution).
+    """
+
+    data: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """Returns the summary printed by ``nas search --json``."""
+        return dict(self.data)
+
+
+#: objective.metric -> the single_path ``cost`` of the same quantity (a constant factor apart).
+SINGLE_PATH_COST = {"params": "params", "macs": "macs", "bops": "bops", "size_bytes": "size_bits",
+                    "energy_mj": "energy_pj"}
+
+
+def run_oneshot_config(loaded: LoadedConfig, workdir: str | os.PathLike,
+                       progress: bool = False) -> OneShotSearchResult:
+    """Runs (or resumes) a one-shot search against the config's objective metric.
+
+    fbnet / proxyless differentiate the expected latency (latency_ms, from the latency table) or
+    the expected cost of another metric (an exact :func:`nas.cost_table.cost_table`);
+    single_path gets the matching ``cost`` unless its params set one.
+
+    Args:
+        loaded: a config whose strategy is fbnet, proxyless or single_path.
+        workdir: output folder (resumed when it holds this search's checkpoints).
+        progress: show a progress bar.
+
+    Returns:
+        The OneShotSearchResult.
+    """
+    config = loaded.config
+    name, metric = config.strategy.name, config.objective.metric
+    if name == "single_path":
+        from nas.strategies.single_path import run_single_path
+
+        if metric in SINGLE_PATH_COST and "cost" not in config.strategy.params:
+            strategy = config.strategy.model_copy(update={"params": {
+                **config.strategy.params, "cost": SINGLE_PATH_COST[metric]}})
+            loaded = dataclasses.replace(loaded, config=config.model_copy(update={"strategy": strategy}))
+        return OneShotSearchResult(run_single_path(loaded, workdir, progress=progress))
+    from nas.cost_table import objective_table
+    from nas.data import load_data
+    from nas.latency.table import LatencyTable
+    from nas.strategies import parse_params
+    from nas.strategies.oneshot_loop import BEST_ARCH_FILE, RESULT_FILE, run_oneshot
+
+    space = resolve_space(config.space, loaded.source)
+    params = parse_params(name, config.strategy.params, loaded.source)
+    if progress:
+        params = params.model_copy(update={"progress": True})
+    table = objective_table(space, metric, loaded.latency_table)
+    latency = table if metric == "latency_ms" else (
+        LatencyTable.load(loaded.latency_table, space) if loaded.latency_table else None)
+    data = load_data(config.data, space, seed=config.seed)
+    wd = Path(workdir).resolve()
+    with claim_workdir(wd, config):  # flock + search.json, held for the search
+        result = run_oneshot(space, data, name, params, table, wd, config.seed)
+        cost = result["predicted_latency_ms"]  # the table's prediction: in the metric's unit
+        lat = None if latency is None else float(latency.predict(result["arch"]))
+        if metric != "latency_ms":
+            _relabel_cost(wd / BEST_ARCH_FILE, wd / RESULT_FILE, space, metric, cost, lat, latency)
+    target = config.objective.target
+    return OneShotSearchResult({
+        "workdir": str(wd), "strategy": result["strategy"], "arch": result["arch"],
+        "arch_id": result["arch_id"], "cost_metric": metric, "predicted_cost": cost,
+        "target": target, "meets_target": None if target is None or cost is None else cost <= target,
+        "predicted_latency_ms": lat, "target_ms": target if metric == "latency_ms" else None,
+        "search_seconds": round(result["search_seconds"], 2),
+        "distribution": result["distribution"], "best_arch": str(wd / BEST_ARCH_FILE)})
+
+
+def _relabel_cost(best_path: Path, result_path: Path, space: Space, metric: str, cost: float,
+                  latency_ms: float | None, latency: Any) -> None:
+    """Rewrites best_arch.json / result.json of a cost-metric search: the table's prediction
+    is the metric, not a latency."""
+    from nas.archfile import load_arch
+
+    fields = {"cost_metric": metric, "predicted_cost": cost, "predicted_latency_ms": latency_ms,
+              "latency_table": getattr(latency, "source", None)}
+    best = load_arch(best_path, space)
+    ArchFile(space, best.arch, {**best.meta, **fields}).save(best_path)
+    if result_path.exists():
+        write_json_atomic(result_path, {**json.loads(result_path.read_text()), **fields})
 
 
 def _executor_for(config: SearchConfig):

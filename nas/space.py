@@ -28,10 +28,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from nas.errors import NasInputError
-from nas.knobs import KNOB_DEFAULTS, normalize_knob, relevant_knobs
+from nas.knobs import KNOB_DEFAULTS, SPACE_LIMITS as LIMITS
+from nas.knobs import check_int, normalize_knob, relevant_knobs
 from nas.slot import Slot
 from nas.spec import BlockSpec, conv_out
-from nas.yaml_file import read_yaml_file
+from nas.yaml_file import check_plain_tree, read_yaml_file
 
 Arch = dict[str, Any]
 
@@ -42,7 +43,6 @@ _STAGE_ATTRS = {"channels", "stride", "repeats", "se_ratio", "residual", "knobs"
 _STEM_KEYS = {"channels", "kernel", "stride", "act", "bits_w", "bits_a"}
 _HEAD_KEYS = {"channels", "act", "dropout", "bits_w", "bits_a"}
 _DEFAULT_KEYS = set(KNOB_DEFAULTS) | {"se_ratio"}
-
 
 def repo_root() -> Path:
     """Returns the project's root folder (the one holding ``search_spaces/``)."""
@@ -76,6 +76,7 @@ class Space:
             NasInputError: the definition is malformed (the message names the field).
         """
         self.source = source
+        check_plain_tree(definition, source)
         self.definition = json.loads(json.dumps(definition))  # plain, JSON-able copy
         self._parse(definition)
 
@@ -97,10 +98,13 @@ class Space:
         Args:
             name: a shipped space's name (see :func:`shipped_space_names`) or a path to YAML.
         """
+        if not isinstance(name, str) or not name:
+            raise NasInputError(f"{name!r} is not allowed; expected a shipped space name or a "
+                                "YAML path", field="space")
         if name.endswith((".yaml", ".yml")) or os.sep in name:
             return cls.from_yaml(name)
         path = spaces_dir() / f"{name}.yaml"
-        if not path.exists():
+        if name not in shipped_space_names():
             raise NasInputError(
                 f"unknown space {name!r}; shipped spaces: {shipped_space_names()} (or give a YAML path)",
                 field="space")
@@ -114,11 +118,8 @@ class Space:
     def _err(self, field: str, message: str) -> NasInputError:
         return NasInputError(message, self.source, field)
 
-    def _int(self, value: Any, field: str, minimum: int = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
-                or value < minimum:
-            raise self._err(field, f"{value!r} is not allowed; expected an integer >= {minimum}")
-        return int(value)
+    def _int(self, value: Any, field: str, minimum: int = 1, limit: str | None = None) -> int:
+        return check_int(value, field, self.source, minimum, LIMITS[limit] if limit else None)
 
     def _mapping(self, value: Any, field: str, allowed: set[str]) -> dict:
         if not isinstance(value, Mapping):
@@ -144,12 +145,13 @@ class Space:
                 raise self._err(f"input.{key}", "missing required field")
         res = inp["resolution"]
         if isinstance(res, Sequence) and not isinstance(res, str) and len(res) == 2:
-            self.resolution = (self._int(res[0], "input.resolution"), self._int(res[1], "input.resolution"))
+            self.resolution = tuple(self._int(r, "input.resolution", limit="resolution")
+                                    for r in res)
         else:
-            r = self._int(res, "input.resolution")
+            r = self._int(res, "input.resolution", limit="resolution")
             self.resolution = (r, r)
-        self.in_channels = self._int(inp["channels"], "input.channels")
-        self.num_classes = self._int(d["num_classes"], "num_classes", minimum=2)
+        self.in_channels = self._int(inp["channels"], "input.channels", limit="channels")
+        self.num_classes = self._int(d["num_classes"], "num_classes", 2, "num_classes")
 
         defaults = dict(KNOB_DEFAULTS)
         se_ratio_default = 0.25
@@ -162,9 +164,10 @@ class Space:
         stem = self._mapping(d["stem"], "stem", _STEM_KEYS)
         if "channels" not in stem:
             raise self._err("stem.channels", "missing required field")
-        stem_stride = self._int(stem.get("stride", 2), "stem.stride")
+        stem_stride = self._int(stem.get("stride", 2), "stem.stride", limit="stride")
         self.stem_spec = BlockSpec(
-            op="stem", cin=self.in_channels, cout=self._int(stem["channels"], "stem.channels"),
+            op="stem", cin=self.in_channels,
+            cout=self._int(stem["channels"], "stem.channels", limit="channels"),
             stride=stem_stride, in_hw=self.resolution,
             kernel=normalize_knob("kernel", stem.get("kernel", 3), "stem.kernel", self.source),
             act=normalize_knob("act", stem.get("act", defaults["act"]), "stem.act", self.source),
@@ -182,9 +185,9 @@ class Space:
             stage = self._mapping(stage, where, _STAGE_ATTRS)
             if "channels" not in stage:
                 raise self._err(f"{where}.channels", "missing required field")
-            cout = self._int(stage["channels"], f"{where}.channels")
-            stride = self._int(stage.get("stride", 1), f"{where}.stride")
-            repeats = self._int(stage.get("repeats", 1), f"{where}.repeats")
+            cout = self._int(stage["channels"], f"{where}.channels", limit="channels")
+            stride = self._int(stage.get("stride", 1), f"{where}.stride", limit="stride")
+            repeats = self._int(stage.get("repeats", 1), f"{where}.repeats", limit="repeats")
             se_ratio = self._ratio(stage.get("se_ratio", se_ratio_default), f"{where}.se_ratio")
             residual = stage.get("residual", True)
             if not isinstance(residual, bool):
@@ -198,8 +201,9 @@ class Space:
                 if knob not in KNOB_DEFAULTS:
                     raise self._err(field, f"unknown knob; known knobs: {sorted(KNOB_DEFAULTS)}")
                 if isinstance(value, list):
-                    if not value:
-                        raise self._err(field, "empty list of choices")
+                    if not value or len(value) > LIMITS["choices"]:
+                        raise self._err(field, f"{len(value)} choices; expected 1 to "
+                                               f"{LIMITS['choices']}")
                     vals = tuple(normalize_knob(knob, v, field, self.source) for v in value)
                     if len(set(vals)) != len(vals):
                         raise self._err(field, f"duplicate choices in {value!r}")
@@ -213,12 +217,15 @@ class Space:
                 slots.append(self._make_slot(f"s{si}_b{bi}", slot_cin, cout, s, hw, fixed, choices,
                                              candidates, se_ratio, residual, where))
                 hw = (conv_out(hw[0], s), conv_out(hw[1], s))
+                if len(slots) > LIMITS["slots"]:
+                    raise self._err(f"{where}.repeats", f"more than {LIMITS['slots']} layer "
+                                                        "slots in all; use fewer repeats or stages")
             cin = cout
         self.slots: tuple[Slot, ...] = tuple(slots)
 
         head = self._mapping(d.get("head", {}) or {}, "head", _HEAD_KEYS)
         hidden = head.get("channels", 0) or 0
-        hidden = self._int(hidden, "head.channels", minimum=0)
+        hidden = self._int(hidden, "head.channels", 0, "channels")
         dropout = head.get("dropout", 0.0)
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
             raise self._err("head.dropout", f"{dropout!r} is not allowed; expected a number in [0, 1)")
@@ -241,8 +248,9 @@ class Space:
         if cands is None:
             return {}
         field = f"{where}.candidates"
-        if not isinstance(cands, Mapping) or not cands:
-            raise self._err(field, "expected a non-empty mapping {name: {knob: value}}")
+        if not isinstance(cands, Mapping) or not cands or len(cands) > LIMITS["choices"]:
+            raise self._err(field, "expected a mapping {name: {knob: value}} of 1 to "
+                                   f"{LIMITS['choices']} candidates")
         out = {}
         for name, preset in cands.items():
             if not isinstance(preset, Mapping):
@@ -269,6 +277,10 @@ class Space:
                 raise self._err(f"{where}.knobs.op",
                                 f"slot {prefix} changes shape ({cin}->{cout} channels, stride {stride}) "
                                 "so it cannot be 'skip'; add another op")
+        options = math.prod(len(v) for v in ok_choices.values()) * max(1, len(ok_cands))
+        if options > LIMITS["slot_options"]:
+            raise self._err(f"{where}.knobs", f"slot {prefix} has {options} combinations of "
+                                              f"choices; at most {LIMITS['slot_options']}")
         return Slot(prefix, cin, cout, stride, hw, dict(fixed), ok_choices, ok_cands, se_ratio, residual)
 
     @staticmethod

@@ -98,6 +98,22 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+class NonFiniteLossError(NasInputError):
+    """The training loss became NaN or infinite; the candidate is recorded as failed with this.
+
+    Args:
+        kind: 'nan' or 'inf'.
+        epoch: the epoch (1-based).
+        step: the global step (0-based) whose loss was not finite.
+        source: what was trained (e.g. 'arch 1a2b3c').
+    """
+
+    def __init__(self, kind: str, epoch: int, step: int, source: str | None = None):
+        self.kind, self.epoch, self.step = kind, int(epoch), int(step)
+        super().__init__(f"loss became {kind} at epoch {epoch} step {step}; lower the learning "
+                         "rate, set grad_clip, or check the data for NaN/inf", source)
+
+
 class TrainState(NamedTuple):
     """Everything that changes during training (a pytree)."""
 

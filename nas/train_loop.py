@@ -24,8 +24,9 @@ from nas.checkpoint import (ARCH_FILE, Checkpointer, read_json_lines, write_arch
                             write_json_lines)
 from nas.data import Dataset, epoch_rng, prefetch, train_batches
 from nas.errors import NasInputError
-from nas.train import (TrainConfig, TrainState, count_params, evaluate, make_eval_step,
-                       make_optimizer, make_schedule, make_train_step)
+from nas.safe_write import append_line, write_atomic
+from nas.train import (NonFiniteLossError, TrainConfig, TrainState, count_params, evaluate,
+                       make_eval_step, make_optimizer, make_schedule, make_train_step)
 
 #: Config fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"progress", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
@@ -68,10 +69,30 @@ def _epoch_metrics(totals: Mapping[str, Any]) -> dict[str, float]:
             "train_accuracy": float(totals["correct"]) / count}
 
 
+def check_finite(step_losses: list, epoch: int, first_step: int, arch_id: str) -> None:
+    """Raises when a step's loss was NaN or infinite (checked once per epoch: no per-step sync).
+
+    Args:
+        step_losses: the epoch's per-step losses (device scalars), in order.
+        epoch: the epoch (1-based, as in metrics.jsonl).
+        first_step: global step number of the epoch's first step.
+        arch_id: the Arch trained (named in the message).
+
+    Raises:
+        NonFiniteLossError: "loss became nan at epoch E step S" (S = the global step).
+    """
+    if not step_losses:
+        return
+    losses = np.asarray(jnp.stack(step_losses), np.float64)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        i = int(bad[0])
+        kind = "nan" if np.isnan(losses[i]) else "inf"
+        raise NonFiniteLossError(kind, epoch, first_step + i, f"arch {arch_id}")
+
+
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_fn: Callable,
@@ -79,8 +100,8 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                  archfile: ArchFile, consts: Any = None,
                  on_epoch_end: Callable[[int, dict], None] | None = None,
                  meta: Mapping[str, Any] | None = None,
-                 epoch_metrics: Callable[[TrainState], Mapping[str, float]] | None = None
-                 ) -> dict[str, Any]:
+                 epoch_metrics: Callable[[TrainState], Mapping[str, float]] | None = None,
+                 tx: Any = None) -> dict[str, Any]:
     """Trains `params` with `loss_fn` for ``config.epochs`` epochs, resuming if possible.
 
     Args:
@@ -98,6 +119,8 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
         meta: extra JSON metadata stored in checkpoints and result.json.
         epoch_metrics: optional ``fn(state) -> {name: number}`` merged into each epoch's record
             (metrics.jsonl, TensorBoard), e.g. a supernet's decisions and expected latency.
+        tx: the optimizer's direction transform (default :func:`nas.train.make_optimizer` of
+            `config`), e.g. one with its own rule for architecture parameters.
 
     Returns:
         The result dict (see :func:`nas.train.train_arch`).
@@ -110,7 +133,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
     n_train = len(data.y_train)
     batch_size = min(config.batch_size, n_train)
     steps_per_epoch = n_train // batch_size
-    tx = make_optimizer(config)
+    tx = make_optimizer(config) if tx is None else tx
     schedule = make_schedule(config, steps_per_epoch)
     lrs = np.asarray(schedule(jnp.arange(config.epochs * steps_per_epoch + 1)), np.float32)
     state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
@@ -154,11 +177,14 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
             batches = train_batches(data.x_train, data.y_train, batch_size,
                                     epoch_rng(config.seed, epoch), augment)
             totals, step = None, int(state.step)
+            first_step, step_losses = step, []
             for batch in prefetch(batches):
                 lr = lrs[min(step, len(lrs) - 1)]
                 state, m = train_step(state, batch, step_key, lr, consts)
                 step += 1
+                step_losses.append(m["loss_sum"])
                 totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
+            check_finite(step_losses, epoch + 1, first_step, arch_id)  # before any checkpoint
             record = {"epoch": epoch + 1, "step": int(state.step), **_epoch_metrics(totals)}
             seconds = time.perf_counter() - t0
             val = evaluate(eval_step, _variables(state), data.x_val, data.y_val,
@@ -168,13 +194,12 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
             if epoch_metrics is not None:
                 record.update({k: float(v) for k, v in epoch_metrics(state).items()})
             history.append(record)
-            if ckpt is not None:
+            if ckpt is not None:  # the epoch's record first: a resume drops records past its
+                append_line(wd / METRICS_FILE, json.dumps(record))  # checkpoint, never loses one
                 last = epoch + 1 == config.epochs
                 if last or (epoch + 1) % config.checkpoint_every == 0:
                     ckpt.save(int(state.step), _model_item(state), _train_item(state),
                               dict(run_meta, epoch=epoch + 1))
-                with open(wd / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
             if writer is not None:
                 for key, value in record.items():
                     if key not in ("epoch", "step"):

@@ -87,3 +87,21 @@ def test_resolve_workdir(tmp_path):
     assert resolve_workdir(tmp_path / "checkpoints") == tmp_path
     with pytest.raises(NasInputError, match="no arch.json"):
         resolve_workdir(tmp_path / "checkpoints" / "nothing")
+
+
+def test_a_save_killed_midway_is_ignored_and_cleaned_up(tmp_path):
+    """A SIGKILL during an orbax save leaves only its temporary folder: restore uses the last
+    finished step, the leftover is removed, and that step can be saved again."""
+    _save_three(tmp_path)
+    leftover = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1764400000"
+    (leftover / "model").mkdir(parents=True)
+    (leftover / "model" / "partial").write_bytes(b"\x00" * 100)
+    model_t, train_t = _items(0)
+    c = Checkpointer(tmp_path, "arch-a", max_to_keep=3)
+    model, train, meta = c.restore(model_t, train_t)
+    assert meta["epoch"] == 3 and c.steps() == [1, 2, 3]
+    assert not leftover.exists()
+    m4, t4 = _items(4)
+    c.save(4, m4, t4, {"epoch": 4})
+    c.close()
+    assert Checkpointer(tmp_path, "arch-a", max_to_keep=3).steps() == [2, 3, 4]

@@ -63,7 +63,6 @@ def test_distill_config_validation():
 @pytest.fixture(scope="module")
 def setup():
     from nas.data import load_data
-    from nas.model import build_model, init_variables
     from nas.space import Space
     from test_train import SMALL
 

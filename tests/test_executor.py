@@ -29,7 +29,8 @@ def work(item, report):
         os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-trial
     if kind == "die_always":
         os.kill(os.getpid(), signal.SIGKILL)
-    return {"arg": arg, "xla": os.environ.get("XLA_FLAGS"), "pid": os.getpid()}
+    return {"arg": arg, "xla": os.environ.get("XLA_FLAGS"), "pid": os.getpid(),
+            "omp": os.environ.get("OMP_NUM_THREADS"), "nice": os.nice(0)}
 
 
 class KillOnceEvaluator:
@@ -57,6 +58,40 @@ def ray_session():
         ray.shutdown()
 
 
+def listening_sockets(pids):
+    """Returns {(pid, name, ip, port)} of the listening TCP and bound UDP sockets of the pids."""
+    import psutil
+
+    out = set()
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for c in proc.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN or (c.type == 2 and c.laddr):  # 2 = SOCK_DGRAM
+                    out.add((pid, proc.name(), c.laddr.ip, c.laddr.port))
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def ray_pids():
+    """This process and every process it started (Ray's GCS, raylet, agents, workers)."""
+    import psutil
+
+    me = psutil.Process()
+    return [me.pid] + [p.pid for p in me.children(recursive=True)]
+
+
+def trial_pid(item, report):
+    """Test function: returns its process id and cores (so the test sees the trial's workers)."""
+    import time
+
+    time.sleep(0.3)
+    return {"pid": os.getpid(), "sockets": sorted(listening_sockets([os.getpid()])),
+            "affinity": sorted(os.sched_getaffinity(0)),
+            "threads": {int(t): sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}}
+
+
 def test_local_executor_keeps_order_and_captures_errors():
     seen = []
     out = LocalExecutor().map(work, [("ok", 1), ("raise", 2), ("ok", 3)],
@@ -73,8 +108,56 @@ def test_ray_executor_runs_trials_with_one_xla_thread(ray_session):
     assert [o.status for o in out] == ["ok", "error", "ok"]
     assert [o.value["arg"] for o in (out[0], out[2])] == [1, 3]
     assert out[0].value["xla"] == ONE_THREAD_XLA and out[0].value["pid"] != os.getpid()
+    assert out[0].value["omp"] == "1"  # numpy/BLAS pools of one thread
+    assert out[0].value["nice"] == os.nice(0)  # not reniced by Ray (default +15)
     assert out[1].error == "ValueError: bad candidate" and out[1].attempts == 1  # not retried
     assert ray_session.is_initialized()  # the executor did not own, so did not stop, Ray
+
+
+def test_core_claims_are_exclusive_and_released(tmp_path):
+    from nas.executor import _claim_cores
+
+    home = sorted(os.sched_getaffinity(0))
+    first, fds1 = _claim_cores(str(tmp_path), 1)
+    second, fds2 = _claim_cores(str(tmp_path), len(home) - 1) if len(home) > 1 else ((), [])
+    assert len(first) == 1 and first[0] in home
+    assert not set(first) & set(second)  # a held core is not handed out again
+    assert _claim_cores(str(tmp_path), 1) == ((), [])  # all held: no pin, no lock kept
+    for fd in fds1:
+        os.close(fd)  # the trial ended
+    again, fds3 = _claim_cores(str(tmp_path), 1)
+    assert again == first
+    for fd in fds2 + fds3:
+        os.close(fd)
+
+
+def test_ray_servers_listen_on_loopback_only(ray_session):
+    """Every socket Ray's processes listen on (GCS, raylet, object manager, core workers of the
+    driver and trial workers, agents) is bound to 127.0.0.1, not to all interfaces."""
+    ex = RayExecutor(workers=2, retries=0)
+    out = ex.map(trial_pid, [1, 2, 3])
+    sockets = listening_sockets(ray_pids())  # the trials' workers have ended by now:
+    ex.close()
+    workers = {tuple(s) for o in out for s in o.value["sockets"]}  # they listed their own
+    assert {o.value["pid"] for o in out} == {pid for pid, _, _, _ in workers}
+    sockets |= workers
+    names = {name for _, name, _, _ in sockets}
+    assert "gcs_server" in names and "raylet" in names  # the check saw Ray's servers
+    exposed = {s for s in sockets if s[2] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}
+    assert not exposed, f"sockets not on loopback: {sorted(exposed)}"
+
+
+def test_concurrent_trials_are_pinned_to_cores_of_their_own(ray_session):
+    ex = RayExecutor(workers=2, retries=0)
+    out = ex.map(trial_pid, list(range(6)))
+    ex.close()
+    assert all(o.status == "ok" and o.cpus and len(o.cpus) == 1 for o in out)
+    for o in out:  # every thread of the trial's process, not only the calling one, is pinned
+        assert o.value["affinity"] == list(o.cpus)
+        assert all(cpus == list(o.cpus) for cpus in o.value["threads"].values())
+    if len(os.sched_getaffinity(0)) >= 2:  # two workers -> two different cores
+        by_pid = {o.value["pid"]: o.cpus for o in out}
+        assert len(set(by_pid.values())) == 2
 
 
 def test_killed_worker_is_retried_and_the_search_records_every_candidate_once(ray_session, tmp_path):

@@ -189,3 +189,171 @@ def test_cli_run_json_and_bad_config(finished, tmp_path):
                         str(tmp_path / "w")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "retrain.top_k" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "w").exists()
+
+
+def _copy_until(src, dst, last_stage):
+    """Copies a finished workdir, keeping the stage markers up to `last_stage` only."""
+    from nas.pipeline import STAGES
+
+    shutil.copytree(src, dst)
+    for stage in STAGES[STAGES.index(last_stage) + 1:]:
+        stage_marker(dst, stage).unlink()
+        shutil.rmtree(dst / stage, ignore_errors=True)
+    return dst
+
+
+def _spy_distill(monkeypatch):
+    import nas.distill
+
+    calls = []
+    real = nas.distill.distill_arch
+
+    def spy(space, arch, data, config, dconfig, teachers, **kw):
+        calls.append({"arch": dict(arch), "teachers": list(teachers), **kw})
+        return real(space, arch, data, config, dconfig, teachers, **kw)
+
+    monkeypatch.setattr(nas.distill, "distill_arch", spy)
+    return calls
+
+
+def _run_stages(loaded, workdir, *stages):
+    pipe = Pipeline(loaded, workdir, progress=False, log=lambda m: None)
+    out = {"search": pipe.run_stage("search", pipe.search)}
+    out["retrain"] = pipe.run_stage("retrain", pipe.retrain)
+    if "distill" in stages:
+        out["distill"] = pipe.run_stage("distill", lambda: pipe.distill(out["retrain"]))
+    return out
+
+
+def _same_tree(a, b):
+    import jax
+    import numpy as np
+
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    return [p for p, _ in la] == [p for p, _ in lb] and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for (_, x), (_, y) in zip(la, lb))
+
+
+def test_interrupted_after_search_rerun_skips_the_search(tmp_path, monkeypatch):
+    import nas.search
+
+    workdir = tmp_path / "w"
+    real_retrain = Pipeline.retrain
+
+    def killed(self):
+        raise KeyboardInterrupt  # what Ctrl-C during the retrain raises
+
+    monkeypatch.setattr(Pipeline, "retrain", killed)
+    quick = {"distill": {"enabled": False},
+             "export": {"formats": ["json", "packed"], "measure_latency": False}}
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(micro_config(**quick), workdir, progress=False, log=lambda m: None)
+    history = (workdir / "search" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 2 and stage_marker(workdir, "search").exists()
+    assert not stage_marker(workdir, "retrain").exists()
+
+    searched = []
+    monkeypatch.setattr(nas.search, "run_search", lambda *a, **k: searched.append(a))
+    monkeypatch.setattr(Pipeline, "retrain", real_retrain)
+    logs = []
+    summary = run_pipeline(micro_config(**quick), workdir, progress=False, log=logs.append)
+    assert searched == [] and "search: already done, skipped" in logs
+    assert (workdir / "search" / "history.jsonl").read_text().splitlines() == history  # no re-evaluation
+    assert summary["export_ok"] and all(stage_marker(workdir, s).exists()
+                                        for s in ("retrain", "distill", "export"))
+    top = sorted((json.loads(line) for line in history), key=lambda r: r["reward"], reverse=True)
+    retrained = [c["arch_id"] for c in read_marker(workdir, "retrain")["candidates"]]
+    assert retrained == list(dict.fromkeys(r["arch_id"] for r in top))  # best first, distinct
+
+
+@pytest.mark.slow  # starts a local Ray (2 CPUs); its workers import JAX and compile
+def test_retrain_runs_on_ray_when_configured(finished, tmp_path, monkeypatch):
+    import os
+
+    from nas.executor import LocalExecutor
+
+    workdir = _copy_until(finished[0], tmp_path / "w", "search")
+    monkeypatch.setattr(LocalExecutor, "map", lambda *a, **k: pytest.fail("retrain ran locally"))
+    loaded = micro_config(executor={"kind": "ray", "workers": 2, "cpus_per_trial": 1})
+    retrain = _run_stages(loaded, workdir)["retrain"]
+    expected = [c["arch_id"] for c in read_marker(finished[0], "retrain")["candidates"]]
+    assert [c["arch_id"] for c in retrain["candidates"]] == expected  # none lost, same order
+    for c in retrain["candidates"]:
+        assert c["status"] == "ok", c["error"]
+        assert c["pid"] != os.getpid()  # trained in a Ray worker
+        assert 0 <= c["val_accuracy"] <= 1 and c["reward"] is not None
+        assert (workdir / "retrain" / c["arch_id"] / "checkpoints").is_dir()
+    assert retrain["winner"] in expected
+
+
+def test_teacher_from_a_given_checkpoint(finished, tmp_path, monkeypatch):
+    from nas.checkpoint import load_trained
+
+    src = finished[0]
+    workdir = _copy_until(src, tmp_path / "w", "retrain")
+    loser = next(c for c in read_marker(src, "retrain")["candidates"]
+                 if c["arch_id"] != read_marker(src, "retrain")["winner"])
+    ckpt = tmp_path / "teacher_run"
+    shutil.copytree(loser["workdir"], ckpt)  # a finished 'nas train' workdir outside the run
+    calls = _spy_distill(monkeypatch)
+    loaded = micro_config(distill={"teacher": f"ckpt:{ckpt}", "train": {"epochs": 1}})
+    distill = _run_stages(loaded, workdir, "distill")["distill"]
+    assert distill["teacher"] == f"checkpoint {ckpt}"
+    (_, want_model, want_vars, _), = [load_trained(ckpt)]
+    (tmodel, tvars), = calls[0]["teachers"]
+    assert tmodel.specs == want_model.specs and _same_tree(tvars, want_vars)
+
+
+def test_teacher_from_a_bigger_arch_is_trained_first(finished, tmp_path, monkeypatch):
+    from nas.archfile import ArchFile
+    from nas.space import Space
+
+    space = Space.from_dict(MICRO_SPACE)
+    big = space.validate({"s2_b1_kernel": 5, "s2_b1_bits_w": 32})
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    ArchFile(space, big, {"note": "teacher"}).save(cfg_dir / "teacher.json")
+    workdir = _copy_until(finished[0], tmp_path / "w", "retrain")
+    calls = _spy_distill(monkeypatch)
+    # a relative path is found next to the config, like latency_table
+    loaded = parse_config(micro_config_dict(distill={"teacher": "arch:teacher.json",
+                                                     "teacher_train": {"epochs": 1},
+                                                     "train": {"epochs": 1}}),
+                          str(cfg_dir / "run.yaml"), cfg_dir)
+    distill = _run_stages(loaded, workdir, "distill")["distill"]
+    assert distill["teacher"].startswith(f"arch {cfg_dir / 'teacher.json'}")
+    (tmodel, _), = calls[0]["teachers"]
+    assert tmodel.specs == tuple(space.block_specs(big))
+    teacher_wd = workdir / "distill" / "teacher"
+    assert json.loads((teacher_wd / "arch.json").read_text())["arch"] == big
+    assert (teacher_wd / "checkpoints").is_dir()
+
+
+def test_single_path_runner_ups_fall_back_to_neighbours():
+    from nas.pipeline import runner_ups
+    from nas.space import Space
+
+    space = Space.by_name("tiny")
+    arch = space.sample(1)
+    out = runner_ups(space, arch, {}, 3, seed=0)
+    assert out[0] == space.validate(arch) and len({space.arch_id(a) for a in out}) == 3
+    for other in out[1:]:  # neighbours: space.mutate changes one decision
+        assert other == space.canonical(other) and other != out[0]
+    assert runner_ups(space, arch, {}, 3, seed=0) == out
+
+
+@pytest.mark.parametrize("argv, needles", [
+    ([], ["nas run experiments/digits_random_smoke.yaml", "digits_*_smoke.yaml"]),
+    (["run"], ["retrain.top_k", "distill.teacher", "report.md", "export/", "stages/",
+               "Example", "nas run experiments/"]),
+    (["export"], ["--format", "export.json", "Example: nas export"]),
+])
+def test_help_tells_a_newcomer_what_goes_in_and_where_outputs_go(argv, needles, capsys):
+    from nas.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*argv, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse re-wraps lines
+    for needle in needles:
+        assert needle in text, needle

@@ -70,6 +70,7 @@ def test_report_of_a_partial_run(tmp_path):
     lines = info["table"].splitlines()
     assert lines[2].startswith("* " + winner[:12])
     assert "5 candidates evaluated (1 not ok)" in lines[-1]
+    assert "Search: None, 5 candidates evaluated (4 ok)." in text  # no pipeline.json here
     # rebuilding does not duplicate TensorBoard event files
     write_report(tmp_path)
     assert len(list((tmp_path / "tb").iterdir())) == 1
@@ -78,3 +79,26 @@ def test_report_of_a_partial_run(tmp_path):
 def test_candidates_table_without_retrain():
     table = candidates_table([], None)
     assert "0 candidates evaluated" in table
+
+
+def test_report_of_a_one_shot_run_names_the_strategy_and_derived_arch(tmp_path):
+    space = Space.by_name("tiny")
+    archs = [space.sample(i) for i in range(2)]
+    ids = [space.arch_id(a) for a in archs]
+    write_json_atomic(tmp_path / "pipeline.json", {"config": {"strategy": {"name": "single_path"}}})
+    write_json_atomic(stage_marker(tmp_path, "search"), {
+        "one_shot": True, "seconds": 3.0,
+        "summary": {"arch_id": ids[0], "predicted_latency_ms": 0.0412, "search_seconds": 2.5},
+        "candidates": [{"arch_id": i, "arch": a} for i, a in zip(ids, archs)]})
+    cands = [{"arch_id": i, "arch": a, "status": "ok", "val_accuracy": 0.9 + 0.01 * n,
+              "test_accuracy": 0.9, "latency_ms": 0.04, "reward": 0.8 + 0.1 * n, "params": 10,
+              "workdir": "x"} for n, (i, a) in enumerate(zip(ids, archs))]
+    write_json_atomic(stage_marker(tmp_path, "retrain"),
+                      {"candidates": cands, "winner": ids[1], "seconds": 2.0})
+    info = write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert (f"Search: single_path (one-shot), derived Arch `{ids[0]}`, predicted latency 0.0412 ms; "
+            "2 Archs retrained") in text
+    lines = info["table"].splitlines()
+    assert lines[2].startswith("* " + ids[1][:12])  # best reward first, the winner starred
+    assert "2 retrained candidates of a one-shot search" in lines[-1]

@@ -111,3 +111,53 @@ def test_cli_search_json(tmp_path, monkeypatch, capsys):
     assert main(["search", str(cfg), "--workdir", str(tmp_path / "w"), "--budget", "6"]) == 0
     out = capsys.readouterr().out
     assert "6 candidates" in out and "1 evaluated now" in out and "best.json" in out
+
+
+# -------------------------------------------------- library entry point for one-shot strategies
+def _pair_task_npz(folder):
+    import numpy as np
+
+    from nas.supernet.synthetic import pair_distance_task
+
+    x, y = pair_distance_task(600, 0)
+    np.savez(folder / "pairs.npz", x=x, y=y)
+    return f"npz:{folder / 'pairs.npz'}"
+
+
+@pytest.mark.parametrize("strategy,params", [
+    ("fbnet", {"objective": "fbnet", "fbnet_beta": 20.0, "latency_scale": 1.0}),
+    ("proxyless", {"objective": "proxyless", "lam": 1.0}),
+])
+def test_run_search_runs_one_shot_strategies_against_a_cost_metric(tmp_path, strategy, params):
+    from nas.metrics import arch_metrics
+    from nas.supernet.synthetic import KERNEL_TASK_SPACE
+
+    space = Space.from_dict(KERNEL_TASK_SPACE)
+    config = {"space": KERNEL_TASK_SPACE, "data": _pair_task_npz(tmp_path), "seed": 0,
+              "strategy": {"name": strategy, "params": {
+                  "epochs": 3, "warmup_epochs": 1, "arch_lr": 0.1, "batch_size": 50, **params}},
+              "objective": {"metric": "params", "target": 1e6}}
+    summary = run_search(parse_config(config, "oneshot.yaml"), tmp_path / "w").summary()
+    # a huge weight on params: the fewest-parameter kernel, whatever the accuracy
+    assert summary["arch"] == {"s1_b1_kernel": 3}
+    assert summary["cost_metric"] == "params" and summary["meets_target"] is True
+    assert summary["predicted_cost"] == arch_metrics(space, summary["arch"])["params"]
+    best = json.loads((tmp_path / "w" / "best_arch.json").read_text())
+    assert best["meta"]["predicted_cost"] == summary["predicted_cost"]
+    assert best["meta"]["predicted_latency_ms"] is None  # no latency table: no latency claimed
+
+
+def test_run_search_gives_single_path_the_objective_metric(tmp_path, monkeypatch):
+    import nas.strategies.single_path as sp
+
+    seen = []
+    monkeypatch.setattr(sp, "run_single_path",
+                        lambda loaded, workdir, progress=False: seen.append(loaded) or {"ok": 1})
+    base = {"space": "tiny", "strategy": {"name": "single_path"}}
+    out = run_search(parse_config({**base, "objective": {"metric": "size_bytes"}}, "s.yaml"), tmp_path)
+    assert out.summary() == {"ok": 1}
+    assert seen[-1].config.strategy.params["cost"] == "size_bits"
+    explicit = {**base, "strategy": {"name": "single_path", "params": {"cost": "macs"}},
+                "objective": {"metric": "bops"}}
+    run_search(parse_config(explicit, "s.yaml"), tmp_path)
+    assert seen[-1].config.strategy.params["cost"] == "macs"  # the strategy's own setting wins

@@ -35,3 +35,79 @@ def test_fbnet_and_proxyless_losses_are_differentiable():
     assert jnp.allclose(g, expected, rtol=1e-5)
     assert proxyless_loss(1.0, 3.0, lam=0.1) == pytest.approx(1.3)
     assert proxyless_loss(1.0, 4.0, target=2.0, beta=1.0) == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------ cost metrics instead of latency
+import numpy as np  # noqa: E402
+
+from nas.cost_table import LAYER_METRICS, cost_table, objective_table  # noqa: E402
+from nas.errors import NasInputError  # noqa: E402
+from nas.metrics import arch_metrics  # noqa: E402
+from nas.space import Space  # noqa: E402
+
+
+@pytest.mark.parametrize("space_name", ["tiny", "mixed"])
+def test_cost_table_predicts_each_metric_exactly(space_name):
+    space = Space.by_name(space_name)
+    rng = np.random.default_rng(3)
+    archs = [space.sample(rng) for _ in range(12)]
+    for metric in LAYER_METRICS:
+        table = cost_table(space, metric)
+        for arch in archs:
+            want = arch_metrics(space, arch)[metric]
+            got = table.predict(arch)
+            # size_bytes: nas.metrics rounds the network's bits up to whole bytes
+            tol = 1.0 if metric == "size_bytes" else 1e-9 * max(abs(want), 1e-30)
+            assert abs(got - want) <= tol, (metric, got, want)
+        # the differentiable expectation agrees on one-hot distributions
+        arch = archs[0]
+        onehot = {label: np.eye(len(space.choices(label)))[space.choices(label).index(arch[label])]
+                  for label in space.labels()}
+        assert float(table.expected(onehot)) == pytest.approx(table.predict(arch), rel=1e-5)
+
+
+def test_cost_table_keys_keep_the_searched_bit_widths():
+    space = Space.by_name("tiny")
+    arch = space.sample(np.random.default_rng(0))
+    arch8 = {**arch, **{k: 8 for k in arch if k.endswith("bits_w")}}
+    arch32 = {**arch, **{k: 32 for k in arch if k.endswith("bits_w")}}
+    table = cost_table(space, "bops")
+    assert table.predict(arch8) < table.predict(arch32)  # a latency key (bw:32 everywhere) would tie
+
+
+def test_non_additive_metric_is_refused_in_one_line():
+    with pytest.raises(NasInputError) as e:
+        objective_table(Space.by_name("tiny"), "peak_activation_bytes", None)
+    assert e.value.field == "objective.metric" and "latency_ms" in e.value.message
+    assert objective_table(Space.by_name("tiny"), "latency_ms", None) is None
+
+
+def test_fbnet_with_a_huge_size_weight_derives_the_smallest_arch():
+    import optax
+
+    from nas.strategies.oneshot_base import OneShotParams
+    from nas.strategies.oneshot_loop import _make_steps, make_strategy
+    from nas.supernet.gates import derive, init_arch_params
+    from nas.supernet.network import SuperNet
+    from nas.train import TrainConfig, make_optimizer
+    from test_supernet import SMALL
+
+    space = Space.from_dict(SMALL)  # has bits_w [8, 32]: size depends on precision, not only shape
+    table = cost_table(space, "size_bytes")
+    net = SuperNet(space)
+    params = OneShotParams(objective="fbnet", fbnet_beta=20.0, arch_lr=0.1, latency_scale=1.0)
+    strategy = make_strategy("fbnet", net, params, table)
+    full = net.init(jax.random.PRNGKey(0))
+    _, arch_step = _make_steps(strategy, make_optimizer(TrainConfig()), optax.adam(params.arch_lr))
+    alpha = init_arch_params(space)
+    state = optax.adam(params.arch_lr).init(alpha)
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        batch = {"x": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
+                 "y": jnp.asarray(rng.integers(0, 10, 8), jnp.int32), "mask": jnp.ones(8)}
+        alpha, state, _ = arch_step(alpha, state, full, batch, jax.random.PRNGKey(i), 1.0)
+    sizes = [arch_metrics(space, space.decode(list(ix)))["size_bytes"]
+             for ix in np.ndindex(*space.cardinalities())]
+    derived = derive(space, alpha)
+    assert arch_metrics(space, derived)["size_bytes"] == min(sizes)
+    assert max(sizes) > 2 * min(sizes)  # the choice mattered

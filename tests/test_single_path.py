@@ -195,3 +195,34 @@ def test_cost_gradient_raises_every_threshold(small_net):
 def test_unknown_cost_metric_is_refused():
     with pytest.raises(NasInputError, match="unknown cost metric"):
         SlotCosts.from_metric(small_space(), "watts")
+
+
+# ----------------------------------------------------------------------- threshold optimizer
+def test_threshold_rule_is_frozen_during_warmup_then_keeps_relative_speeds():
+    from nas.single_path.threshold_opt import scale_by_shared_rms
+
+    tx = scale_by_shared_rms(warmup_steps=3)
+    params = {"a": jnp.zeros((2,)), "b": jnp.zeros((1,))}
+    grads = {"a": jnp.array([4.0, -1.0]), "b": jnp.array([0.5])}
+    state = tx.init(params)
+    for _ in range(3):
+        upd, state = tx.update(grads, state)
+        assert all(np.all(np.asarray(u) == 0) for u in jax.tree_util.tree_leaves(upd))
+    upd, state = tx.update(grads, state)
+    rms = np.sqrt(np.mean([16.0, 1.0, 0.25]))
+    # first active step: bias-corrected, each gradient over the RMS of all of them (not its own
+    # magnitude as Adam would: Adam's step would be +-1 for every entry)
+    np.testing.assert_allclose(upd["a"], [4.0 / rms, -1.0 / rms], rtol=1e-5)
+    np.testing.assert_allclose(upd["b"], [0.5 / rms], rtol=1e-5)
+
+
+def test_search_optimizer_routes_only_thresholds_to_the_threshold_rule():
+    from nas.single_path.threshold_opt import search_optimizer
+    from nas.train import TrainConfig
+
+    tx = search_optimizer(TrainConfig(epochs=1), warmup_steps=5)
+    params = {"s1": {"t_kernel": jnp.zeros((2,)), "dw": {"kernel": jnp.ones((3, 3, 1, 4))}}}
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    upd, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(upd["s1"]["t_kernel"], 0.0)         # warm-up: frozen
+    assert np.all(np.asarray(upd["s1"]["dw"]["kernel"]) > 0.5)         # AdamW moves the weights

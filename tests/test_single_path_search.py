@@ -10,11 +10,10 @@ import pytest
 from nas.data import load_data
 from nas.errors import NasInputError
 from nas.single_path.cost import SlotCosts
-from nas.single_path.plan import max_arch, space_plan
 from nas.strategies.single_path import SinglePathParams, SinglePathSetup, parse_params, search
 from nas.train import TrainConfig
 
-from single_path_helpers import small_space
+from single_path_helpers import fake_table, small_space
 
 EPOCHS = 3
 
@@ -25,9 +24,11 @@ def runs():
     data = load_data("digits", space)
     costs = SlotCosts.from_metric(space, "bops")
     out = {}
-    for lam in (0.0, 5.0):
+    # the thresholds move by the shared RMS of their gradients, so a gate whose flip saves
+    # little (s1_b1's expand conv) is slow: the large-lambda run gets a larger learning rate
+    for lam, lr in ((0.0, 3e-3), (5.0, 1e-2)):
         setup = SinglePathSetup(space, data, None, costs, SinglePathParams(lam=lam, cost="bops"),
-                                None, TrainConfig(epochs=EPOCHS, batch_size=32, learning_rate=3e-3))
+                                None, TrainConfig(epochs=EPOCHS, batch_size=32, learning_rate=lr))
         out[lam] = search(setup, None)
     return space, costs, out
 
@@ -61,6 +62,39 @@ def test_history_logs_decisions_and_cost_per_epoch(runs):
     assert len(hist) == EPOCHS
     assert hist[-1]["cost"] <= hist[0]["cost"]
     assert hist[-1]["decision/s3_b1_kernel"] == 3
+
+
+def test_with_a_target_the_arch_lands_just_below_it_not_at_the_cheapest():
+    # the hinge stops the latency pressure at T (1 - margin), and the thresholds, frozen during
+    # the warm-up and moved by one shared RMS, flip one gate after another instead of all at once
+    space = small_space()
+    table = fake_table(space)
+    costs = SlotCosts.from_table(space, table)
+    lo, hi = costs.extremes()
+    target = 1.2                                  # ms; the fake table spans 0.44 .. 2.95 ms
+    setup = SinglePathSetup(space, load_data("digits", space), table, costs,
+                            SinglePathParams(lam=2.0, margin=0.05, warmup_epochs=1), target,
+                            TrainConfig(epochs=EPOCHS, batch_size=32, learning_rate=3e-3))
+    out = search(setup, None)
+    assert out["feasible"] and out["cost"] <= target
+    assert lo < 0.4 * target and out["cost"] >= 0.7 * target   # not the cheapest Arch
+    assert out["history"][0]["cost"] == pytest.approx(hi, rel=1e-5)   # warm-up: every gate on
+
+
+def test_warmup_must_leave_epochs_for_the_thresholds(tmp_path, capsys):
+    import yaml
+
+    from nas.cli import main
+
+    from single_path_helpers import SMALL
+
+    path = tmp_path / "sp.yaml"
+    path.write_text(yaml.safe_dump({"space": SMALL, "data": "digits", "train": {"epochs": 2},
+                                    "strategy": {"name": "single_path",
+                                                 "params": {"cost": "bops", "warmup_epochs": 2}}}))
+    assert main(["search", str(path), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "strategy.params.warmup_epochs" in err and len(err.splitlines()) == 1
 
 
 def test_bad_strategy_params_name_the_field():
@@ -100,7 +134,8 @@ def test_cli_search_writes_best_arch_and_child_weights_and_resumes(tmp_path, cap
     config["strategy"]["params"]["lam"] = 1.0
     path.write_text(yaml.safe_dump(config))
     assert main(["search", str(path), "--workdir", str(wd)]) == 2
-    assert "lam" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()       # the workdir's claim names the config change
+    assert len(err.splitlines()) == 1 and "--workdir" in err
 
 
 def test_cli_refuses_latency_cost_without_a_table(tmp_path, capsys):

@@ -5,6 +5,41 @@ from __future__ import annotations
 import argparse
 import json
 
+from nas.workdir import add_resume_flag, locked_command
+
+
+RUN_DESCRIPTION = """\
+Run the whole pipeline a YAML config describes, one stage after the other:
+  1. search   the architecture search, as 'nas search' (random, evolution, rl, fbnet,
+              proxyless or single_path)
+  2. retrain  the retrain.top_k best distinct candidates, from scratch (on Ray when
+              executor.kind is ray); the winner is the best by the objective
+  3. distill  the winner from a teacher (distill.teacher: best | arch:PATH | ckpt:DIR);
+              the better of student and retrained winner is kept
+  4. export   JSON, packed ints, orbax, StableHLO, ONNX; each file is loaded back and
+              checked against the JAX model, the ONNX latency is measured
+
+The config is a search config (space, data, seed, budget, strategy, objective,
+latency_table, train, executor) plus the optional sections retrain (top_k, train),
+distill (enabled, teacher, train, teacher_train, temperature, kd_weight, hint_weight)
+and export (formats, calibration, measure_latency, onnx_int8_weights); the shipped
+experiments/digits_*_smoke.yaml files comment every field they set.
+
+Outputs, all under WORKDIR:
+  search/  retrain/<arch_id>/  distill/     each stage's files (checkpoints, metrics)
+  export/      model.onnx, model.stablehlo, model.npk, orbax/, arch.json, export.json
+  report.md    the winner, its metrics, predicted vs measured latency, the plots
+  plots/*.png  Pareto fronts (accuracy vs latency, accuracy vs size);  tb/  TensorBoard
+  stages/*.json  a marker per finished stage: running the same command again skips
+               finished stages and resumes an interrupted one (same config needed)."""
+
+RUN_EPILOG = """\
+Examples:
+  nas run experiments/digits_random_smoke.yaml --workdir runs/smoke   (minutes on 2 CPUs)
+  nas run experiments/digits_fbnet_smoke.yaml --workdir runs/fb --json | tail -1
+  nas run experiments/cifar10_fbnet_pipeline.yaml --workdir runs/c10 --ray-address auto
+Exit status: 0 done, 1 an export check failed, 2 bad input (one line says what to fix)."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the ``run`` and ``report`` commands.
@@ -14,16 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """
     p = sub.add_parser(
         "run", help="search, retrain the top-k, distill the winner and export it, in one command",
-        description="Run the whole pipeline a YAML config describes: (1) the architecture search "
-                    "(as 'nas search'), (2) retrain the retrain.top_k best candidates from scratch "
-                    "(on Ray when executor.kind is ray) and pick the winner by the objective, "
-                    "(3) distill the winner from a teacher (distill.teacher: best | arch:PATH | "
-                    "ckpt:DIR), (4) export it (JSON, packed ints, orbax, StableHLO, ONNX), each "
-                    "export checked against the JAX model. Then WORKDIR/report.md, Pareto plots "
-                    "in WORKDIR/plots/ and TensorBoard logs in WORKDIR/tb/. Every stage writes a "
-                    "marker in WORKDIR/stages/ when it completes: running the same command again "
-                    "skips finished stages and resumes an interrupted one.",
-        epilog="Example: nas run experiments/digits_random_smoke.yaml --workdir runs/smoke")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=RUN_DESCRIPTION, epilog=RUN_EPILOG)
     p.add_argument("config", help="pipeline config (YAML): a search config plus optional "
                                   "retrain, distill and export sections")
     p.add_argument("--workdir", required=True, help="output folder (resumed if it holds a run)")
@@ -32,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="train on an existing Ray cluster (sets executor.kind: ray)")
     p.add_argument("--budget", type=int, help="override the config's search budget")
-    p.set_defaults(func=_run)
+    add_resume_flag(p)
+    p.set_defaults(func=_run_validated)
 
     r = sub.add_parser("report", help="rebuild report.md, plots and TensorBoard logs of a run",
                        description="Rebuild WORKDIR/report.md, WORKDIR/plots/*.png and "
@@ -43,13 +71,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_report)
 
 
+def _run_validated(args: argparse.Namespace) -> int:
+    """Validates the config before the workdir is locked (a bad config creates nothing)."""
+    from nas.config import load_config
+
+    args.loaded = load_config(args.config)
+    return locked_command("nas run", _run)(args)
+
+
 def _run(args: argparse.Namespace) -> int:
     from nas.config import load_config
     from nas.errors import NasInputError
     from nas.pipeline import run_pipeline
     from nas.report import candidates_table, load_history, stage_result
 
-    loaded = load_config(args.config)
+    loaded = getattr(args, "loaded", None) or load_config(args.config)
     config = loaded.config
     if args.ray_address:
         config.executor.kind = "ray"

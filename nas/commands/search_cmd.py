@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from nas.workdir import add_resume_flag, locked_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the ``search`` command.
@@ -20,36 +22,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Arch is written to WORKDIR/best.json.",
         epilog="Example: nas search experiments/digits_rl.yaml --workdir runs/rl")
     p.add_argument("config", help="experiment config (YAML), e.g. experiments/digits_rl.yaml")
-    p.add_argument("--workdir", required=True, help="output folder (resumed if it holds a search)")
+    p.add_argument("--workdir", help="output folder (resumed if it holds a search); required "
+                                     "unless --check")
+    p.add_argument("--check", action="store_true",
+                   help="only validate: the config, its space, latency table and data set; "
+                        "writes nothing (exit 0: all good, 2: the first problem, one line)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON summary object as the last line (no progress bar)")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="train candidates on an existing Ray cluster (sets executor.kind: ray)")
     p.add_argument("--budget", type=int, help="override the config's candidate budget")
-    p.set_defaults(func=_search)
+    add_resume_flag(p)
+    p.set_defaults(func=_search_validated)
 
 
-def _search(args: argparse.Namespace) -> int:
-    from nas.config import load_config
+def _search_validated(args: argparse.Namespace) -> int:
+    """Validates the config (and applies the command-line overrides) before the workdir is
+    locked, so a bad config or a bad flag creates nothing."""
+    from nas.config import check_inputs, load_config
     from nas.errors import NasInputError
-    from nas.search import run_search
 
     loaded = load_config(args.config)
+    if args.check:
+        summary = check_inputs(loaded)
+        print(json.dumps(summary) if args.json else f"{args.config}: ok ({json.dumps(summary)})")
+        return 0
+    if not args.workdir:
+        raise NasInputError("missing; give --workdir DIR (or --check to only validate)",
+                            field="--workdir")
     config = loaded.config
-    if config.strategy.name == "single_path":  # Single-Path NAS: one superkernel, own loop
-        from nas.strategies.single_path import print_summary, run_single_path
-        summary = run_single_path(loaded, args.workdir, progress=not args.json)
-        print(json.dumps(summary, default=str)) if args.json else print_summary(summary)
-        return 0
-    from nas.strategies import ONE_SHOT_PARAMS
-    if config.strategy.name in ONE_SHOT_PARAMS:  # fbnet / proxyless: train a supernet, derive
-        from nas.strategies.oneshot_loop import print_oneshot_summary, run_oneshot_search
-        summary = run_oneshot_search(loaded, args.workdir, progress=not args.json)
-        if args.json:
-            print(json.dumps(summary))
-        else:
-            print_oneshot_summary(summary)
-        return 0
     if args.ray_address:
         config.executor.kind = "ray"
         config.executor.address = args.ray_address
@@ -58,12 +59,28 @@ def _search(args: argparse.Namespace) -> int:
             raise NasInputError(f"{args.budget} is not allowed; expected an integer >= 1",
                                 field="--budget")
         config.budget = args.budget
-    result = run_search(loaded, args.workdir, progress=not args.json)
-    summary = result.summary()
+    check_inputs(loaded, data=False)  # a bad space or latency table: exit 2 before any work
+    args.loaded = loaded
+    return locked_command("nas search", _search)(args)
+
+
+def _search(args: argparse.Namespace) -> int:
+    """Runs the validated search of ``args.loaded`` (any strategy) and prints its summary."""
+    from nas.search import run_search
+    from nas.strategies import ONE_SHOT_PARAMS
+
+    name = args.loaded.config.strategy.name
+    summary = run_search(args.loaded, args.workdir, progress=not args.json).summary()
     if args.json:
-        print(json.dumps(summary))
-        return 0
-    _print_summary(summary)
+        print(json.dumps(summary, default=str))
+    elif name == "single_path":
+        from nas.strategies.single_path import print_summary
+        print_summary(summary)
+    elif name in ONE_SHOT_PARAMS:
+        from nas.strategies.oneshot_loop import print_oneshot_summary
+        print_oneshot_summary(summary)
+    else:
+        _print_summary(summary)
     return 0
 
 

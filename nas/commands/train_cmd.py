@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from nas.errors import NasInputError
+from nas.workdir import add_resume_flag, locked_command
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -33,6 +34,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", type=int, default=0, help="which fold is validation (0..K-1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    add_resume_flag(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train an Arch from scratch; resumes from --workdir's checkpoints.")
     t.add_argument("--arch", required=True, help="arch JSON file ({\"space\": ..., \"arch\": {...}})")
     _add_common(t)
-    t.set_defaults(func=_train)
+    t.set_defaults(func=locked_command("nas train", _train))
     d = sub.add_parser("distill", help="train a student Arch by knowledge distillation",
                        description="Train a student Arch with Hinton KD (and optional FitNets "
                                    "hints) from trained teacher work directories.")
@@ -56,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--student-layer", default=None, help="student hint block (default: last)")
     d.add_argument("--teacher-layer", default=None, help="teacher hint block (default: last)")
     _add_common(d)
-    d.set_defaults(func=_distill)
+    d.set_defaults(func=locked_command("nas distill", _distill))
 
 
 def _config(args: argparse.Namespace):

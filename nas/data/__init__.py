@@ -188,6 +188,7 @@ def load_data(spec: str = "digits", space: Any = None, *, resolution: tuple[int,
         x, y, test = read_cifar10(arg)
     else:
         x, y, test = read_folder(arg, resolution, channels)
+    _check_memory(len(y) + (len(test[1]) if test is not None else 0), resolution, channels, source)
     _check_labels(y, num_classes, source)
     if len(y) < 10:
         raise NasInputError(f"only {len(y)} examples; need at least 10 to split", source)
@@ -206,6 +207,27 @@ def load_data(spec: str = "digits", space: Any = None, *, resolution: tuple[int,
         augment = min(resolution) >= AUGMENT_MIN_SIZE
     return Dataset(str(spec), xs[0], splits[0][1], xs[1], splits[1][1], xs[2], splits[2][1],
                    num_classes, bool(augment), mean, std)
+
+
+def max_data_bytes() -> int:
+    """Returns the most memory a prepared data set may take (``NAS_DATA_MAX_GB``, default 16)."""
+    import os
+
+    try:
+        return int(float(os.environ.get("NAS_DATA_MAX_GB", "16")) * 2 ** 30)
+    except ValueError:
+        raise NasInputError("expected a number of GiB", "environment", "NAS_DATA_MAX_GB") from None
+
+
+def _check_memory(n: int, resolution: tuple[int, int], channels: int, source: str) -> None:
+    """Refuses a data set whose float32 copy at the model's size would not fit the limit."""
+    need = n * int(resolution[0]) * int(resolution[1]) * int(channels) * 4
+    limit = max_data_bytes()
+    if need > limit:
+        raise NasInputError(f"{n} images at {resolution[0]}x{resolution[1]}x{channels} need "
+                            f"{need / 2 ** 30:.1f} GiB as float32, over the {limit / 2 ** 30:.0f} GiB "
+                            "limit (NAS_DATA_MAX_GB); use a smaller input resolution or fewer "
+                            "images", source, "data")
 
 
 def _check_labels(y: np.ndarray, num_classes: int, source: str) -> None:

@@ -16,7 +16,7 @@ Sources:
 from __future__ import annotations
 
 import os
-import zipfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,14 @@ def read_npz(path: str) -> Raw:
     if not os.path.isfile(path):
         raise NasInputError("file not found; give an existing .npz with arrays 'x' and 'y'", src)
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as raw:  # our own handle: closed on every error too
+            magic = raw.read(6)
+            raw.seek(0)
+            if not magic.startswith(b"PK"):
+                what = "a single .npy array" if magic == b"\x93NUMPY" else "no zip signature"
+                raise NasInputError(f"not a readable .npz file ({what}); expected an archive "
+                                    "with arrays 'x' and 'y' written with numpy.savez", src)
+            f = np.load(raw, allow_pickle=False)
             names = set(f.files)
             for name in ("x", "y"):
                 if name not in names:
@@ -77,13 +84,15 @@ def read_npz(path: str) -> Raw:
             x, y = f["x"], f["y"]
     except NasInputError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise NasInputError(f"not a readable .npz file ({type(e).__name__}: {e}); "
+    except Exception as e:  # noqa: BLE001 - a damaged zip/npy fails in many ways (zlib, struct...)
+        reason = str(e).splitlines()[0][:200] if str(e) else ""
+        raise NasInputError(f"not a readable .npz file ({type(e).__name__}: {reason}); "
                             "write it with numpy.savez", src) from None
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
-        raise NasInputError(f"shape {x.shape} is not N x H x W x C with C in (1, 3, 4)", src, "x")
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4) or 0 in x.shape[1:3]:
+        raise NasInputError(f"shape {x.shape} is not N x H x W x C with H, W >= 1 and C in "
+                            "(1, 3, 4)", src, "x")
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise NasInputError(f"dtype {x.dtype} is not numeric; use uint8 or float", src, "x")
     if y.ndim == 2 and y.shape[1] == 1:
@@ -93,10 +102,17 @@ def read_npz(path: str) -> Raw:
                             f"dtype {y.dtype}", src, "y")
     if len(x) != len(y):
         raise NasInputError(f"{len(y)} labels for {len(x)} images; the counts must match", src, "y")
+    if y.size and (int(y.min()) < 0 or int(y.max()) > np.iinfo(np.int32).max):
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise NasInputError(f"label {bad} is not a class index (0, 1, ...)", src, "y")
     if x.shape[-1] == 4:
         x = x[..., :3]
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        raise NasInputError("contains NaN or infinite values", src, "x")
+    if np.issubdtype(x.dtype, np.floating):
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = x.astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise NasInputError("contains NaN or infinite values (or values beyond float32's "
+                                "range)", src, "x")
     return x, y.astype(np.int32), None
 
 
@@ -159,17 +175,25 @@ def read_folder(folder: str, hw: tuple[int, int], channels: int) -> Raw:
     xs, ys = [], []
     mode = "L" if channels == 1 else "RGB"
     for label, cdir in enumerate(classes):
-        files = sorted(p for p in cdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in cdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                       and p.is_file())
         if not files:
             raise NasInputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in class folder", str(cdir))
         for f in files:
             try:
-                with Image.open(f) as im:
-                    im = im.convert(mode).resize((hw[1], hw[0]), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, ValueError) as e:
-                raise NasInputError(f"cannot decode image ({type(e).__name__}); remove or "
-                                    "replace the file", str(f)) from None
+                with warnings.catch_warnings():  # a huge image is refused, not decoded
+                    warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": stderr stays clean
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(f) as im:
+                        im = im.convert(mode).resize((hw[1], hw[0]), Image.BILINEAR)
+                        arr = np.asarray(im, dtype=np.uint8)
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+                raise NasInputError(f"image is too large to decode safely (over "
+                                    f"{Image.MAX_IMAGE_PIXELS} pixels); shrink it", str(f)) from None
+            except Exception as e:  # noqa: BLE001 - decoders raise many types on damaged files
+                kind = "not an image" if isinstance(e, UnidentifiedImageError) else type(e).__name__
+                raise NasInputError(f"cannot decode image ({kind}); remove or replace the file",
+                                    str(f)) from None
             xs.append(arr.reshape(hw[0], hw[1], channels))
             ys.append(label)
     return np.stack(xs), np.asarray(ys, np.int32), None

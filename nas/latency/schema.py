@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any, Mapping
 
 from nas.errors import NasInputError
@@ -36,6 +37,26 @@ _ENERGY = {
     "properties": {
         "energy_mj": {"type": "number", "minimum": 0},
         "source": {"enum": ["estimated", "measured"]},
+    },
+}
+
+_PER_CLASS = {
+    "type": "object",
+    "required": ["float", "int8", "skip"],
+    "additionalProperties": False,
+    "properties": {c: {"type": "number"} for c in ("float", "int8", "skip")},
+}
+
+_MODEL = {
+    "type": "object",
+    "required": ["kind", "intercept_ms", "scale"],
+    "properties": {
+        "kind": {"type": "string"},
+        "intercept_ms": {"type": "number"},
+        "scale": _PER_CLASS,
+        "offset_ms": _PER_CLASS,
+        "n": {"type": "integer", "minimum": 0},
+        "outliers": {"type": "integer", "minimum": 0},
     },
 }
 
@@ -94,7 +115,7 @@ TABLE_SCHEMA: dict[str, Any] = {
             "properties": {
                 "seed": {"type": "integer"},
                 "points": {"type": "array", "items": _CAL_POINT},
-                "model": {"type": "object"},
+                "model": _MODEL,
             },
         },
         "checksum": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
@@ -112,6 +133,20 @@ def content_checksum(data: Mapping[str, Any]) -> str:
 def _path(error) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "(top level)"
+
+
+def _non_finite(data: Any) -> str | None:
+    """Returns the dotted path of the first NaN or infinite number in a JSON tree, or None."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path or "(top level)"
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(value))
+    return None
 
 
 def check_table_json(data: Any, source: str) -> None:
@@ -132,6 +167,10 @@ def check_table_json(data: Any, source: str) -> None:
         e = errors[0]
         raise NasInputError(f"{e.message[:200]} (not a valid latency table; rebuild it with "
                             "'nas latency build')", source, _path(e))
+    bad = _non_finite(data)
+    if bad is not None:
+        raise NasInputError("NaN or infinite number; re-measure with 'nas latency build'",
+                            source, bad)
     for key, entry in data["entries"].items():
         if not entry["p10_ms"] <= entry["median_ms"] <= entry["p90_ms"]:
             raise NasInputError("needs p10_ms <= median_ms <= p90_ms; re-measure it with "

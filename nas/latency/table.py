@@ -28,6 +28,7 @@ from nas.latency.precision import RULES, effective_key
 from nas.latency.schema import FORMAT, VERSION, check_table_json, content_checksum
 from nas.space import Arch, Space
 from nas.spec import BlockSpec
+from nas.yaml_file import read_json_file
 
 _HASH_IGNORED = ("description", "source")
 
@@ -72,16 +73,7 @@ def read_table_json(path: str | os.PathLike) -> dict:
         NasInputError: unreadable, not JSON, or not a valid table (one line).
     """
     source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise NasInputError(f"cannot read latency table ({e.strerror}); build one with "
-                            "'nas latency build'", source) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise NasInputError(f"not valid JSON at line {e.lineno} column {e.colno} ({e.msg}); "
-                            "rebuild it with 'nas latency build'", source) from None
+    data = read_json_file(path, "latency table", "; build one with 'nas latency build'")
     check_table_json(data, source)
     return data
 

@@ -17,6 +17,7 @@ Modules:
     network        SinglePathNetwork: stem, superblocks, head
     cost           the latency / cost term from a LatencyTable or a nas.metrics metric
     export         derive the Arch; cut its weights out in nas.model.build_model's layout
+    threshold_opt  the search's optimizer: the thresholds' warm-up and shared-RMS rule
 
 The search itself (``strategy: single_path``) is :mod:`nas.strategies.single_path`.
 """

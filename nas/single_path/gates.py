@@ -22,9 +22,10 @@ from nas.single_path.indicators import NORM_EPS, indicator, ladder_levels, log_r
 from nas.single_path.nested_quant import residual_parts
 from nas.single_path.plan import SlotPlan
 
-#: Thresholds are stored divided by this factor: the optimizer's step on a threshold is
-#: THRESHOLD_SCALE times the weights' learning rate (a few hundred steps suffice to flip a gate).
-THRESHOLD_SCALE = 30.0
+#: Thresholds are stored divided by this factor: a threshold moves THRESHOLD_SCALE times the
+#: learning rate per step at most about (its rule, :mod:`nas.single_path.threshold_opt`, divides by
+#: the RMS of all threshold gradients), so at lr 3e-3 a gate flips after some tens of steps.
+THRESHOLD_SCALE = 20.0
 #: Initial margin (in log-RMS units) of every indicator: all gates start on, as in the paper.
 INIT_MARGIN = 1.0
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 
 from nas.blocks.quant import fake_quant_weight
 from nas.single_path.indicators import select

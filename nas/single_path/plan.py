@@ -203,7 +203,10 @@ def slot_plan(space: Space, slot: Slot) -> SlotPlan:
     ch = slot.choices
     if len(slot.candidates) > 1:
         raise _refuse(space, slot, "block", "candidate blocks are not nested")
-    for knob in ("act", "groups", "bits_a"):
+    if len(ch.get("bits_a", ())) > 1:
+        raise _refuse(space, slot, "bits_a", "activation bit-widths are not nested yet, only "
+                      "weight bit-widths bits_w are")
+    for knob in ("act", "groups"):
         if len(ch.get(knob, ())) > 1:
             raise _refuse(space, slot, knob, "its choices are not nested")
     if (ch.get("groups") or (slot.fixed["groups"],))[0] != 1:

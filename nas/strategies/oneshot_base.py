@@ -56,13 +56,18 @@ class OneShotParams(pydantic.BaseModel):
         arch_lr: Adam learning rate of the architecture logits.
         arch_fraction: fraction of the training split held out for the arch steps.
         tau0, tau_decay: Gumbel-softmax temperature tau0 * tau_decay ** epoch (FBNet).
-        objective: 'fbnet' (CE * a * log(LAT * latency_scale) ** b), 'proxyless'
-            (CE + lam * LAT, times (LAT / target) ** mult_beta when target is set), 'none' (CE).
+        objective: 'fbnet' (CE * a * log(LAT * latency_scale) ** b), 'proxyless' (the
+            paper's CE + lam * LAT, times (LAT / target) ** mult_beta when target is set),
+            'hinge' (CE + lam * max(LAT / (target * (1 - target_margin)) - 1, 0): a hard-target
+            penalty that pushes latency down only above the target), 'none' (CE).
         fbnet_alpha, fbnet_beta: FBNet's a and b.
         latency_scale: multiplies the table's ms before FBNet's log (1000 = microseconds, so the
             log of a sub-millisecond latency stays positive).
-        lam: ProxylessNAS's additive latency weight (per ms).
-        target: T of the multiplicative form in ms (None = additive form only).
+        lam: ProxylessNAS's additive latency weight (per ms); the hinge's weight (per unit of
+            relative excess over the target).
+        target: T in ms of the multiplicative form (None = additive form only) and the hinge.
+        target_margin: the hinge aims this fraction below T, so that the derived (argmax) Arch,
+            whose latency differs from the expected one, still meets T.
         mult_beta: exponent of the multiplicative form.
         checkpoint_every: epochs between checkpoints.
         progress: show a progress bar.
@@ -80,16 +85,23 @@ class OneShotParams(pydantic.BaseModel):
     arch_fraction: float = pydantic.Field(0.2, gt=0, lt=1)
     tau0: float = pydantic.Field(5.0, gt=0)
     tau_decay: float = pydantic.Field(0.956, gt=0, le=1)
-    objective: Literal["fbnet", "proxyless", "none"] | None = None
+    objective: Literal["fbnet", "proxyless", "hinge", "none"] | None = None
     fbnet_alpha: float = pydantic.Field(0.2, gt=0)
     fbnet_beta: float = pydantic.Field(0.6, ge=0)
     latency_scale: float = pydantic.Field(1000.0, gt=0)
     lam: float = pydantic.Field(0.0, ge=0)
     target: float | None = pydantic.Field(None, gt=0)
     mult_beta: float = pydantic.Field(0.6, ge=0)
+    target_margin: float = pydantic.Field(0.0, ge=0, lt=1)
     checkpoint_every: int = pydantic.Field(1, ge=1)
     progress: bool = False
     depthwise_impl: Literal["auto", "shift", "xla"] = "auto"
+
+    @pydantic.model_validator(mode="after")
+    def _hinge_needs_target(self) -> "OneShotParams":
+        if self.objective == "hinge" and (self.target is None or self.lam <= 0):
+            raise ValueError("objective 'hinge' needs target (ms) and lam > 0")
+        return self
 
 
 def make_objective(params: OneShotParams, default: str) -> Callable[[Any, Any], Any]:
@@ -105,7 +117,26 @@ def make_objective(params: OneShotParams, default: str) -> Callable[[Any, Any], 
                                           params.fbnet_beta)
     if kind == "proxyless":
         return lambda ce, lat: proxyless_loss(ce, lat, params.lam, params.target, params.mult_beta)
+    if kind == "hinge":
+        aim = params.target * (1.0 - params.target_margin)
+        return lambda ce, lat: hinge_latency_loss(ce, lat, aim, params.lam)
     return lambda ce, lat: ce
+
+
+def hinge_latency_loss(ce: Any, latency: Any, target: float, lam: float) -> Any:
+    """Returns CE + lam * max(LAT / T - 1, 0): the latency term acts only above the target.
+
+    A hard-target form (as MnasNet's hard constraint and ProxylessNAS's hard-latency variants):
+    below T the search is left to accuracy alone, so it does not shrink the network further
+    than T requires; above T each 1% of excess costs lam / 100 of loss.
+
+    Args:
+        ce: cross-entropy.
+        latency: expected latency (ms).
+        target: T (ms).
+        lam: weight of the relative excess.
+    """
+    return ce + lam * jnp.maximum(latency / target - 1.0, 0.0)
 
 
 def masked_ce(logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:

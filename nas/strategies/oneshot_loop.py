@@ -70,7 +70,7 @@ def make_strategy(name: str, net: SuperNet, params: OneShotParams, table: Any) -
                             field="strategy.name")
     factory, default_objective = ONE_SHOT[name]
     kind = params.objective or default_objective
-    uses_latency = kind == "fbnet" or (kind == "proxyless" and (params.lam > 0 or params.target))
+    uses_latency = kind in ("fbnet", "hinge") or (kind == "proxyless" and (params.lam > 0 or params.target))
     if table is None:
         if uses_latency:
             raise NasInputError(f"strategy {name!r} with objective {kind!r} needs a latency table; "
@@ -295,7 +295,8 @@ def run_oneshot_search(loaded: Any, workdir: str | os.PathLike, progress: bool =
     """
     from nas.data import load_data
     from nas.latency.table import LatencyTable
-    from nas.search import _claim_workdir, resolve_space
+    from nas.search import resolve_space
+    from nas.workdir import claim_workdir
     from nas.strategies import parse_params
 
     config = loaded.config
@@ -306,8 +307,8 @@ def run_oneshot_search(loaded: Any, workdir: str | os.PathLike, progress: bool =
     table = LatencyTable.load(loaded.latency_table, space) if loaded.latency_table else None
     data = load_data(config.data, space, seed=config.seed)
     wd = Path(workdir).resolve()
-    _claim_workdir(wd, config)
-    result = run_oneshot(space, data, config.strategy.name, params, table, wd, config.seed)
+    with claim_workdir(wd, config):
+        result = run_oneshot(space, data, config.strategy.name, params, table, wd, config.seed)
     target = config.objective.target if config.objective.metric == "latency_ms" else None
     lat = result["predicted_latency_ms"]
     return {"workdir": str(wd), "strategy": result["strategy"], "arch": result["arch"],

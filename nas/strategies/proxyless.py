@@ -1,16 +1,18 @@
 """ProxylessNAS (Cai et al. 2019): binarized paths, one active path per weight step.
 
 Weight step: sample one choice per decision from ``p = softmax(alpha)`` and train only that
-path (``"pick"`` forward: ``lax.switch`` over the slot's branches, weights sliced), so compute
-and memory are those of one child network.
+path (``"pick"`` forward: nested ``lax.switch``es, one per knob, weights sliced), so compute
+and memory are those of one child network while XLA compiles each op once per channel count,
+not once per combination of knob values.
 
 Arch step (sec. 3.2.1): per decision, two choices sampled from p, one of them active (one-hot
 binary gates ``g``); the ``"pair"`` forward runs the two sampled paths of each path decision and
 masks for the knobs inside a path. ``dL/dg`` becomes a logit gradient with
 ``dL/dalpha_i = sum_j dL/dg_j q_j (delta_ij - q_i)`` over the pair (``q`` = p renormalized over
 the two); after the Adam update the pair's logits are rescaled so unsampled choices keep their
-probabilities. The latency term ``E[LAT]`` under p (additive ``CE + lambda E[LAT]`` or the
-multiplicative ``CE * (E[LAT] / T) ** beta``) is differentiated with respect to alpha directly.
+probabilities. The latency term ``E[LAT]`` under p (the paper's additive ``CE + lambda E[LAT]``
+or multiplicative ``CE * (E[LAT] / T) ** beta``, or the hard-target hinge
+``CE + lambda max(E[LAT] / T - 1, 0)``) is differentiated with respect to alpha directly.
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ thresholds are learned together on the training split with::
 where LAT is the cost of the gates' Arch computed from the LatencyTable (or from a per-layer
 metric such as BOPs) as a function of the relaxed indicators (:mod:`nas.single_path.cost`).
 With a target, the penalty vanishes once the selected Arch is ``margin`` below T, so the search
-spends the rest of its budget on accuracy, as the paper's tuned lambda does.
+spends the rest of its budget on accuracy, as the paper's tuned lambda does. The weights train
+with the config's optimizer; the thresholds stay fixed for ``warmup_epochs`` and then follow their
+own rule (:mod:`nas.single_path.threshold_opt`: momentum over the RMS of all threshold
+gradients), so gates flip one after another, the cheapest trade first, instead of all at once.
 
 Outputs in the work directory: the trainer's files (``arch.json`` = the superkernel's largest
 Arch, orbax checkpoints, ``metrics.jsonl`` with per-epoch decisions and cost, TensorBoard
@@ -52,6 +55,8 @@ class SinglePathParams(pydantic.BaseModel):
         cost: 'latency' (the config's latency_table) or a per-layer metric of nas.metrics
             ('macs', 'bops', 'size_bits', 'energy_pj', 'params').
         margin: with a target T, the penalty stops at T * (1 - margin).
+        warmup_epochs: epochs during which only the weights train (thresholds fixed, every gate
+            on), so the gates then see a trained network's accuracy (fractional allowed).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -59,6 +64,7 @@ class SinglePathParams(pydantic.BaseModel):
     lam: float = pydantic.Field(1.0, ge=0)
     cost: Literal["latency", "macs", "bops", "size_bits", "energy_pj", "params"] = "latency"
     margin: float = pydantic.Field(0.05, ge=0, lt=1)
+    warmup_epochs: float = pydantic.Field(0.0, ge=0)
 
 
 def parse_params(params: Mapping[str, Any] | None, source: str | None = None) -> SinglePathParams:
@@ -192,9 +198,13 @@ def setup_from_config(loaded: Any) -> SinglePathSetup:
                                 "objective.target or set strategy.params.cost: latency",
                                 loaded.source, "objective.target")
         costs = SlotCosts.from_metric(space, params.cost)
+    train = train_config(config)
+    if params.warmup_epochs >= train.epochs:
+        raise NasInputError(f"warmup_epochs {params.warmup_epochs} leaves no epoch to train the "
+                            f"thresholds; use fewer than train.epochs ({train.epochs})",
+                            loaded.source, "strategy.params.warmup_epochs")
     data = load_data(config.data, space)
-    return SinglePathSetup(space, data, table, costs, params, objective.target,
-                           train_config(config))
+    return SinglePathSetup(space, data, table, costs, params, objective.target, train)
 
 
 def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: bool = False,
@@ -216,6 +226,7 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
     from nas.single_path.export import derive_arch, derive_levels, export_child, gate_values
     from nas.single_path.network import SinglePathNetwork, init_single_path
     from nas.single_path.plan import max_arch, space_plan
+    from nas.single_path.threshold_opt import search_optimizer
 
     space, train = setup.space, dataclasses.replace(setup.train, progress=progress)
     net = SinglePathNetwork(space, depthwise_impl=train.depthwise_impl)
@@ -224,12 +235,15 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
     container = ArchFile(space, max_arch(space, space_plan(space)),
                          {"strategy": "single_path", "note": "the superkernel's largest Arch"})
     meta = {"strategy": "single_path", "lam": setup.params.lam, "cost": setup.params.cost,
-            "margin": setup.params.margin, "target": setup.target}
+            "margin": setup.params.margin, "target": setup.target,
+            "warmup_epochs": setup.params.warmup_epochs}
+    steps_per_epoch = len(setup.data.y_train) // min(train.batch_size, len(setup.data.y_train))
+    tx = search_optimizer(train, int(round(setup.params.warmup_epochs * steps_per_epoch)))
     t0 = time.perf_counter()
     result = run_training(model=net, params={"model": variables["params"]},
                           batch_stats=variables["batch_stats"], loss_fn=loss_fn, data=setup.data,
                           config=train, workdir=workdir, archfile=container, meta=meta,
-                          consts={"lam": jnp.float32(setup.params.lam)},
+                          consts={"lam": jnp.float32(setup.params.lam)}, tx=tx,
                           epoch_metrics=lambda st: decision_metrics(space, setup.costs,
                                                                     st.params["model"]))
     seconds = time.perf_counter() - t0
@@ -305,8 +319,11 @@ def run_single_path(loaded: Any, workdir: str | os.PathLike, progress: bool = Fa
     Returns:
         The summary dict (also in ``workdir/summary.json``).
     """
+    from nas.workdir import claim_workdir
+
     setup = setup_from_config(loaded)
-    out = search(setup, workdir, progress=progress, seed=loaded.config.seed)
+    with claim_workdir(workdir, loaded.config):  # flock + search.json, held for the search
+        out = search(setup, workdir, progress=progress, seed=loaded.config.seed)
     wd = Path(workdir).absolute()
     summary = {k: v for k, v in out.items() if k not in ("variables", "history", "levels", "gates")}
     summary.update(strategy="single_path", workdir=str(wd), best_arch=str(wd / BEST_FILE),

@@ -6,9 +6,14 @@ Three ways to run it (``mode``):
   blocks) are separate as in FBNet; the factorized knobs inside a path are masks of shared
   weights (FBNetV2-style), so a slot's cost grows with its number of paths, not with the product
   of its knob choices. ``gates`` = {label: weight vector}.
-* ``"pick"``: one option per slot (ProxylessNAS's weight step, or evaluating a sampled Arch):
-  ``lax.switch`` over the slot's distinct (path, shape) branches, weights sliced to the option,
-  so only the sampled path executes. ``gates`` = {label: int index}.
+* ``"pick"``: one option per slot (ProxylessNAS's weight step, or evaluating a sampled Arch),
+  weights sliced to the option, so only the sampled path executes. ``gates`` = {label: int
+  index}. By default (``pick="nested"``) the choice is nested ``lax.switch``es, one per knob:
+  over paths, then the path's channel counts, then one switch around each op that a kernel,
+  SE or rank choice changes (:class:`~nas.supernet.plan.PickTree`), so XLA compiles each op
+  once per channel count instead of once per combination of knob values. ``pick="flat"`` is one
+  switch over the slot's distinct (path, shape) options (the product; kept as the reference
+  and for the compile-time benchmark).
 * ``"pair"``: ProxylessNAS's arch step: ``gates`` = {label: one-hot gate vector} (differentiated)
   and ``pairs`` = {label: [2] sampled indices}; the path decision runs only its two sampled
   paths (``out = g_a o_a + g_b o_b``, each picked by ``lax.switch``), the knobs inside a path are
@@ -24,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -34,8 +40,8 @@ from nas.blocks.depthwise import resolve_impl
 from nas.blocks.layers import Head, Stem
 from nas.space import Space
 from nas.supernet.mixing import Choice, Fixed, Mix, Pick
-from nas.supernet.paths import branch_call, init_path_params, masked_call, run_path
-from nas.supernet.plan import SHARED_KNOBS, PathPlan, SlotPlan, SuperPlan
+from nas.supernet.paths import branch_call, init_path_params, masked_call, picked_call, run_path
+from nas.supernet.plan import SHARED_KNOBS, SIZE_FIELDS, PathPlan, SlotPlan, SuperPlan
 
 MODES = ("soft", "pick", "pair")
 
@@ -46,13 +52,20 @@ class SuperNet:
     Args:
         space: the Space (the supernet is derived from it).
         depthwise_impl: 'auto' | 'shift' | 'xla'.
-        on_path: optional host callback ``f(slot_index, branch_index)`` called (through
-            ``jax.debug.callback``) each time a path's computation actually executes; tests use
-            it to count the candidate ops a step runs.
+        on_path: optional host callback ``f(slot_index, event)`` called (through
+            ``jax.debug.callback``) each time a piece of a path actually executes; tests use it
+            to count the candidate ops a step runs. Events: ``("path", path_index)`` (soft and
+            pair modes: a whole masked path), ``("branch", branch_index)`` (flat pick),
+            ``("path", path_index, mid)``, ``("kernel", k)``, ``("se", n)``, ``("rank_in", r)``,
+            ``("rank_out", r)`` (nested pick: the path at a channel count, then each op).
+        pick: 'nested' (default) or 'flat' switches of the pick mode (module docstring).
     """
 
     def __init__(self, space: Space, depthwise_impl: str = "auto",
-                 on_path: Callable[[Any, Any], None] | None = None):
+                 on_path: Callable[[Any, Any], None] | None = None, pick: str = "nested"):
+        if pick not in ("nested", "flat"):
+            raise ValueError(f"pick must be 'nested' or 'flat', got {pick!r}")
+        self.pick = pick
         self.space = space
         self.plan = SuperPlan.from_space(space)
         self.impl = resolve_impl(depthwise_impl)
@@ -115,9 +128,9 @@ class SuperNet:
                                      rngs={"dropout": rng})
         return logits
 
-    def _trace(self, slot_index: int, branch: Any) -> None:
+    def _trace(self, slot_index: int, *event: Any) -> None:
         if self.on_path is not None:
-            jax.debug.callback(self.on_path, slot_index, branch)
+            jax.debug.callback(functools.partial(self.on_path, slot_index, tuple(event)))
 
     def _choices(self, sp: SlotPlan, path: PathPlan, gates, kind: str) -> dict[str, Choice]:
         out: dict[str, Choice] = {}
@@ -149,7 +162,7 @@ class SuperNet:
 
     def _run_masked(self, i: int, sp: SlotPlan, pi: int, p, y, gates):
         path = sp.paths[pi]
-        self._trace(i, pi)
+        self._trace(i, "path", pi)
         return run_path(path, p[path.name], y, masked_call(path, self._choices(sp, path, gates, "mix")),
                         self.impl)
 
@@ -175,12 +188,42 @@ class SuperNet:
             out = term if out is None else out + term
         return out
 
-    def _slot_pick(self, i: int, sp: SlotPlan, p, y, gates):
+    def _branch_index(self, sp: SlotPlan, gates) -> jax.Array:
+        """Returns the traced index into ``sp.branches`` of the picked option."""
         if not sp.labels:
-            branch = jnp.zeros((), jnp.int32)
-        else:
-            table = jnp.asarray(sp.option_branch)
-            branch = table[tuple(jnp.asarray(gates[label]) for label in sp.labels)]
+            return jnp.zeros((), jnp.int32)
+        table = jnp.asarray(sp.option_branch)
+        return table[tuple(jnp.asarray(gates[label]) for label in sp.labels)]
+
+    def _slot_pick(self, i: int, sp: SlotPlan, p, y, gates):
+        if self.pick == "flat":
+            return self._slot_pick_flat(i, sp, p, y, gates)
+        tree = sp.tree
+        row = jnp.asarray(tree.index)[self._branch_index(sp, gates)]
+
+        def at_mid(pi: int, mi: int):
+            path = sp.paths[pi]
+            ch = self._choices(sp, path, gates, "pick")
+            sizes = tree.sizes[pi][mi]
+            picks = [Pick(tuple(sizes[f]), row[2 + k]) for k, f in enumerate(SIZE_FIELDS)]
+
+            def run(a):
+                self._trace(i, "path", pi, tree.mids[pi][mi])
+                on_run = None if self.on_path is None else (
+                    lambda stage, value: self._trace(i, stage, value))
+                call = picked_call(tree.mids[pi][mi], *picks, ch["bits_w"], ch["bits_a"], on_run)
+                return run_path(path, p[path.name], a, call, self.impl)
+            return run
+
+        def of_path(pi: int):
+            fns = [at_mid(pi, mi) for mi in range(len(tree.mids[pi]))]
+            return fns[0] if len(fns) == 1 else lambda a: jax.lax.switch(row[1], fns, a)
+
+        fns = [of_path(pi) for pi in range(len(sp.paths))]
+        return fns[0](y) if len(fns) == 1 else jax.lax.switch(row[0], fns, y)
+
+    def _slot_pick_flat(self, i: int, sp: SlotPlan, p, y, gates):
+        branch = self._branch_index(sp, gates)
 
         def make(bi: int):
             pi, shape = sp.branches[bi]
@@ -188,7 +231,7 @@ class SuperNet:
             ch = self._choices(sp, path, gates, "pick")
 
             def run(a):
-                self._trace(i, bi)
+                self._trace(i, "branch", bi)
                 return run_path(path, p[path.name], a, branch_call(path, shape, ch["bits_w"],
                                                                    ch["bits_a"]), self.impl)
             return run

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +29,8 @@ from nas.blocks.activations import NONNEGATIVE, activation
 from nas.blocks.convs import channel_shuffle, conv_init, pointwise
 from nas.blocks.depthwise import depthwise_conv
 from nas.blocks.layers import BN_EPSILON
-from nas.supernet.mixing import (Choice, Fixed, Mix, center_crop, center_mask, prefix_mask,
-                                 quantize_input, quantize_weight, weighted_values)
+from nas.supernet.mixing import (Choice, Fixed, Pick, apply_choice, center_crop, center_mask,
+                                 prefix_mask, quantize_input, quantize_weight, weighted_values)
 from nas.supernet.plan import PathPlan, Shape, option_shape
 
 Term = tuple[Any, int | None, Any]  # (weight, inner rank or None = full conv, inner mask or None)
@@ -41,24 +41,31 @@ class PathCall:
     """How to run a path once: sizes to slice to, masks and choices.
 
     Attributes:
-        mid, kernel, se: slice sizes (depthwise channels, kernel, squeeze channels).
+        mid: depthwise channels to slice to.
+        kernel: depthwise kernel size, or a :class:`Pick` over kernel sizes (one ``lax.switch``
+            around the depthwise conv alone).
+        se: squeeze channels (0 = no SE), or a :class:`Pick` over them.
         channel_mask: [mid] soft mask, or None.
         kernel_mask: [kernel, kernel] soft mask, or None.
         se_weights: (weight without SE, weight with SE), or None (SE on iff se > 0).
-        in_terms, out_terms: weighted full/factorized forms of the first / project 1x1 conv.
+        in_terms, out_terms: weighted full/factorized forms of the first / project 1x1 conv, or
+            a :class:`Pick` over inner ranks (None = full conv), switched around that conv alone.
         bits_w, bits_a: bit-width choices.
+        on_run: optional ``f(stage, value)`` called while tracing each executed piece
+            (('kernel', k), ('se', s), ('rank_in', r), ('rank_out', r)); used to count ops.
     """
 
     mid: int
-    kernel: int
-    se: int
+    kernel: int | Pick
+    se: int | Pick
     channel_mask: Any
     kernel_mask: Any
     se_weights: tuple[Any, Any] | None
-    in_terms: list[Term]
-    out_terms: list[Term]
+    in_terms: list[Term] | Pick
+    out_terms: list[Term] | Pick
     bits_w: Choice
     bits_a: Choice
+    on_run: Callable[[str, Any], None] | None = None
 
 
 # ------------------------------------------------------------------------------------ init
@@ -164,6 +171,23 @@ def branch_call(path: PathPlan, shape: Shape, bits_w: Choice, bits_a: Choice) ->
                     [(1.0, shape.rank_in, None)], [(1.0, shape.rank_out, None)], bits_w, bits_a)
 
 
+def picked_call(mid: int, kernel: Pick, se: Pick, rank_in: Pick, rank_out: Pick, bits_w: Choice,
+                bits_a: Choice, on_run: Callable[[str, Any], None] | None = None) -> PathCall:
+    """Returns the call running one option of a path at `mid` channels, its other sizes picked.
+
+    Each picked size is a ``lax.switch`` around the one op it changes (depthwise conv, SE, a 1x1
+    conv), so a path's traced ops grow with the sum of its kernel, SE and rank choices per
+    channel count, not with their product; only the picked branch of each switch runs.
+
+    Args:
+        mid: depthwise channels (static: a channel count changes every tensor after it).
+        kernel, se, rank_in, rank_out: picks over the values this channel count allows.
+        bits_w, bits_a: bit-width choices.
+        on_run: see :class:`PathCall`.
+    """
+    return PathCall(mid, kernel, se, None, None, None, rank_in, rank_out, bits_w, bits_a, on_run)
+
+
 # ------------------------------------------------------------------------------- forward
 def batch_norm(y: jax.Array, p: Mapping[str, jax.Array]) -> jax.Array:
     """Normalizes with the batch's statistics (per channel), then scale and bias."""
@@ -201,17 +225,35 @@ def _one_by_one(x, p, terms: Sequence[Term], cin: int, cout: int, groups: int, b
     return out
 
 
-def _squeeze_excite(y, p, call: PathCall, act, unsigned: bool):
+def _picked(choice, stage: str, call: PathCall, fn, x):
+    """Runs ``fn(value, x)`` under an int/None size or a Pick of sizes, reporting each branch."""
+    def run(value, a):
+        if call.on_run is not None:
+            call.on_run(stage, value)
+        return fn(value, a)
+    return apply_choice(choice if isinstance(choice, Pick) else Fixed(choice), run, x)
+
+
+def _conv_1x1(x, p, terms, stage: str, call: PathCall, cin: int, cout: int, groups: int,
+              row_mask=None, col_mask=None):
+    """A 1x1 conv from weighted terms, or picked among ranks (one switch around this conv)."""
+    if not isinstance(terms, Pick):
+        return _one_by_one(x, p, terms, cin, cout, groups, call.bits_w, row_mask, col_mask)
+    return _picked(terms, stage, call, lambda r, a: _one_by_one(
+        a, p, [(1.0, r, None)], cin, cout, groups, call.bits_w, row_mask, col_mask), x)
+
+
+def _squeeze_excite(y, p, call: PathCall, act, unsigned: bool, se: int):
     c = y.shape[-1]
     s = jnp.mean(y, axis=(1, 2), keepdims=True)
     s = quantize_input(s, call.bits_a, signed=not unsigned)
-    k = p["reduce"]["kernel"][:, :, :c, :call.se]
+    k = p["reduce"]["kernel"][:, :, :c, :se]
     if call.channel_mask is not None:
         k = k * call.channel_mask[:, None]
-    s = pointwise(s, quantize_weight(k, call.bits_w)) + p["reduce"]["bias"][:call.se]
+    s = pointwise(s, quantize_weight(k, call.bits_w)) + p["reduce"]["bias"][:se]
     s = act(s)
     s = quantize_input(s, call.bits_a, signed=not unsigned)
-    k = p["expand"]["kernel"][:, :, :call.se, :c]
+    k = p["expand"]["kernel"][:, :, :se, :c]
     s = pointwise(s, quantize_weight(k, call.bits_w)) + p["expand"]["bias"][:c]
     return y * jax.nn.sigmoid(s)
 
@@ -238,8 +280,8 @@ def run_path(path: PathPlan, p: Mapping[str, Any], x: jax.Array, call: PathCall,
     cm = call.channel_mask
     if s.op == "mbconv":
         y = quantize_input(x, call.bits_a, signed=True)
-        y = _one_by_one(y, p["expand"], call.in_terms, s.cin, call.mid, s.groups, call.bits_w,
-                        col_mask=cm)
+        y = _conv_1x1(y, p["expand"], call.in_terms, "rank_in", call, s.cin, call.mid, s.groups,
+                      col_mask=cm)
         y = act(batch_norm(y, p["expand_bn"]))
         if cm is not None:
             y = y * cm
@@ -248,23 +290,30 @@ def run_path(path: PathPlan, p: Mapping[str, Any], x: jax.Array, call: PathCall,
     else:
         y = x
         dw_signed = True
-    kernel = center_crop(p["dw"]["kernel"], call.kernel)[..., :call.mid]
-    if call.kernel_mask is not None:
-        kernel = kernel * call.kernel_mask[:, :, None, None]
-    y = depthwise_conv(quantize_input(y, call.bits_a, signed=dw_signed),
-                       quantize_weight(kernel, call.bits_w), s.stride, impl)
+
+    def depthwise(k, a):
+        kernel = center_crop(p["dw"]["kernel"], k)[..., :call.mid]
+        if call.kernel_mask is not None:
+            kernel = kernel * call.kernel_mask[:, :, None, None]
+        return depthwise_conv(quantize_input(a, call.bits_a, signed=dw_signed),
+                              quantize_weight(kernel, call.bits_w), s.stride, impl)
+
+    y = _picked(call.kernel, "kernel", call, depthwise, y)
     y = act(batch_norm(y, p["dw_bn"]))
     if cm is not None:
         y = y * cm
-    if call.se:
-        y_se = _squeeze_excite(y, p["se"], call, act, unsigned)
+    if isinstance(call.se, Pick):
+        y = _picked(call.se, "se", call,
+                    lambda n, a: _squeeze_excite(a, p["se"], call, act, unsigned, n) if n else a, y)
+    elif call.se:
+        y_se = _squeeze_excite(y, p["se"], call, act, unsigned, call.se)
         y = y_se if call.se_weights is None else call.se_weights[0] * y + call.se_weights[1] * y_se
     y = quantize_input(y, call.bits_a, signed=not unsigned)
     if s.op == "mbconv":
-        y = _one_by_one(y, p["project"], call.out_terms, call.mid, s.cout, s.groups, call.bits_w,
-                        row_mask=cm)
+        y = _conv_1x1(y, p["project"], call.out_terms, "rank_out", call, call.mid, s.cout,
+                      s.groups, row_mask=cm)
     else:
-        y = _one_by_one(y, p["project"], call.in_terms, s.cin, s.cout, s.groups, call.bits_w)
+        y = _conv_1x1(y, p["project"], call.in_terms, "rank_in", call, s.cin, s.cout, s.groups)
     y = batch_norm(y, p["project_bn"])
     if s.has_residual:
         y = y + x

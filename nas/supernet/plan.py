@@ -99,8 +99,8 @@ class SlotPlan:
             slot has one path, or when several labels together pick it).
         option_path: int array [n_choice of each label...] -> path index.
         option_branch: int array [...] -> index into `branches`.
-        branches: (path index, Shape) of every distinct shape of every path (the switch cases
-            of ProxylessNAS's single-path forward).
+        branches: (path index, Shape) of every distinct shape of every path.
+        tree: the nested switches of ProxylessNAS's single-path forward (:class:`PickTree`).
     """
 
     slot: Slot
@@ -112,10 +112,55 @@ class SlotPlan:
     option_path: np.ndarray
     option_branch: np.ndarray
     branches: list[tuple[int, Shape]]
+    tree: PickTree | None = None
 
     def values(self, index: tuple[int, ...]) -> dict[str, Any]:
         """Returns the slot's {knob: value} decisions of a tuple of choice indices."""
         return {k: c[i] for k, c, i in zip(self.knobs, self.choices, index)}
+
+
+@dataclasses.dataclass
+class PickTree:
+    """ProxylessNAS's single-path forward of a slot as nested switches, one per knob.
+
+    A slot's option runs as: switch over paths -> switch over the path's channel counts (every
+    tensor after the first 1x1 conv has that size, so this one must be static) -> inside, one
+    switch around each op a remaining size changes (depthwise kernel, SE, each 1x1 conv's rank).
+    The traced ops then grow with the sum of those choices per channel count, not with the
+    product of all knob choices (one switch over every distinct shape).
+
+    Attributes:
+        mids: per path, its distinct channel counts.
+        sizes: per path, per channel count: {'kernel', 'se', 'rank_in', 'rank_out': values}.
+        index: int array [n_branches, 6] -> (path, mid, kernel, se, rank_in, rank_out) indices
+            into ``range(len(paths))``, ``mids[path]`` and ``sizes[path][mid][...]``.
+    """
+
+    mids: list[list[int]]
+    sizes: list[list[dict[str, list]]]
+    index: np.ndarray
+
+
+SIZE_FIELDS = ("kernel", "se", "rank_in", "rank_out")
+
+
+def pick_tree(paths: list["PathPlan"], branches: list[tuple[int, "Shape"]]) -> PickTree:
+    """Builds the :class:`PickTree` of a slot from its paths and branches (path, Shape)."""
+    mids = [[] for _ in paths]
+    for pi, shape in branches:
+        if shape.mid not in mids[pi]:
+            mids[pi].append(shape.mid)
+    sizes = [[{f: [] for f in SIZE_FIELDS} for _ in m] for m in mids]
+    for pi, shape in branches:
+        entry = sizes[pi][mids[pi].index(shape.mid)]
+        for f in SIZE_FIELDS:
+            if getattr(shape, f) not in entry[f]:
+                entry[f].append(getattr(shape, f))
+    index = np.zeros((max(len(branches), 1), 6), np.int32)
+    for bi, (pi, shape) in enumerate(branches):
+        mi = mids[pi].index(shape.mid)
+        index[bi] = [pi, mi, *(sizes[pi][mi][f].index(getattr(shape, f)) for f in SIZE_FIELDS)]
+    return PickTree(mids, sizes, index)
 
 
 def _path_name(slot: Slot, values: Mapping[str, Any], resolved: Mapping[str, Any]) -> str:
@@ -208,7 +253,7 @@ def plan_slot(space: Space, slot: Slot) -> SlotPlan:
                 path_label = li
                 break
     return SlotPlan(slot, labels, knobs, choices, paths, path_label, option_path, option_branch,
-                    branches)
+                    branches, pick_tree(paths, branches))
 
 
 @dataclasses.dataclass

@@ -1,0 +1,274 @@
+"""Weight-sharing fast path: score sample-based candidates on a trained one-shot supernet.
+
+Instead of training every candidate from scratch, a random / evolution / RL search can score an
+Arch with the weights of a supernet trained by ``nas search`` with strategy fbnet or proxyless::
+
+    evaluation: {mode: supernet, supernet: runs/digits_fbnet}   # that search's workdir
+
+The score of an Arch is the validation accuracy of its path through the supernet: the child
+network (:func:`nas.model.build_model`) with the supernet's weights sliced to it
+(:func:`nas.supernet.network.child_params`), after its BatchNorm statistics (and activation
+quantizer ranges) are recalibrated for that path on training images, as Once-for-All does: the
+statistics of one shared path are wrong for every other path, so they are recomputed, exactly,
+from one large batch of training images (the supernet's own training split; the validation split
+stays held out as in its search). Nothing is trained.
+
+Example:
+    >>> scorer = SupernetScorer(str(Path("runs/digits_fbnet").resolve()))
+    >>> scorer(arch)["accuracy"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nas.errors import NasInputError
+from nas.space import Space
+
+SCORED_BY = "supernet"
+SEARCH_RECORD = "search.json"
+ONE_SHOT = ("fbnet", "proxyless")
+
+
+@dataclasses.dataclass(frozen=True)
+class Supernet:
+    """A trained supernet read back from a one-shot search's workdir.
+
+    Attributes:
+        workdir: the search's workdir.
+        space: its Space.
+        data: its data spec.
+        seed: its seed (data splits).
+        strategy: 'fbnet' or 'proxyless'.
+        net: the :class:`nas.supernet.network.SuperNet`.
+        weights: the full weight tree (``net.init`` structure) with the trained leaves.
+        epochs: epochs the supernet was trained (from the checkpoint's meta).
+    """
+
+    workdir: str
+    space: Space
+    data: str
+    seed: int
+    strategy: str
+    net: Any
+    weights: Any
+    epochs: int
+
+
+def load_supernet(workdir: str | Path) -> Supernet:
+    """Reads the supernet of a finished (or checkpointed) fbnet / proxyless search.
+
+    Args:
+        workdir: the one-shot search's workdir (holds search.json and checkpoints/).
+
+    Returns:
+        The :class:`Supernet`.
+
+    Raises:
+        NasInputError: not a one-shot search workdir, another strategy, or no checkpoint.
+    """
+    import orbax.checkpoint as ocp
+
+    from nas.checkpoint import Checkpointer
+    from nas.search import resolve_space
+    from nas.supernet.network import SuperNet, merge_trainable, trainable
+
+    wd = Path(workdir).expanduser().resolve()
+    record = wd / SEARCH_RECORD
+    field = "evaluation.supernet"
+    try:
+        config = json.loads(record.read_text())["config"]
+        strategy = config["strategy"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NasInputError(f"{record} is not a search record; give the --workdir of a finished "
+                            "'nas search' with strategy fbnet or proxyless", None, field) from None
+    if strategy not in ONE_SHOT:
+        raise NasInputError(f"{wd} holds a {strategy!r} search; the fast path needs a supernet "
+                            f"trained with strategy {' or '.join(ONE_SHOT)}", None, field)
+    space = resolve_space(config["space"], str(record))
+    net = SuperNet(space)
+    full = net.init(jax.random.PRNGKey(0))
+    manager = ocp.CheckpointManager(wd / "checkpoints")
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise NasInputError(f"{wd} has no supernet checkpoint yet; run its 'nas search' first",
+                            None, field)
+    meta = manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    ckpt = Checkpointer(wd, meta["arch_id"])
+    got = ckpt.restore(trainable(full))
+    ckpt.close()
+    trained, _, meta = got
+    return Supernet(str(wd), space, config.get("data", "digits"), int(config.get("seed", 0)),
+                    strategy, net, merge_trainable(full, trained), int(meta.get("epoch", -1)) + 1)
+
+
+def recalibrated_stats(old: Any, new: Any, momentum: float) -> Any:
+    """Returns the batch's own statistics from one BatchNorm running-average update.
+
+    Linen's BatchNorm updates ``ra = m * ra + (1 - m) * batch``; after one update from `old`
+    the batch's statistics are ``(new - m * old) / (1 - m)``. Leaves other than 'mean' and 'var'
+    (activation quantizer ranges, which start from the batch's own range) are taken from `new`.
+
+    Args:
+        old: batch_stats before the update.
+        new: batch_stats after one training-mode pass.
+        momentum: the BatchNorm momentum m.
+    """
+    def fix(path, o, n):
+        name = getattr(path[-1], "key", None)
+        if name in ("mean", "var"):
+            return (n - momentum * o) / (1.0 - momentum)
+        return n
+
+    return jax.tree_util.tree_map_with_path(fix, old, new)
+
+
+@functools.lru_cache(maxsize=2)
+def _supernet(workdir: str) -> Supernet:
+    return load_supernet(workdir)
+
+
+@functools.lru_cache(maxsize=2)
+def _data(spec: str, definition_json: str, seed: int):
+    from nas.data import load_data
+
+    return load_data(spec, Space.from_dict(json.loads(definition_json)), seed=seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetScorer:
+    """Scores an Arch on a trained supernet (a drop-in for :class:`nas.evaluate.CandidateEvaluator`).
+
+    Small and picklable (paths and numbers), so Ray can ship it; each process loads the supernet
+    and the data once.
+
+    Attributes:
+        supernet: absolute path of the one-shot search's workdir.
+        calibration_images: training images of the one BatchNorm recalibration batch.
+        eval_batch_size: batch size of the validation / test passes.
+        latency_table: absolute path of a latency table for latency_ms, or None.
+        on_score: optional callback ``f(arch)`` per scored Arch (tests count calls).
+    """
+
+    supernet: str
+    calibration_images: int = 512
+    eval_batch_size: int = 512
+    latency_table: str | None = None
+    on_score: Callable[[Mapping[str, Any]], None] | None = None
+
+    def load(self) -> Supernet:
+        """Returns the (cached) supernet."""
+        return _supernet(str(Path(self.supernet).expanduser().resolve()))
+
+    def __call__(self, arch: Mapping[str, Any], report: Callable[[dict], None] | None = None) -> dict:
+        """Scores one Arch.
+
+        Args:
+            arch: a candidate of the supernet's space.
+            report: unused (no epochs); accepted for the executor's interface.
+
+        Returns:
+            {'accuracy' (= val_accuracy), 'val_accuracy', 'test_accuracy', 'train_seconds': 0,
+            'score_seconds', 'scored_by': 'supernet', cost metrics, 'latency_ms' if known}.
+        """
+        from nas.evaluate import CandidateEvaluator
+
+        start = time.perf_counter()
+        sn = self.load()
+        arch = sn.space.validate(arch)
+        if self.on_score is not None:
+            self.on_score(arch)
+        data = _data(sn.data, json.dumps(sn.space.to_dict(), sort_keys=True), sn.seed)
+        accuracy = path_accuracy(sn, arch, data, self.calibration_images, self.eval_batch_size)
+        costs = CandidateEvaluator.for_space(sn.space, latency_table=self.latency_table).costs(arch)
+        return {**costs, "accuracy": accuracy["val"], "val_accuracy": accuracy["val"],
+                "test_accuracy": accuracy["test"], "train_seconds": 0.0,
+                "score_seconds": time.perf_counter() - start, "scored_by": SCORED_BY}
+
+
+def path_accuracy(sn: Supernet, arch: Mapping[str, Any], data: Any, calibration_images: int = 512,
+                  eval_batch_size: int = 512) -> dict[str, float | None]:
+    """Returns the validation and test accuracy of an Arch's path through the supernet.
+
+    Args:
+        sn: the supernet.
+        arch: a valid Arch of its space.
+        data: the Dataset the supernet was trained on (same spec and seed: its validation split
+            was never trained on).
+        calibration_images: training images used to recompute the path's BatchNorm statistics.
+        eval_batch_size: batch size of the evaluation passes.
+
+    Returns:
+        {"val": accuracy, "test": accuracy or None when the data has no test split}.
+    """
+    from nas.blocks.layers import BN_MOMENTUM
+    from nas.model import build_model, init_variables
+    from nas.supernet.network import child_params
+
+    model = build_model(sn.space, arch)
+    shape = (1, *sn.space.resolution, sn.space.in_channels)
+    init = init_variables(model, jax.random.PRNGKey(0), shape)
+    params = {k: v for k, v in child_params(sn.net, sn.weights, arch).items() if v}  # skip: {}
+
+    def shapes(tree):
+        return [(jax.tree_util.keystr(path), jnp.shape(leaf))
+                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+    if shapes(init["params"]) != shapes(params):  # a slicing bug would silently score garbage
+        raise RuntimeError(f"supernet slice of {sn.space.arch_id(arch)} does not fit its child")
+    rng = np.random.default_rng(sn.seed)
+    pick = rng.permutation(len(data.x_train))[:calibration_images]
+    splits = [(x, y) for x, y in ((data.x_val, data.y_val), (data.x_test, data.y_test))
+              if x is not None and len(x)]
+    x_eval = np.concatenate([x for x, _ in splits])
+    n_batches = -(-len(x_eval) // eval_batch_size)
+    pad = n_batches * eval_batch_size - len(x_eval)
+    x_eval = np.concatenate([x_eval, np.zeros((pad, *x_eval.shape[1:]), x_eval.dtype)])
+    x_eval = x_eval.reshape(n_batches, eval_batch_size, *x_eval.shape[1:])
+
+    @jax.jit
+    def predict(params, stats, x_cal, x_eval):
+        # one compile per Arch: recalibrate on one training batch, then classify every batch
+        if stats:
+            _, upd = model.apply({"params": params, "batch_stats": stats}, x_cal, train=True,
+                                 mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
+            stats = recalibrated_stats(stats, upd["batch_stats"], BN_MOMENTUM)
+
+        def classify(x):
+            return jnp.argmax(model.apply({"params": params, "batch_stats": stats}, x, train=False), -1)
+
+        return jax.lax.map(classify, x_eval)
+
+    preds = np.asarray(predict(params, init["batch_stats"], jnp.asarray(data.x_train[pick]),
+                               jnp.asarray(x_eval))).reshape(-1)
+    out, start = [], 0
+    for x, y in splits:
+        out.append(float(np.mean(preds[start:start + len(x)] == y)))
+        start += len(x)
+    has_test = data.x_test is not None and len(data.x_test) > 0
+    return {"val": out[0], "test": out[1] if has_test and len(out) > 1 else None}
+
+
+def check_compatible(sn: Supernet, space: Space, data: str, source: str | None = None) -> None:
+    """Refuses a supernet of another space or data set than the search's.
+
+    Raises:
+        NasInputError: the spaces or data specs differ (names the field and the fix).
+    """
+    if sn.space.to_dict() != space.to_dict():
+        raise NasInputError(f"the supernet in {sn.workdir} was trained over space "
+                            f"{sn.space.name!r}, not this config's {space.name!r}; train one over "
+                            "the same space", source, "evaluation.supernet")
+    if sn.data != data:
+        raise NasInputError(f"the supernet in {sn.workdir} was trained on data {sn.data!r}, not "
+                            f"{data!r}; its validation split must be the one scored", source,
+                            "evaluation.supernet")
