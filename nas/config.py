@@ -413,3 +413,25 @@ def check_inputs(loaded: LoadedConfig, data: bool = True) -> dict[str, Any]:
                 raise
             raise NasInputError(e.message, loaded.source, "data") from None
     return summary
+
+
+def apply_cli_overrides(config: SearchConfig, ray_address: str | None,
+                        budget: int | None) -> None:
+    """Applies the ``--ray-address`` and ``--budget`` flags of ``nas search`` / ``nas run``.
+
+    Args:
+        config: the loaded config, changed in place.
+        ray_address: 'auto' or HOST:PORT of a Ray cluster (sets executor.kind: ray), or None.
+        budget: a candidate budget replacing the config's, or None.
+
+    Raises:
+        NasInputError: a budget below 1.
+    """
+    if ray_address:
+        config.executor.kind = "ray"
+        config.executor.address = ray_address
+    if budget is not None:
+        if budget < 1:
+            raise NasInputError(f"{budget} is not allowed; expected an integer >= 1",
+                                field="--budget")
+        config.budget = budget

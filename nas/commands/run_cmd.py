@@ -72,29 +72,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_validated(args: argparse.Namespace) -> int:
-    """Validates the config before the workdir is locked (a bad config creates nothing)."""
-    from nas.config import load_config
+    """Validates the config and flags before the workdir is locked (bad input creates nothing)."""
+    from nas.config import apply_cli_overrides, load_config
 
     args.loaded = load_config(args.config)
+    apply_cli_overrides(args.loaded.config, args.ray_address, args.budget)
     return locked_command("nas run", _run)(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nas.config import load_config
-    from nas.errors import NasInputError
     from nas.pipeline import run_pipeline
     from nas.report import candidates_table, load_history, stage_result
 
-    loaded = getattr(args, "loaded", None) or load_config(args.config)
-    config = loaded.config
-    if args.ray_address:
-        config.executor.kind = "ray"
-        config.executor.address = args.ray_address
-    if args.budget is not None:
-        if args.budget < 1:
-            raise NasInputError(f"{args.budget} is not allowed; expected an integer >= 1",
-                                field="--budget")
-        config.budget = args.budget
+    loaded = args.loaded  # loaded and checked by _run_validated
     summary = run_pipeline(loaded, args.workdir, progress=not args.json,
                            log=(lambda m: None) if args.json else None)
     if args.json:

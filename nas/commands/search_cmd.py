@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _search_validated(args: argparse.Namespace) -> int:
     """Validates the config (and applies the command-line overrides) before the workdir is
     locked, so a bad config or a bad flag creates nothing."""
-    from nas.config import check_inputs, load_config
+    from nas.config import apply_cli_overrides, check_inputs, load_config
     from nas.errors import NasInputError
 
     loaded = load_config(args.config)
@@ -50,15 +50,7 @@ def _search_validated(args: argparse.Namespace) -> int:
     if not args.workdir:
         raise NasInputError("missing; give --workdir DIR (or --check to only validate)",
                             field="--workdir")
-    config = loaded.config
-    if args.ray_address:
-        config.executor.kind = "ray"
-        config.executor.address = args.ray_address
-    if args.budget is not None:
-        if args.budget < 1:
-            raise NasInputError(f"{args.budget} is not allowed; expected an integer >= 1",
-                                field="--budget")
-        config.budget = args.budget
+    apply_cli_overrides(loaded.config, args.ray_address, args.budget)
     check_inputs(loaded, data=False)  # a bad space or latency table: exit 2 before any work
     args.loaded = loaded
     return locked_command("nas search", _search)(args)
