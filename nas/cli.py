@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from nas.errors import NasInputError
+from nas.errors import ExportCheckError, NasInputError
 
 COMMAND_MODULES = ("nas.commands.space_cmd", "nas.commands.arch_cmd", "nas.commands.train_cmd",
                    "nas.commands.latency_cmd", "nas.commands.search_cmd", "nas.commands.export_cmd",
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except NasInputError as e:
         sys.stderr.write(f"nas: error: {e.one_line()}\n")
         return 2
+    except ExportCheckError as e:
+        sys.stderr.write(f"nas: export check failed: {e.message}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("nas: interrupted\n")
         return 130

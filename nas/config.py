@@ -37,7 +37,7 @@ COST_METRICS = ("latency_ms", "params", "macs", "bops", "size_bytes", "energy_mj
 # TrainConfig fields a search config may set (the rest are managed by the search).
 TRAIN_FIELDS = ("epochs", "batch_size", "eval_batch_size", "optimizer", "learning_rate",
                 "momentum", "weight_decay", "warmup_epochs", "final_lr_fraction",
-                "label_smoothing", "grad_clip", "depthwise_impl")
+                "label_smoothing", "grad_clip", "depthwise_impl", "quantizer")
 
 
 class _Section(pydantic.BaseModel):
@@ -169,16 +169,19 @@ class ExportSection(_Section):
 
     Attributes:
         formats: any of json, packed, orbax, stablehlo, onnx.
-        calibration: training images used to calibrate int8 activation ranges.
+        calibration: training images for ``recalibrate``.
         measure_latency: time the ONNX model with onnxruntime.
         onnx_int8_weights: store weight-only quantized layers' ONNX weights as int8 (smaller
             file, slower onnxruntime inference).
+        recalibrate: post-training activation steps for the ONNX model instead of the trained
+            ones (off: the exported model is the trained one).
     """
 
     formats: list[str] = ["json", "packed", "orbax", "stablehlo", "onnx"]
     calibration: int = pydantic.Field(256, ge=0)
     measure_latency: bool = True
     onnx_int8_weights: bool = False
+    recalibrate: bool = False
 
 
 #: Sections only the pipeline reads; they do not change which candidates a search evaluates.

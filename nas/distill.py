@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from nas.errors import NasInputError
-from nas.train import TrainConfig, batch_metrics, cross_entropy
+from nas.train import TrainConfig, batch_metrics, cross_entropy, init_quantizers
 
 
 @dataclasses.dataclass
@@ -208,7 +208,7 @@ def distill_arch(space: Any, arch: Mapping[str, Any], data: Any, config: TrainCo
     student = build_model(space, arch, depthwise_impl=config.depthwise_impl)
     key = jax.random.PRNGKey(config.seed)
     shape = (1, *data.image_shape)
-    variables = init_variables(student, key, shape)
+    variables = init_quantizers(student, init_variables(student, key, shape), data, config)
     params = {"model": variables["params"]}
     adapter = None
     if dconfig.hint_weight > 0:

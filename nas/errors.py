@@ -37,3 +37,15 @@ class NasInputError(ValueError):
     def with_source(self, source: str) -> "NasInputError":
         """Returns a copy of this error that names `source` (keeps an existing source)."""
         return NasInputError(self.message, self.source or source, self.field)
+
+
+class ExportCheckError(RuntimeError):
+    """An exported model does not compute what the trained model computes (exit code 1).
+
+    Args:
+        message: the failed check and the layer that diverges most (one line).
+    """
+
+    def __init__(self, message: str):
+        self.message = printable_line(str(message).replace("\n", " "), 1000)
+        super().__init__(self.message)

@@ -1,24 +1,32 @@
-"""ONNX export of a trained network, with calibrated int8 QDQ for its quantized layers.
+"""ONNX export of a trained network: the trained quantizers, exactly, as int8 QDQ.
 
 The graph comes from the latency tables' builder (:mod:`nas.latency.onnx_blocks`), so the
 exported model is the graph whose layers the onnxruntime table timed, now with the trained
-weights (BatchNorm folded into the convs):
+weights and quantizers:
 
-- layers with ``bits_w <= 8`` and ``bits_a <= 8`` run int8 kernels: QuantizeLinear ->
-  DequantizeLinear (uint8, per tensor) on their activations, int8 weights per output channel;
-- the activation ranges are *calibrated*: a first graph with the same structure, but without
-  activation quantization, runs on calibration images and records the min/max of every tensor
-  that the int8 graph quantizes; the second (exported) graph uses those ranges;
-- layers with only weight quantization (``bits_w <= 8``, ``bits_a = 32``) run float kernels;
-  with ``weight_only_int8=True`` their weights are stored as int8 + per-channel scale behind a
-  DequantizeLinear (1 byte per weight in the file), but onnxruntime then dequantizes them at
-  every call (measured here: 0.044 -> 0.156 ms for a tiny digits network), so it is off by
-  default and the weights are stored as the float values of their quantization grid.
+- every activation point of :mod:`nas.blocks.act_points` is a QuantizeLinear ->
+  DequantizeLinear pair whose scale is the **trained step** of the Flax quantizer there (LSQ's
+  learned step, or the running range / qp of a minmax quantizer); 8-bit points are int8 / uint8
+  with zero point 0, below 8 bits a Clip to the b-bit grid comes first (same integer levels);
+- quantized weights keep their **trained integer levels and per-channel steps**; BatchNorm is
+  folded into the per-channel scale (``q * (s m)``), never into the levels, so no weight moves
+  off its grid; 4- and 2-bit levels are stored in int8 (onnxruntime's int8 kernels run them);
+- layers with ``bits_w <= 8`` and ``bits_a <= 8`` run int8 kernels (onnxruntime fuses the QDQ
+  pattern into QLinearConv, QLinearAdd, ...); weight-only quantized layers run float kernels on
+  the float values of their grid (``weight_only_int8=True`` stores them as int8 + a
+  DequantizeLinear: 1 byte per weight in the file, dequantized at every call by onnxruntime).
+
+Post-training recalibration of the activation steps on calibration images (max |x| / qp per
+point) is an option (``recalibrate=True``), not the default: it exports another model than the
+trained one.
+
+:func:`diverging_layer` compares every layer's output of the exported graph with the JAX
+model's, to name the layer where an export starts to differ.
 
 Input 'input' is NHWC float32 (the JAX model's layout), output 'logits'.
 
 Example:
-    >>> model = export_onnx(specs, names, variables, calibration=x_train[:256])
+    >>> model, info = export_onnx(specs, names, variables)
     >>> onnx.save(model, "export/model.onnx")
 """
 
@@ -28,65 +36,27 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from nas.blocks.quant import act_grid
 from nas.latency.flax_weights import onnx_weights
-from nas.latency.onnx_blocks import OPSET, GraphBuilder, emit_layer
+from nas.latency.onnx_blocks import ActQuantParams, GraphBuilder, network_to_onnx
 from nas.latency.precision import runs_int8
 from nas.spec import BlockSpec
 
 INT8_WEIGHT_BITS = 8
 
 
-class _RecordingBuilder(GraphBuilder):
-    """Builds the int8 graph's structure without activation QDQ, recording what it would quantize."""
+class _RecalibratedBuilder(GraphBuilder):
+    """Builds the graph with the activation steps replaced by calibrated ones, by (layer, point)."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, steps: Mapping[tuple[str, str], float], seed: int = 0):
         super().__init__(seed)
-        self.recorded: list[str] = []
+        self.steps = dict(steps)
 
-    def qdq(self, x: str, value_range: tuple[float, float]) -> str:
-        self.recorded.append(x)
-        return x
-
-    def scale_of(self, dq: str) -> float:
-        return 1e-4  # only scales int32 biases of this calibration graph: keep them precise
-
-
-class _CalibratedBuilder(GraphBuilder):
-    """Builds the int8 graph with one calibrated range per qdq call (same call order)."""
-
-    def __init__(self, ranges: Sequence[tuple[float, float]], seed: int = 0):
-        super().__init__(seed)
-        self.ranges = list(ranges)
-        self.calls = 0
-
-    def qdq(self, x: str, value_range: tuple[float, float]) -> str:
-        r = self.ranges[self.calls] if self.calls < len(self.ranges) else value_range
-        self.calls += 1
-        return super().qdq(x, r)
-
-
-def _build(g: GraphBuilder, specs: Sequence[BlockSpec], names: Sequence[str],
-           weights: Mapping[str, Any], int8: Sequence[bool], batch: int | str
-           ) -> tuple[onnx.ModelProto, list[tuple[int, int]]]:
-    first = specs[0]
-    x = g.node("Transpose", ["input"], "nchw", perm=[0, 3, 1, 2])
-    spans = []
-    for spec, q, name in zip(specs, int8, names):
-        start = len(g.nodes)
-        x = emit_layer(g, x, spec, q, weights.get(name))
-        spans.append((start, len(g.nodes)))
-    g.nodes.append(helper.make_node("Identity", [x], ["logits"], name="logits_node"))
-    graph = helper.make_graph(
-        g.nodes, "nas_export",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, *first.in_hw, first.cin])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, specs[-1].cout])],
-        initializer=g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="nas export")
-    model.ir_version = 8
-    return model, spans
+    def qdq(self, x: str, quant: ActQuantParams) -> str:
+        step = self.steps.get((self.layer, quant.point), quant.step)
+        return super().qdq(x, ActQuantParams(quant.point, step, quant.signed, quant.bits))
 
 
 def _session(model: onnx.ModelProto, threads: int = 1):
@@ -99,109 +69,116 @@ def _session(model: onnx.ModelProto, threads: int = 1):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def calibrate_ranges(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray,
-                     batch: int = 64) -> list[tuple[float, float]]:
-    """Runs `model` on `images` and returns (min, max) of each named tensor.
+def run_with_outputs(model: onnx.ModelProto, tensors: Sequence[str], images: np.ndarray,
+                     batch: int = 64) -> list[np.ndarray]:
+    """Runs `model` on `images` and returns the named intermediate tensors, concatenated.
 
     Args:
-        model: a float graph holding the tensors.
-        tensors: tensor names (repeats allowed).
-        images: calibration inputs [N, H, W, C].
+        model: an ONNX graph holding the tensors.
+        tensors: tensor names (distinct).
+        images: inputs [N, H, W, C].
         batch: images per run.
 
     Returns:
-        One (low, high) per entry of `tensors`.
+        One array per tensor, batches concatenated on axis 0.
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    unique = list(dict.fromkeys(tensors))
-    for t in unique:
+    del model.graph.output[:]
+    for t in tensors:
         model.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     sess = _session(model, threads=0)
-    lo = {t: np.inf for t in unique}
-    hi = {t: -np.inf for t in unique}
+    outs: list[list[np.ndarray]] = [[] for _ in tensors]
     for i in range(0, len(images), batch):
-        outs = sess.run(unique, {"input": np.asarray(images[i:i + batch], np.float32)})
-        for t, v in zip(unique, outs):
-            lo[t] = min(lo[t], float(np.min(v)))
-            hi[t] = max(hi[t], float(np.max(v)))
-    return [(lo[t], hi[t]) for t in tensors]
+        for acc, v in zip(outs, sess.run(list(tensors), {"input": np.asarray(images[i:i + batch],
+                                                                             np.float32)})):
+            acc.append(v)
+    return [np.concatenate(a) for a in outs]
 
 
-def _int8_weight_storage(model: onnx.ModelProto, spans: Sequence[tuple[int, int]],
-                         layers: Sequence[bool]) -> None:
-    """Stores the float Conv/Gemm weights of the given layers as int8 + DequantizeLinear."""
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    nodes = list(graph.node)
-    new_nodes = []
-    for (start, end), wanted in zip(spans, layers):
-        if not wanted:
-            continue
-        for node in nodes[start:end]:
-            if node.op_type not in ("Conv", "Gemm") or node.input[1] not in inits:
-                continue
-            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-            axis = 0 if node.op_type == "Conv" else 1
-            moved = np.moveaxis(w, axis, -1)
-            amax = np.max(np.abs(moved.reshape(-1, moved.shape[-1])), axis=0)
-            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-            base = node.input[1]
-            graph.initializer.remove(inits[base])
-            graph.initializer.extend([numpy_helper.from_array(q, base + "_int8"),
-                                      numpy_helper.from_array(scale, base + "_scale"),
-                                      numpy_helper.from_array(np.zeros_like(scale, np.int8),
-                                                              base + "_zero")])
-            new_nodes.append(helper.make_node("DequantizeLinear",
-                                              [base + "_int8", base + "_scale", base + "_zero"],
-                                              [base], name=base + "_dq", axis=axis))
-    if new_nodes:
-        rest = list(graph.node)
-        del graph.node[:]
-        graph.node.extend(new_nodes + rest)
+def calibrated_steps(model: onnx.ModelProto, points: Sequence[tuple[str, str, str]],
+                     quants: Mapping[tuple[str, str], ActQuantParams], images: np.ndarray
+                     ) -> dict[tuple[str, str], float]:
+    """Post-training steps: max |x| / qp of each activation point on calibration images.
+
+    Args:
+        model: the graph (with its trained steps).
+        points: (layer, point, tensor) of each point (``GraphBuilder.points``).
+        quants: the trained quantizer of each (layer, point).
+        images: calibration inputs [N, H, W, C].
+
+    Returns:
+        {(layer, point): step}.
+    """
+    values = run_with_outputs(model, [t for _, _, t in points], images)
+    out = {}
+    for (layer, point, _), v in zip(points, values):
+        q = quants[(layer, point)]
+        _, qp = act_grid(q.bits, q.signed)
+        amax = float(np.max(np.abs(v))) if q.signed else float(np.max(v, initial=0.0))
+        out[(layer, point)] = max(amax, 1e-8) / qp
+    return out
+
+
+def _build(g: GraphBuilder, specs: Sequence[BlockSpec], names: Sequence[str],
+           weights: Mapping[str, Any], int8: Sequence[bool], batch: int | str,
+           int8_weights: Sequence[bool]) -> onnx.ModelProto:
+    """Builds the network into `g` (NHWC input, output 'logits')."""
+    model = network_to_onnx(specs, int8=int8, weights=weights, names=names, batch=batch,
+                            layout="NHWC", builder=g, int8_weights=int8_weights)
+    return _rename_logits(model)
+
+
+def _rename_logits(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = model.graph.output[0].name
+    if out != "logits":
+        model.graph.node.append(helper.make_node("Identity", [out], ["logits"], name="logits_node"))
+        shape = model.graph.output[0].type.tensor_type.shape
+        dims = [d.dim_param or d.dim_value for d in shape.dim]
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims))
+    model.producer_name = "nas export"
+    return model
 
 
 def export_onnx(specs: Sequence[BlockSpec], names: Sequence[str], variables: Mapping[str, Any],
                 calibration: np.ndarray | None = None, batch: int | str = "N",
-                int8: Sequence[bool] | None = None, weight_only_int8: bool = False
-                ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                int8: Sequence[bool] | None = None, weight_only_int8: bool = False,
+                recalibrate: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Returns the ONNX model of a trained network and a description of it.
 
     Args:
         specs: the network's layers (``space.block_specs(arch)``).
         names: the layers' submodule names ('stem', slot prefixes, 'head').
         variables: {"params", "batch_stats"} (kernels may be the dequantized packed ones).
-        calibration: images [N, H, W, C] to calibrate int8 activation ranges (None: the
-            builder's default ranges).
+        calibration: images [N, H, W, C] for `recalibrate`.
         batch: the input's batch dimension (an int, or a name for a dynamic batch).
         int8: per layer, whether it runs int8 kernels (default :func:`runs_int8`).
         weight_only_int8: store the weights of weight-only quantized layers as int8 (smaller
             file, slower onnxruntime inference; see the module docstring).
+        recalibrate: replace the trained activation steps by post-training ones from
+            `calibration` (another model than the trained one; off by default).
 
     Returns:
-        (model, info): info = {"int8_layers", "weight_only_int8_layers", "calibrated"}.
+        (model, info): info = {"int8_layers", "weight_only_int8_layers", "recalibrated",
+        "activation_points", "layer_outputs" ({layer: tensor name})}.
     """
     weights = onnx_weights(variables)
     int8 = [runs_int8(s) for s in specs] if int8 is None else list(int8)
-    calibrated = False
-    if any(int8) and calibration is not None and len(calibration):
-        rec = _RecordingBuilder()
-        probe, _ = _build(rec, specs, names, weights, int8, batch)
-        ranges = calibrate_ranges(probe, rec.recorded, calibration)
-        g: GraphBuilder = _CalibratedBuilder(ranges)
-        calibrated = True
-    else:
-        g = GraphBuilder()
-    model, spans = _build(g, specs, names, weights, int8, batch)
-    weight_only = [weight_only_int8 and (not q) and s.bits_w <= INT8_WEIGHT_BITS
-                   for s, q in zip(specs, int8)]
-    _int8_weight_storage(model, spans, weight_only)
+    stored = [weight_only_int8 and not q and s.bits_w <= INT8_WEIGHT_BITS
+              for s, q in zip(specs, int8)]
+    weight_only = [n for n, w8 in zip(names, stored) if w8]
+    g = GraphBuilder()
+    model = _build(g, specs, names, weights, int8, batch, stored)
+    recalibrated = False
+    if recalibrate and calibration is not None and len(calibration) and g.points:
+        steps = calibrated_steps(model, g.points, g.point_quants, calibration)
+        g = _RecalibratedBuilder(steps)
+        model = _build(g, specs, names, weights, int8, batch, stored)
+        recalibrated = True
     onnx.checker.check_model(model)
     info = {"int8_layers": [n for n, q in zip(names, int8) if q],
-            "weight_only_int8_layers": [n for n, w in zip(names, weight_only) if w],
-            "calibrated": calibrated}
+            "weight_only_int8_layers": weight_only, "recalibrated": recalibrated,
+            "activation_points": len(g.points), "layer_outputs": dict(g.layer_outputs)}
     return model, info
 
 
@@ -210,6 +187,39 @@ def run_onnx(model: onnx.ModelProto | bytes, x: np.ndarray, threads: int = 0) ->
     if isinstance(model, bytes):
         model = onnx.ModelProto.FromString(model)
     return _session(model, threads).run(["logits"], {"input": np.asarray(x, np.float32)})[0]
+
+
+def diverging_layer(model: onnx.ModelProto, layer_outputs: Mapping[str, str],
+                    jax_features: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, Any]:
+    """Names the layer at which the exported graph starts to differ from the JAX model.
+
+    Each layer's output is compared (mean |difference| / mean |JAX output|); the layer whose
+    error grows most over the layer before it is where the export diverges.
+
+    Args:
+        model: the exported graph.
+        layer_outputs: {layer: output tensor} (``info["layer_outputs"]``).
+        jax_features: {layer: the JAX model's output of that layer, NHWC or [N, K]}, in
+            network order.
+        x: the images both ran on.
+
+    Returns:
+        {"layer", "relative_error" (of that layer), "errors" ({layer: relative error})}.
+    """
+    layers = [n for n in jax_features if n in layer_outputs]
+    values = run_with_outputs(model, [layer_outputs[n] for n in layers], x)
+    errors, worst, worst_jump, prev = {}, None, -np.inf, 0.0
+    for name, got in zip(layers, values):
+        ref = np.asarray(jax_features[name], np.float64)
+        got = np.asarray(got, np.float64)
+        if got.ndim == 4:
+            got = got.transpose(0, 2, 3, 1)
+        err = float(np.mean(np.abs(got - ref)) / max(np.mean(np.abs(ref)), 1e-12))
+        errors[name] = err
+        if err - prev > worst_jump:
+            worst, worst_jump = name, err - prev
+        prev = err
+    return {"layer": worst, "relative_error": errors.get(worst, 0.0), "errors": errors}
 
 
 def measure_latency_ms(model: onnx.ModelProto, image_shape: Sequence[int], core: int | None = None,
@@ -231,11 +241,10 @@ def measure_latency_ms(model: onnx.ModelProto, image_shape: Sequence[int], core:
     """
     import os
 
-    from nas.latency.measure import TimingConfig, time_call
-
     import onnxruntime as ort
 
     from nas.latency.backends.ort_backend import session
+    from nas.latency.measure import TimingConfig, time_call
 
     x = np.random.default_rng(0).standard_normal((1, *image_shape)).astype(np.float32)
     sess = session(model.SerializeToString(), threads=1)

@@ -3,9 +3,11 @@
 ``pack_variables`` turns the variables of a :class:`nas.model.Network` into flat arrays:
 
 - conv and dense kernels of a layer with ``bits_w < 32`` become integers ``q`` in
-  ``[-(2^(b-1)-1), 2^(b-1)-1]`` plus one float32 scale per output channel, exactly the grid of
-  :func:`nas.blocks.quant.fake_quant_weight` (so ``q * scale`` is the weight the trained model
-  computes with); the integers are bit-packed at b bits each (4-bit weights take half a byte);
+  ``[-(2^(b-1)-1), 2^(b-1)-1]`` plus one float32 scale per output channel (the learned step),
+  exactly the grid of :func:`nas.blocks.quant.fake_quant_weight` (so ``q * scale`` is the weight
+  the trained model computes with); the integers are bit-packed at b bits each (4-bit weights
+  take half a byte); unpacking sets each kernel's step to its scale, so the unpacked model
+  re-quantizes ``q * scale`` onto the same levels;
 - every BatchNorm becomes two float32 vectors (its folded multiplier and shift) instead of four;
 - everything else (biases, activation-quantizer ranges, float layers) stays float32.
 
@@ -65,12 +67,14 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def quantize_weight(w: np.ndarray, bits: int, step: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Quantizes weights symmetrically per output channel (last axis), as fake_quant_weight.
 
     Args:
         w: weights whose last axis is the output channel.
         bits: bit-width (2..8).
+        step: the learned per-channel steps (LSQ; 0 or None: max |w| / qp, nothing clipped).
 
     Returns:
         (q int8 of w's shape, scale float32 [cout]) with ``q * scale`` = fake_quant_weight(w).
@@ -79,6 +83,9 @@ def quantize_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     w = np.asarray(w, np.float32)
     amax = np.max(np.abs(w.reshape(-1, w.shape[-1])), axis=0)
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    if step is not None:
+        step = np.asarray(step, np.float32)
+        scale = np.where(step > 0, step, scale).astype(np.float32)
     q = np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8)
     return q, scale
 
@@ -150,8 +157,10 @@ def pack_variables(specs: Sequence[BlockSpec], names: Sequence[str],
         if mod in bn:
             continue
         bits = bits_of.get(path.split("/", 1)[0], FLOAT_BITS)
+        if name.endswith("_step") and name[:-len("_step")] in KERNEL_NAMES and bits < FLOAT_BITS:
+            continue  # a quantized kernel's step is its stored scale
         if name in KERNEL_NAMES and bits < FLOAT_BITS:
-            q, scale = quantize_weight(value, bits)
+            q, scale = quantize_weight(value, bits, params.get(f"{path}_step"))
             arrays[f"q:{path}"] = pack_bits(q, bits)
             arrays[f"scale:{path}"] = scale
             entries[f"q:{path}"] = {"kind": "int", "bits": bits, "shape": list(q.shape)}
@@ -187,6 +196,7 @@ def unpack_arrays(packed: Mapping[str, Any], dequantize: bool = True) -> dict[st
             q = unpack_bits(value, int(e["bits"]), e["shape"])
             scale = np.asarray(arrays[f"scale:{path}"], np.float32)
             flat[f"params/{path}"] = (q.astype(np.float32) * scale) if dequantize else (q, scale)
+            flat[f"params/{path}_step"] = scale  # re-quantizing q * scale gives q back
         elif kind == "bn" and path.endswith("/mult"):
             mod = path[:-len("/mult")]
             flat[f"params/{mod}/scale"] = np.asarray(value, np.float32)

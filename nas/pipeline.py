@@ -356,21 +356,21 @@ class Pipeline:
     def export(self, distill: Mapping[str, Any]) -> dict:
         """Stage 4: export the final model (see :mod:`nas.export`)."""
         from nas.checkpoint import load_trained
-        from nas.export import ExportOptions, export_model, preprocess_meta
+        from nas.export import (ExportOptions, export_model, preprocess_meta,
+                                raise_on_failed_check)
 
         af, _, variables, _ = load_trained(distill["final_workdir"])
         e = self.config.export
         options = ExportOptions(formats=e.formats, calibration=self.data.x_train[:e.calibration],
                                 measure_latency=e.measure_latency,
                                 latency_table=self.loaded.latency_table,
-                                onnx_weight_only_int8=e.onnx_int8_weights)
+                                onnx_weight_only_int8=e.onnx_int8_weights,
+                                onnx_recalibrate=e.recalibrate)
         meta = {"preprocess": preprocess_meta(self.data), "data": self.config.data,
                 "trained": distill["final"], "source": f"nas run {self.loaded.source}"}
         report = export_model(af, variables, self.workdir / "export", options,
                               check=(self.data.x_test, self.data.y_test), meta=meta)
-        if not report["ok"]:
-            bad = [f for f, c in report["checks"].items() if not c["ok"]]
-            self.log(f"export: WARNING: {', '.join(bad)} outside tolerance (see export.json)")
+        raise_on_failed_check(report)  # the run stops here; earlier stages stay done
         return {"report": str(self.workdir / "export" / "export.json"), "ok": report["ok"],
                 "files": report["files"], "latency": report.get("latency"),
                 "sizes": report["sizes"], "checks": report["checks"]}

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nas.blocks.quant import QUANTIZERS, init_quant_steps
 from nas.data import Dataset, eval_batches
 from nas.errors import NasInputError
 
@@ -53,6 +54,8 @@ class TrainConfig:
         keep_checkpoints: newest checkpoints kept (at least 2).
         progress: show a tqdm progress bar.
         depthwise_impl: depthwise conv implementation passed to the model.
+        quantizer: 'lsq' (learned step sizes, initialized on the first training batch) or
+            'minmax' (steps follow max |w| and the running max |x|); see :mod:`nas.blocks.quant`.
     """
 
     epochs: int = 30
@@ -71,6 +74,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress: bool = False
     depthwise_impl: str = "auto"
+    quantizer: str = "lsq"
 
     def validate(self) -> "TrainConfig":
         """Checks the values; returns self.
@@ -86,7 +90,8 @@ class TrainConfig:
                   ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
                   ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "in [0, epochs]"),
                   ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-                  ("checkpoint_every", self.checkpoint_every >= 1, "an integer >= 1")]
+                  ("checkpoint_every", self.checkpoint_every >= 1, "an integer >= 1"),
+                  ("quantizer", self.quantizer in QUANTIZERS, " or ".join(map(repr, QUANTIZERS)))]
         for field, ok, expected in checks:
             if not ok:
                 raise NasInputError(f"{getattr(self, field)!r} is not allowed; expected {expected}",
@@ -259,6 +264,25 @@ def evaluate(eval_step, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarr
     return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss_sum"]) / count}
 
 
+def init_quantizers(model: Any, variables: Mapping[str, Any], data: Dataset,
+                    config: TrainConfig) -> dict[str, Any]:
+    """Initializes the learned quantizer steps (``quantizer: lsq``) on the first training batch.
+
+    Args:
+        model: the network.
+        variables: its fresh variables.
+        data: the training data (its first ``batch_size`` images are used).
+        config: the training config (``quantizer``, ``batch_size``, ``seed``).
+
+    Returns:
+        The variables, steps set (unchanged for 'minmax' or a float network).
+    """
+    if config.quantizer != "lsq":
+        return dict(variables)
+    x = jnp.asarray(data.x_train[:min(config.batch_size, len(data.x_train))], jnp.float32)
+    return init_quant_steps(model, variables, x, jax.random.PRNGKey(config.seed))
+
+
 def count_params(params: Any) -> int:
     """Returns the number of scalars in a parameter pytree."""
     return int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params)))
@@ -297,6 +321,7 @@ def train_arch(space: Any, arch: Mapping[str, Any], data: Dataset, config: Train
         model = build_model(space, arch, depthwise_impl=config.depthwise_impl)
     variables = init_variables(model, jax.random.PRNGKey(config.seed),
                                (1, *data.image_shape))
+    variables = init_quantizers(model, variables, data, config)
     params = {"model": variables["params"]}
     return run_training(
         model=model, params=params, batch_stats=variables["batch_stats"],

@@ -106,7 +106,7 @@ def test_activations_and_squeeze_excite_gate():
         activation("gelu")
     # SE at zero weights: reduce -> 0 -> act -> 0, expand bias 0 -> gate sigmoid(0) = 0.5
     spec = BlockSpec("dwsep", cin=8, cout=8, stride=1, in_hw=(4, 4), se_ratio=0.25)
-    se = SqueezeExcite(2)
+    se = SqueezeExcite(2, spec)
     y = jnp.ones((1, 4, 4, 8))
     v = jax.tree.map(jnp.zeros_like, init_variables(se, jax.random.key(0), y.shape))
     np.testing.assert_allclose(se.apply(v, y), 0.5 * y)

@@ -1,8 +1,8 @@
-"""Convolution layers of the blocks, each with optional fake quantization.
+"""Convolution layers of the blocks, each with optional fake-quantized weights.
 
-Every layer quantizes its *input* activation (``bits_a``, per tensor, see
-:class:`~nas.blocks.quant.ActQuant`) and its weights (``bits_w``, per output channel), so a
-layer's multiply-accumulates are ``bits_w x bits_a`` operations (what BOPs count). 32 bits = float.
+Weights are quantized per output channel at ``bits_w`` (32 = float) with a learned step
+``<kernel>_step`` next to each kernel (see :mod:`nas.blocks.quant`). Activations are quantized
+by the blocks, at the points of :mod:`nas.blocks.act_points`, not by the convs.
 
 Param layouts follow Flax's Conv/Dense: kernels are HWIO, grouped kernels ``[kh, kw, cin/g,
 cout]`` with output channels grouped contiguously; the depthwise kernel is ``[k, k, 1, C]``.
@@ -16,13 +16,16 @@ cout]`` with output channels grouped contiguously; the depthwise kernel is ``[k,
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from nas.blocks.depthwise import depthwise_conv
-from nas.blocks.quant import FLOAT_BITS, ActQuant, fake_quant_weight
+from nas.blocks.quant import (FLOAT_BITS, deployed_bias, fake_quant_weight, minmax_weight_step,
+                              weight_step)
 
 #: He-normal (fan-in) initializer used for every conv kernel.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
@@ -42,10 +45,22 @@ def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
     return jnp.swapaxes(y, -1, -2).reshape(x.shape)
 
 
-def _quant_input(x, bits_a, signed, train):
-    if bits_a >= FLOAT_BITS:
-        return x
-    return ActQuant(bits=bits_a, signed=signed, name="input_quant")(x, train)
+def quantized_kernel(module: nn.Module, name: str, kernel: jax.Array, bits: int) -> jax.Array:
+    """Returns `module`'s kernel `name` fake-quantized at `bits` with its learned step."""
+    return fake_quant_weight(kernel, bits, weight_step(module, name, kernel, bits))
+
+
+def output_weight_step(module: nn.Module, name: str, bits: int) -> jax.Array:
+    """The per-output-channel step of a bound conv's kernel `name` (learned, else minmax).
+
+    Call on a conv module after it ran (its variables exist); `bits` < 32.
+    """
+    kernel = module.get_variable("params", name)
+    s0 = minmax_weight_step(kernel, bits)
+    if module.has_variable("params", f"{name}_step"):
+        learned = module.get_variable("params", f"{name}_step")
+        return jnp.where(learned > 0, learned, s0)
+    return s0
 
 
 def pointwise(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
@@ -76,26 +91,26 @@ class Conv(nn.Module):
         features: output channels.
         kernel_size: k.
         stride: spatial stride.
-        bits_w, bits_a: weight / input-activation bit-widths (32 = float).
-        signed_input: whether the input can be negative (signed activation quantization).
+        bits_w: weight bit-width (32 = float).
     """
 
     features: int
     kernel_size: int = 3
     stride: int = 1
     bits_w: int = FLOAT_BITS
-    bits_a: int = FLOAT_BITS
-    signed_input: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Args: x [N, H, W, cin]; train. Returns: [N, ceil(H/s), ceil(W/s), features]."""
-        x = _quant_input(x, self.bits_a, self.signed_input, train)
         k = self.kernel_size
         kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features))
-        kernel = fake_quant_weight(kernel, self.bits_w).astype(x.dtype)
+        kernel = quantized_kernel(self, "kernel", kernel, self.bits_w).astype(x.dtype)
         return lax.conv_general_dilated(x, kernel, (self.stride, self.stride), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def output_step(self) -> jax.Array:
+        """Per-output-channel weight step (bound, after a call; quantized weights only)."""
+        return output_weight_step(self, "kernel", self.bits_w)
 
 
 class PointwiseConv(nn.Module):
@@ -106,8 +121,9 @@ class PointwiseConv(nn.Module):
         groups: channel groups (must divide input and output channels; not with `rank`).
         rank: inner channels r of the factorized form, or None for a full 1x1 conv.
         use_bias: add a bias (SE convs); convs followed by BatchNorm have none.
-        bits_w, bits_a: weight / input-activation bit-widths (32 = float).
-        signed_input: whether the input can be negative.
+        bits_w: weight bit-width (32 = float).
+        mid_quant: for a factorized conv, quantizes the inner tensor between the two factors
+            (``fn(y, train) -> y``; the block's ``q_<conv>_u`` point), or None.
     """
 
     features: int
@@ -115,30 +131,40 @@ class PointwiseConv(nn.Module):
     rank: int | None = None
     use_bias: bool = False
     bits_w: int = FLOAT_BITS
-    bits_a: int = FLOAT_BITS
-    signed_input: bool = True
+    mid_quant: Any = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Args: x [..., cin]; train. Returns: [..., features]."""
+    def __call__(self, x: jax.Array, train: bool = False, input_step: jax.Array | None = None
+                 ) -> jax.Array:
+        """Args: x [..., cin]; train; input_step: the step of the quantized input when the conv
+        runs as an int8 kernel (then, at inference, the bias is rounded to the kernel's int32
+        grid ``input_step * weight step``). Returns: [..., features]."""
         cin = x.shape[-1]
         if self.rank is not None and self.groups != 1:
             raise ValueError("a factorized (rank) 1x1 conv cannot also be grouped")
         if cin % self.groups or self.features % self.groups:
             raise ValueError(f"groups={self.groups} must divide {cin} input and "
                              f"{self.features} output channels")
-        x = _quant_input(x, self.bits_a, self.signed_input, train)
         if self.rank is None:
             kernel = self.param("kernel", conv_init, (1, 1, cin // self.groups, self.features))
-            y = pointwise(x, fake_quant_weight(kernel, self.bits_w), self.groups)
+            y = pointwise(x, quantized_kernel(self, "kernel", kernel, self.bits_w), self.groups)
         else:
             ku = self.param("kernel_u", conv_init, (1, 1, cin, self.rank))
             kv = self.param("kernel_v", conv_init, (1, 1, self.rank, self.features))
-            y = pointwise(pointwise(x, fake_quant_weight(ku, self.bits_w)),
-                          fake_quant_weight(kv, self.bits_w))
+            mid = pointwise(x, quantized_kernel(self, "kernel_u", ku, self.bits_w))
+            if self.mid_quant is not None:
+                mid = self.mid_quant(mid, train)
+            y = pointwise(mid, quantized_kernel(self, "kernel_v", kv, self.bits_w))
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
+            bias = self.param("bias", nn.initializers.zeros, (self.features,))
+            if input_step is not None and not train and not self.is_initializing():
+                bias = deployed_bias(bias, input_step * self.output_step())
+            y = y + bias.astype(y.dtype)
         return y
+
+    def output_step(self) -> jax.Array:
+        """Per-output-channel weight step (bound, after a call; quantized weights only)."""
+        return output_weight_step(self, "kernel" if self.rank is None else "kernel_v", self.bits_w)
 
 
 class DepthwiseConv(nn.Module):
@@ -147,25 +173,26 @@ class DepthwiseConv(nn.Module):
     Attributes:
         kernel_size: k.
         stride: spatial stride.
-        bits_w, bits_a: weight / input-activation bit-widths (32 = float).
-        signed_input: whether the input can be negative.
+        bits_w: weight bit-width (32 = float).
         impl: 'auto' | 'shift' | 'xla' (see :mod:`nas.blocks.depthwise`).
     """
 
     kernel_size: int = 3
     stride: int = 1
     bits_w: int = FLOAT_BITS
-    bits_a: int = FLOAT_BITS
-    signed_input: bool = True
     impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Args: x [N, H, W, C]; train. Returns: [N, ceil(H/s), ceil(W/s), C]."""
-        x = _quant_input(x, self.bits_a, self.signed_input, train)
         k = self.kernel_size
         kernel = self.param("kernel", conv_init, (k, k, 1, x.shape[-1]))
-        return depthwise_conv(x, fake_quant_weight(kernel, self.bits_w), self.stride, self.impl)
+        return depthwise_conv(x, quantized_kernel(self, "kernel", kernel, self.bits_w), self.stride,
+                              self.impl)
+
+    def output_step(self) -> jax.Array:
+        """Per-output-channel weight step (bound, after a call; quantized weights only)."""
+        return output_weight_step(self, "kernel", self.bits_w)
 
 
 class Dense(nn.Module):
@@ -173,19 +200,16 @@ class Dense(nn.Module):
 
     Attributes:
         features: outputs.
-        bits_w, bits_a: weight / input-activation bit-widths (32 = float).
-        signed_input: whether the input can be negative.
+        bits_w: weight bit-width (32 = float).
     """
 
     features: int
     bits_w: int = FLOAT_BITS
-    bits_a: int = FLOAT_BITS
-    signed_input: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Args: x [N, cin]; train. Returns: [N, features]."""
-        x = _quant_input(x, self.bits_a, self.signed_input, train)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return jnp.dot(x, fake_quant_weight(kernel, self.bits_w).astype(x.dtype)) + bias.astype(x.dtype)
+        kernel = quantized_kernel(self, "kernel", kernel, self.bits_w)
+        return jnp.dot(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)

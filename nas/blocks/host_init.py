@@ -10,7 +10,9 @@ this module draws the same distributions with numpy from the variable *shapes* (
   truncated at 2 std (as ``variance_scaling(2.0, "fan_in", "truncated_normal")``);
 - dense kernels (2 dims): LeCun normal (truncated, fan-in);
 - ``scale`` (BatchNorm): ones; ``bias``: zeros;
-- batch_stats ``mean``: zeros, ``var``: ones, ``amax`` (activation-quantizer range): zeros.
+- batch_stats ``mean``: zeros, ``var``: ones, ``amax`` (activation-quantizer range): zeros;
+- quantizer steps (``step``, ``<kernel>_step``): zeros, i.e. "not set yet" (see
+  :func:`nas.blocks.quant.init_quant_steps`).
 
 Each leaf's draw is seeded by the key and the leaf's path, so a block's initial weights do not
 depend on the other blocks of the network.
@@ -55,7 +57,7 @@ def init_leaf(path: str, shape: tuple[int, ...], rng: np.random.Generator) -> np
         return _truncated_normal(rng, shape, float(np.sqrt(gain / fan_in)))
     if name in ("scale", "var"):
         return np.ones(shape, np.float32)
-    if name in ("bias", "mean", "amax"):
+    if name in ("bias", "mean", "amax", "step") or name.endswith("_step"):
         return np.zeros(shape, np.float32)
     raise ValueError(f"no host initializer for variable {path!r}")
 

@@ -27,6 +27,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--quantizer", choices=("lsq", "minmax"), default="lsq",
+                   help="quantizer steps: lsq = learned (LSQ, default), minmax = follow max |w| "
+                        "and the running max |x| of activations")
     p.add_argument("--seed", type=int, default=0, help="seed of init, shuffling, dropout")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
     p.add_argument("--folds", type=int, default=0,
@@ -67,7 +70,8 @@ def _config(args: argparse.Namespace):
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                        learning_rate=args.lr, weight_decay=args.weight_decay,
                        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-                       seed=args.seed, progress=not args.no_progress).validate()
+                       seed=args.seed, progress=not args.no_progress,
+                       quantizer=args.quantizer).validate()
 
 
 def _data(args: argparse.Namespace, space):

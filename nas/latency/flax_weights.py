@@ -3,8 +3,9 @@
 
 ``{"params": {layer: {module: {...: {name: array}}}}, "batch_stats": ...}`` becomes
 ``{layer: {"module/submodule": {name: array}}}``: BatchNorm ``scale``/``bias`` (params) and
-``mean``/``var`` (batch_stats) meet under one role; activation-quantizer running ranges
-(``.../input_quant/amax``) become the ``ranges`` of the tensors they quantize where known.
+``mean``/``var`` (batch_stats) meet under one role, and so do an activation quantizer's learned
+``step`` (params) and running ``amax`` (batch_stats) under ``q_<point>``; kernels keep their
+learned steps ``<kernel>_step`` beside them.
 
 Example:
     >>> model = network_to_onnx(specs, weights=onnx_weights(variables), names=model_names)

@@ -1,22 +1,35 @@
 """ONNX graphs of BlockSpecs, written with ``onnx.helper``: one block, or a whole network.
 
-Each layer follows the block semantics of :mod:`nas.spec` (BatchNorm folded into the conv before
+Each layer follows the block semantics of :mod:`nas.blocks` (BatchNorm folded into the conv before
 it, so convs get a bias), in NCHW layout:
 
 - ``stem``: kxk Conv (stride) -> act.
 - ``mbconv``: 1x1 expand Conv -> act [-> channel shuffle if groups > 1] -> kxk depthwise Conv
   (``group=C``) -> act [-> SE] -> 1x1 project Conv [-> Add input].
 - ``dwsep``: kxk depthwise Conv -> act [-> SE] -> 1x1 pointwise Conv [-> Add input].
-- ``skip``: Identity.  ``head``: [1x1 Conv -> act] -> GlobalAveragePool -> Flatten -> Gemm.
+- ``skip``: Identity.  ``head``: [1x1 Conv -> act] -> GlobalAveragePool -> Flatten -> Gemm
+  (float logits; the classifier's weights are the float values of their grid).
 - SE: GlobalAveragePool -> Conv(bias) -> act -> Conv(bias) -> Sigmoid -> Mul.
 - rank r: a 1x1 cin->cout conv becomes Conv(cin->r, no bias) -> Conv(r->cout).
 - act: relu -> Relu, relu6 -> Clip(0, 6), hswish -> HardSwish, swish -> x * Sigmoid(x).
 
-Quantized layers (``int8=True``, see :func:`nas.latency.precision.runs_int8`) are written in QDQ
-format: every activation tensor a quantized conv reads or writes passes once through
-QuantizeLinear -> DequantizeLinear (uint8, per tensor), weights are int8 initializers with a
-per-output-channel DequantizeLinear, biases int32 with scale ``s_x * s_w``. onnxruntime fuses
-these into int8 kernels (QLinearConv, QLinearAdd, ...); bits below 8 run as int8 kernels too.
+Quantization is the trained model's, point for point:
+
+- activations: every point of :func:`nas.blocks.act_points.activation_points` passes through
+  QuantizeLinear -> DequantizeLinear with the trained step of the Flax quantizer ``q_<point>``
+  as scale, stored as uint8: zero point 0 for unsigned points, 128 for signed ones (the grids
+  of :mod:`nas.blocks.quant`, [0, 255] and [-128, 127]); below 8 bits a Clip to the b-bit grid
+  comes first, so the same integer levels are kept in 8-bit storage;
+- weights (``bits_w < 32``): the trained integer levels ``q`` and per-channel steps ``s`` of
+  :func:`nas.blocks.quant.fake_quant_weight`; BatchNorm (multiplier ``m`` per channel) is folded
+  *into the scale*, ``q * (s m)``, so no weight leaves its grid (a negative ``m`` flips the sign
+  of ``q``, which the symmetric grid keeps). In QDQ graphs (``int8=True``) the levels are int8
+  initializers behind a per-channel DequantizeLinear and biases int32 at scale ``s_x * s_w``;
+  otherwise the float values ``q * s * m``.
+
+onnxruntime fuses DequantizeLinear -> Conv -> QuantizeLinear into int8 kernels (QLinearConv,
+QLinearAdd, QLinearGlobalAveragePool, ...). ``int8=True`` on a spec with 32-bit weights or
+activations quantizes them at 8 bits (the latency tables time layers this way).
 
 Weights: random (seeded) unless ``weights`` gives them, as ``{layer: {role: {name: array}}}``
 with Flax layouts (conv kernels HWIO, depthwise ``[k, k, 1, C]``, dense ``[in, out]``). Roles are
@@ -26,10 +39,11 @@ the "/"-joined submodule paths of :mod:`nas.blocks` inside a layer, so
 - stem ``conv`` + ``bn``; mbconv ``expand`` + ``expand_bn``, ``dw`` + ``dw_bn``, ``project`` +
   ``project_bn``, ``se/reduce``, ``se/expand``; dwsep ``dw`` + ``dw_bn``, ``project`` +
   ``project_bn``, SE; head ``conv`` + ``bn``, ``classifier``.
-- convs hold ``kernel`` (or ``kernel_u`` and ``kernel_v`` when factorized) and, for SE convs and
-  the classifier, ``bias``; BatchNorms hold ``scale``, ``bias``, ``mean``, ``var``
-  (epsilon :data:`BN_EPSILON`, as :mod:`nas.blocks`).
-- optional ``ranges``: ``{tensor_role: (low, high)}`` activation ranges of quantized tensors.
+- convs hold ``kernel`` (or ``kernel_u`` and ``kernel_v`` when factorized), their learned steps
+  ``<kernel>_step`` and, for SE convs and the classifier, ``bias``; BatchNorms hold ``scale``,
+  ``bias``, ``mean``, ``var`` (epsilon :data:`BN_EPSILON`, as :mod:`nas.blocks`).
+- activation quantizers ``q_<point>`` (``se/q_<point>`` in SE) hold ``step`` and ``amax``;
+  without them a point's step comes from :data:`DEFAULT_RANGES`.
 
 Example:
     >>> model = network_to_onnx(space.block_specs(arch))
@@ -38,21 +52,50 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from nas.blocks.act_points import activation_points
+from nas.blocks.quant import act_grid, weight_grid
 from nas.spec import BlockSpec
 
 OPSET = 17
 BN_EPSILON = 1e-5
-#: Default activation ranges of quantized tensors (used without trained ranges).
+FLOAT_BITS = 32
+INT8_BITS = 8
+#: uint8 zero point of signed activation grids ([-128, 127] stored as [0, 255]).
+SIGNED_ZERO_POINT = 128
+#: Default activation ranges (low, high) of quantized tensors (used without trained steps).
 DEFAULT_RANGES = {"relu": (0.0, 8.0), "relu6": (0.0, 6.0), "hswish": (-0.375, 8.0),
                   "swish": (-0.3, 8.0), None: (-8.0, 8.0), "sigmoid": (0.0, 1.0)}
 
 LayerWeights = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActQuantParams:
+    """One activation point's quantizer: ``step * clip(round(x / step), qn, qp)``.
+
+    Attributes:
+        point: the point's name.
+        step: the scale (> 0).
+        signed: signed grid (uint8, zero point 128) or unsigned (uint8, zero point 0).
+        bits: bit-width (<= 8); below 8 the graph clips to the b-bit grid first.
+    """
+
+    point: str
+    step: float
+    signed: bool
+    bits: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The integer grid (qn, qp)."""
+        return act_grid(self.bits, self.signed)
 
 
 class GraphBuilder:
@@ -67,7 +110,16 @@ class GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self.rng = np.random.default_rng(seed)
         self._count = 0
-        self._dq_of: dict[str, str] = {}
+        self._scales: dict[str, float] = {}
+        #: (layer name, point, quantized tensor) of every activation point, in graph order.
+        self.points: list[tuple[str, str, str]] = []
+        #: {(layer name, point): its quantizer}.
+        self.point_quants: dict[tuple[str, str], ActQuantParams] = {}
+        #: {node name: layer name} and {layer name: its last output tensor}.
+        self.node_layer: dict[str, str] = {}
+        self.layer_outputs: dict[str, str] = {}
+        #: the layer being emitted (set by :func:`emit_layer`).
+        self.layer = ""
 
     def fresh(self, hint: str) -> str:
         """Returns a new unique tensor name."""
@@ -84,42 +136,62 @@ class GraphBuilder:
         """Adds a node with one output and returns the output's name."""
         out = self.fresh(hint or op.lower())
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=out + "_node", **attrs))
+        self.node_layer[out + "_node"] = self.layer
+        if self.layer:
+            self.layer_outputs[self.layer] = out
         return out
 
-    def qdq(self, x: str, value_range: tuple[float, float]) -> str:
-        """Returns `x` passed through QuantizeLinear -> DequantizeLinear (once per tensor).
+    def qdq(self, x: str, quant: ActQuantParams) -> str:
+        """Returns `x` passed through [Clip ->] QuantizeLinear -> DequantizeLinear.
 
         Args:
             x: a float tensor name.
-            value_range: (low, high) the uint8 grid must cover (0 is always included).
+            quant: the point's quantizer (scale, signedness, bits).
 
         Returns:
-            The name of the dequantized tensor (the same name on repeated calls).
+            The name of the dequantized tensor.
         """
-        if x in self._dq_of or x in self._dq_of.values():
-            return self._dq_of.get(x, x)
-        lo, hi = min(0.0, float(value_range[0])), max(0.0, float(value_range[1]))
-        scale = max(hi - lo, 1e-6) / 255.0
-        zero = int(np.clip(round(-lo / scale), 0, 255))
-        s = self.const(np.array(scale, np.float32), "a_scale")
-        z = self.const(np.array(zero, np.uint8), "a_zero")
-        q = self.node("QuantizeLinear", [x, s, z], "q")
-        dq = self.node("DequantizeLinear", [q, s, z], "dq")
-        self._dq_of[x] = dq
+        qn, qp = quant.grid
+        step = np.float32(quant.step)
+        if quant.bits < INT8_BITS:
+            lo = self.const(np.array(qn * step, np.float32), "grid_lo")
+            hi = self.const(np.array(qp * step, np.float32), "grid_hi")
+            x = self.node("Clip", [x, lo, hi], "grid_clip")
+        s = self.const(np.array(step, np.float32), "a_scale")
+        # uint8 storage everywhere (onnxruntime's fastest int8 form on x86): a signed grid
+        # [-128, 127] is uint8 with zero point 128
+        z = self.const(np.array(SIGNED_ZERO_POINT if quant.signed else 0, np.uint8), "a_zero")
+        q = self.node("QuantizeLinear", [x, s, z], "q_" + quant.point)
+        dq = self.node("DequantizeLinear", [q, s, z], "dq_" + quant.point)
+        self._scales[dq] = float(step)
+        self.points.append((self.layer, quant.point, x))
+        self.point_quants[(self.layer, quant.point)] = quant
         return dq
+
+    def fake_quant(self, x: str, quant: ActQuantParams) -> str:
+        """Returns ``step * clip(round(x / step), qn, qp)`` of `x` in float ops (Div, Round,
+        Clip, Mul): the quantizer's arithmetic without an integer tensor.
+
+        Args:
+            x: a float tensor name.
+            quant: the point's quantizer.
+
+        Returns:
+            The name of the fake-quantized tensor.
+        """
+        qn, qp = quant.grid
+        step = self.const(np.array(quant.step, np.float32), "fq_step")
+        r = self.node("Round", [self.node("Div", [x, step], "fq_div")], "fq_round")
+        lo = self.const(np.array(qn, np.float32), "fq_lo")
+        hi = self.const(np.array(qp, np.float32), "fq_hi")
+        out = self.node("Mul", [self.node("Clip", [r, lo, hi], "fq_clip"), step], "fq_" + quant.point)
+        self.points.append((self.layer, quant.point, x))
+        self.point_quants[(self.layer, quant.point)] = quant
+        return out
 
     def scale_of(self, dq: str) -> float:
         """Returns the scale of a tensor made by :meth:`qdq`."""
-        for n in self.nodes:
-            if n.output[0] == dq:
-                return float(self._init(n.input[1]))
-        raise KeyError(dq)
-
-    def _init(self, name: str) -> np.ndarray:
-        for t in self.initializers:
-            if t.name == name:
-                return numpy_helper.to_array(t)
-        raise KeyError(name)
+        return self._scales[dq]
 
 
 def _act(g: GraphBuilder, x: str, act: str | None) -> str:
@@ -138,18 +210,6 @@ def _act(g: GraphBuilder, x: str, act: str | None) -> str:
     raise ValueError(f"unknown activation {act!r}")
 
 
-FUSABLE_ACTS = ("relu", "relu6")
-
-
-def _conv_act(g: GraphBuilder, lw: "_Layer", y: str, act: str | None, int8: bool, role: str) -> str:
-    """Applies `act` to a conv output; when int8 and onnxruntime cannot fuse `act` into the
-    conv's QuantizeLinear (anything but relu/relu6), the conv output gets its own Q/DQ first,
-    so the conv itself still runs as an int8 kernel."""
-    if int8 and act not in FUSABLE_ACTS:
-        y = g.qdq(y, lw.value_range(role + "_pre_act", None))
-    return _act(g, y, act)
-
-
 def _same_pads(in_hw: tuple[int, int], kernel: int, stride: int) -> list[int]:
     """ONNX pads [top, left, bottom, right] equal to lax.conv / Flax 'SAME' padding."""
     lows, highs = [], []
@@ -161,12 +221,38 @@ def _same_pads(in_hw: tuple[int, int], kernel: int, stride: int) -> list[int]:
     return lows + highs
 
 
-class _Layer:
-    """Weights of one layer: given ones (Flax layout) or seeded random ones."""
+@dataclasses.dataclass
+class _Quantized:
+    """A kernel on its integer grid: ``q * scale`` per output channel (last axis of HWIO)."""
 
-    def __init__(self, g: GraphBuilder, given: LayerWeights | None):
+    q: np.ndarray
+    scale: np.ndarray
+
+
+class _Layer:
+    """One layer being emitted: its spec, weights (given or seeded random) and quantizers.
+
+    Args:
+        g: the graph.
+        spec: the layer.
+        int8: write it as QDQ (int8 kernels); 32-bit weights / activations are then quantized
+            at 8 bits.
+        given: the layer's weights (see the module docstring), or None.
+        int8_weights: store quantized weights as int8 + DequantizeLinear even where the layer
+            runs float kernels (weight-only quantization: smaller file).
+    """
+
+    def __init__(self, g: GraphBuilder, spec: BlockSpec, int8: bool, given: LayerWeights | None,
+                 int8_weights: bool = False):
         self.g = g
+        self.spec = spec
+        self.int8 = int8
+        self.int8_weights = int8 or int8_weights
         self.given = given or {}
+        self.bits_w = spec.bits_w if spec.bits_w < FLOAT_BITS else (INT8_BITS if int8 else FLOAT_BITS)
+        bits_a = spec.bits_a if spec.bits_a < FLOAT_BITS else (INT8_BITS if int8 else FLOAT_BITS)
+        self.bits_a = bits_a
+        self.points = activation_points(dataclasses.replace(spec, bits_a=bits_a))
 
     def array(self, role: str, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
         value = self.given.get(role, {}).get(name)
@@ -182,6 +268,21 @@ class _Layer:
             return np.ones(shape, np.float32)
         return (0.01 * self.g.rng.standard_normal(shape)).astype(np.float32)
 
+    def kernel(self, role: str, name: str, shape: tuple[int, ...]) -> np.ndarray | _Quantized:
+        """Returns a kernel (HWIO), on its trained integer grid when the layer quantizes weights."""
+        w = self.array(role, name, shape, "kernel")
+        if self.bits_w >= FLOAT_BITS:
+            return w
+        _, qp = weight_grid(self.bits_w)
+        amax = np.max(np.abs(w.reshape(-1, w.shape[-1])), axis=0)
+        step = np.where(amax > 0, amax / qp, 1.0).astype(np.float32)
+        learned = self.given.get(role, {}).get(name + "_step")
+        if learned is not None:
+            learned = np.asarray(learned, np.float32)
+            step = np.where(learned > 0, learned, step).astype(np.float32)
+        q = np.clip(np.round(w / step), -qp, qp)
+        return _Quantized(q.astype(np.float32), step)
+
     def folded_bn(self, role: str, cout: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns (per-channel multiplier, bias) of BatchNorm `role` folded into its conv."""
         bn = self.given.get(role, {})
@@ -192,32 +293,78 @@ class _Layer:
         mult = scale / np.sqrt(var + float(bn.get("epsilon", BN_EPSILON)))
         return mult.astype(np.float32), (beta - mean * mult).astype(np.float32)
 
-    def value_range(self, tensor_role: str, default_key: Any) -> tuple[float, float]:
-        given = self.given.get("ranges", {}).get(tensor_role)
-        return tuple(given) if given is not None else DEFAULT_RANGES[default_key]
+    def quant(self, point: str, default_key: Any) -> ActQuantParams | None:
+        """The quantizer of activation point `point` (None where the layer has no such point)."""
+        if point not in self.points:
+            return None
+        signed = self.points[point]
+        _, qp = act_grid(self.bits_a, signed)
+        trained = self.given.get(f"q_{point}") or self.given.get(f"se/q_{point}") or {}
+        step = float(np.asarray(trained.get("step", 0.0)))
+        if step <= 0:
+            amax = float(np.asarray(trained.get("amax", 0.0)))
+            if amax <= 0:
+                lo, hi = DEFAULT_RANGES[default_key]
+                amax = max(abs(lo), abs(hi)) if signed else max(hi, 0.0)
+            step = max(amax, 1e-8) / qp
+        return ActQuantParams(point, step, signed, self.bits_a)
+
+    def at(self, point: str, x: str, default_key: Any = None) -> str:
+        """Returns `x` quantized at `point` (unchanged where the layer has no such point).
+
+        QDQ layers get QuantizeLinear -> DequantizeLinear; layers that run float kernels
+        (activation-only quantization) the same arithmetic in float ops, since onnxruntime
+        would otherwise quantize their float weights itself (its WeightBiasQuantization pass
+        turns DequantizeLinear -> Conv with float weights into an int8 conv).
+        """
+        quant = self.quant(point, default_key)
+        if quant is None:
+            return x
+        return self.g.qdq(x, quant) if self.int8 else self.g.fake_quant(x, quant)
 
 
-def _conv(g: GraphBuilder, x: str, w_oihw: np.ndarray, bias: np.ndarray | None, *, stride: int,
-          group: int, in_hw: tuple[int, int], int8: bool, hint: str) -> str:
-    """Adds one Conv (QDQ-wrapped when int8; `x` must then already be a dequantized tensor)."""
-    k = w_oihw.shape[-1]
+def _kernel_oihw(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+
+
+def _conv(lw: _Layer, x: str, w: np.ndarray | _Quantized, mult: np.ndarray | None,
+          bias: np.ndarray | None, *, stride: int, group: int, in_hw: tuple[int, int],
+          hint: str) -> str:
+    """Adds one Conv with BatchNorm multiplier `mult` folded into its weights.
+
+    A quantized kernel keeps its integer levels: the fold goes into the per-channel scale. In
+    QDQ layers the levels are an int8 initializer behind a DequantizeLinear (`x` must then be a
+    dequantized tensor, whose scale sets the int32 bias scale).
+    """
+    g = lw.g
+    k = (w.q if isinstance(w, _Quantized) else w).shape[0]
     attrs = dict(strides=[stride, stride], pads=_same_pads(in_hw, k, stride), group=group,
                  kernel_shape=[k, k])
-    if not int8:
-        inputs = [x, g.const(w_oihw, hint + "_w")]
+    cout = (w.q if isinstance(w, _Quantized) else w).shape[-1]
+    mult = np.ones(cout, np.float32) if mult is None else mult
+    if not isinstance(w, _Quantized):
+        inputs = [x, g.const(_kernel_oihw(w * mult).astype(np.float32), hint + "_w")]
         if bias is not None:
-            inputs.append(g.const(bias, hint + "_b"))
+            inputs.append(g.const(bias.astype(np.float32), hint + "_b"))
         return g.node("Conv", inputs, hint, **attrs)
-    cout = w_oihw.shape[0]
-    w_scale = np.maximum(np.abs(w_oihw).reshape(cout, -1).max(axis=1), 1e-8) / 127.0
-    w_q = np.clip(np.round(w_oihw / w_scale[:, None, None, None]), -127, 127).astype(np.int8)
-    w_dq = g.node("DequantizeLinear", [g.const(w_q, hint + "_wq"),
-                                       g.const(w_scale.astype(np.float32), hint + "_ws"),
+    scale = (w.scale * mult).astype(np.float32)
+    sign = np.where(scale < 0, -1.0, 1.0).astype(np.float32)
+    q, scale = w.q * sign, np.abs(scale)
+    if not lw.int8_weights:
+        inputs = [x, g.const(_kernel_oihw(q * scale).astype(np.float32), hint + "_w")]
+        if bias is not None:
+            inputs.append(g.const(bias.astype(np.float32), hint + "_b"))
+        return g.node("Conv", inputs, hint, **attrs)
+    scale = np.maximum(scale, 1e-12).astype(np.float32)
+    w_dq = g.node("DequantizeLinear", [g.const(_kernel_oihw(q).astype(np.int8), hint + "_wq"),
+                                       g.const(scale, hint + "_ws"),
                                        g.const(np.zeros(cout, np.int8), hint + "_wz")],
                   hint + "_wdq", axis=0)
     inputs = [x, w_dq]
-    if bias is not None:
-        b_scale = (g.scale_of(x) * w_scale).astype(np.float32)
+    if bias is not None and not lw.int8:
+        inputs.append(g.const(bias.astype(np.float32), hint + "_b"))
+    elif bias is not None:
+        b_scale = (g.scale_of(x) * scale).astype(np.float32)
         b_q = np.round(bias / b_scale).astype(np.int32)
         inputs.append(g.node("DequantizeLinear", [g.const(b_q, hint + "_bq"),
                                                   g.const(b_scale, hint + "_bs"),
@@ -226,39 +373,28 @@ def _conv(g: GraphBuilder, x: str, w_oihw: np.ndarray, bias: np.ndarray | None, 
     return g.node("Conv", inputs, hint, **attrs)
 
 
-def _conv_role(g: GraphBuilder, lw: _Layer, x: str, role: str, *, cin: int, cout: int, kernel: int,
-               stride: int, group: int, in_hw: tuple[int, int], int8: bool, bn: str | None,
-               rank: int | None = None, bias_from_role: bool = False) -> str:
-    """Emits the conv `role` (with BatchNorm role `bn` folded in), factorized when `rank`."""
+def _conv_role(lw: _Layer, x: str, role: str, *, cin: int, cout: int, kernel: int, stride: int,
+               group: int, in_hw: tuple[int, int], bn: str | None, rank: int | None = None,
+               has_bias: bool = False) -> str:
+    """Emits the conv `role` (BatchNorm role `bn` folded in), factorized when `rank`: u, the
+    ``<role>_u`` point, v."""
+    mult, bias = lw.folded_bn(bn, cout) if bn else (None, None)
+    if has_bias:
+        bias = lw.array(role, "bias", (cout,), "small")
     if rank is not None:
-        u = lw.array(role, "kernel_u", (1, 1, cin, rank), "kernel")
-        v = lw.array(role, "kernel_v", (1, 1, rank, cout), "kernel")
-        mid = _conv(g, x, u.transpose(3, 2, 0, 1), None, stride=stride, group=1, in_hw=in_hw,
-                    int8=int8, hint=role + "_u")
-        if int8:
-            mid = g.qdq(mid, lw.value_range(role + "_u", None))
+        u = lw.kernel(role, "kernel_u", (1, 1, cin, rank))
+        v = lw.kernel(role, "kernel_v", (1, 1, rank, cout))
+        mid = _conv(lw, x, u, None, None, stride=stride, group=1, in_hw=in_hw, hint=role + "_u")
+        mid = lw.at(f"{role}_u", mid)
         out_hw = (-(-in_hw[0] // stride), -(-in_hw[1] // stride))
-        return _emit_bn_conv(g, lw, mid, role, v, out_hw, 1, 1, int8, bn)
-    w = lw.array(role, "kernel", (kernel, kernel, cin // group, cout), "kernel")
-    if bias_from_role:
-        b = lw.array(role, "bias", (cout,), "small")
-        return _conv(g, x, w.transpose(3, 2, 0, 1), b, stride=stride, group=group, in_hw=in_hw,
-                     int8=int8, hint=role)
-    return _emit_bn_conv(g, lw, x, role, w, in_hw, stride, group, int8, bn)
+        return _conv(lw, mid, v, mult, bias, stride=1, group=1, in_hw=out_hw, hint=role)
+    w = lw.kernel(role, "kernel", (kernel, kernel, cin // group, cout))
+    return _conv(lw, x, w, mult, bias, stride=stride, group=group, in_hw=in_hw, hint=role)
 
 
-def _emit_bn_conv(g, lw, x, role, w_hwio, in_hw, stride, group, int8, bn) -> str:
-    cout = w_hwio.shape[-1]
-    w = w_hwio.transpose(3, 2, 0, 1)
-    bias = None
-    if bn:
-        mult, bias = lw.folded_bn(bn, cout)
-        w = (w * mult[:, None, None, None]).astype(np.float32)
-    return _conv(g, x, w, bias, stride=stride, group=group, in_hw=in_hw, int8=int8, hint=role)
-
-
-def _maybe_q(g: GraphBuilder, lw: _Layer, x: str, int8: bool, role: str, key: Any) -> str:
-    return g.qdq(x, lw.value_range(role, key)) if int8 else x
+def _bn_act(lw: _Layer, y: str, act: str, pre_act: str) -> str:
+    """The activation after a (BatchNorm-folded) conv, with its pre-activation point if any."""
+    return _act(lw.g, lw.at(pre_act, y), act)
 
 
 def _shuffle(g: GraphBuilder, x: str, channels: int, groups: int, hw: tuple[int, int]) -> str:
@@ -270,21 +406,21 @@ def _shuffle(g: GraphBuilder, x: str, channels: int, groups: int, hw: tuple[int,
     return g.node("Reshape", [y, merged], "shuffled")
 
 
-def _se(g: GraphBuilder, lw: _Layer, x: str, spec: BlockSpec, channels: int, int8: bool) -> str:
-    se = spec.se_channels
-    pooled = _maybe_q(g, lw, g.node("GlobalAveragePool", [x], "se_pool"), int8, "se_pool", None)
-    h = _conv_role(g, lw, pooled, "se/reduce", cin=channels, cout=se, kernel=1, stride=1, group=1,
-                   in_hw=(1, 1), int8=int8, bn=None, bias_from_role=True)
-    h = _maybe_q(g, lw, _conv_act(g, lw, h, spec.act, int8, "se/reduce"), int8, "se_act", spec.act)
-    h = _conv_role(g, lw, h, "se/expand", cin=se, cout=channels, kernel=1, stride=1, group=1,
-                   in_hw=(1, 1), int8=int8, bn=None, bias_from_role=True)
-    gate = _maybe_q(g, lw, g.node("Sigmoid", [_maybe_q(g, lw, h, int8, "se/expand_out", None)]),
-                    int8, "se_gate", "sigmoid")
-    return _maybe_q(g, lw, g.node("Mul", [x, gate], "se_out"), int8, "se_out", spec.act)
+def _se(lw: _Layer, x: str, spec: BlockSpec, channels: int) -> str:
+    g, se, act = lw.g, spec.se_channels, spec.act
+    pooled = lw.at("se_pool", g.node("GlobalAveragePool", [x], "se_pool"), act)
+    h = _conv_role(lw, pooled, "se/reduce", cin=channels, cout=se, kernel=1, stride=1, group=1,
+                   in_hw=(1, 1), bn=None, has_bias=True)
+    h = lw.at("se_act", _bn_act(lw, h, act, "se_reduce_pre_act"), act)
+    h = _conv_role(lw, h, "se/expand", cin=se, cout=channels, kernel=1, stride=1, group=1,
+                   in_hw=(1, 1), bn=None, has_bias=True)
+    gate = lw.at("se_gate", g.node("Sigmoid", [lw.at("se_expand_out", h)]), "sigmoid")
+    return lw.at("se_out", g.node("Mul", [x, gate], "se_mul"), act)
 
 
 def emit_layer(g: GraphBuilder, x: str, spec: BlockSpec, int8: bool,
-               weights: LayerWeights | None = None) -> str:
+               weights: LayerWeights | None = None, name: str = "", int8_weights: bool = False
+               ) -> str:
     """Appends one layer to the graph.
 
     Args:
@@ -293,64 +429,66 @@ def emit_layer(g: GraphBuilder, x: str, spec: BlockSpec, int8: bool,
         spec: the layer.
         int8: whether to write it in QDQ format (int8 kernels).
         weights: the layer's weights (see the module docstring); random where absent.
+        name: the layer's name (recorded with its activation points in ``g.points``).
+        int8_weights: store quantized weights as int8 where the layer runs float kernels.
 
     Returns:
         The name of the layer's (float) output tensor.
     """
-    lw = _Layer(g, weights)
+    g.layer = name
+    lw = _Layer(g, spec, int8, weights, int8_weights)
     if spec.op == "skip":
         return g.node("Identity", [x], "skip")
-    inp = _maybe_q(g, lw, x, int8, "input", None)
     if spec.op == "stem":
-        y = _conv_role(g, lw, inp, "conv", cin=spec.cin, cout=spec.cout, kernel=spec.kernel,
-                       stride=spec.stride, group=1, in_hw=spec.in_hw, int8=int8, bn="bn")
-        return _maybe_q(g, lw, _conv_act(g, lw, y, spec.act, int8, "conv"), int8, "output", spec.act)
+        inp = lw.at("input", x)
+        y = _conv_role(lw, inp, "conv", cin=spec.cin, cout=spec.cout, kernel=spec.kernel,
+                       stride=spec.stride, group=1, in_hw=spec.in_hw, bn="bn")
+        return _bn_act(lw, y, spec.act, "conv_pre_act")
     if spec.op == "head":
-        return _emit_head(g, lw, inp, spec, int8)
+        return _emit_head(lw, x, spec)
     if spec.op not in ("mbconv", "dwsep"):
         raise ValueError(f"cannot export op {spec.op!r}")
+    inp = lw.at("input", x)
     hw, out_hw = spec.in_hw, spec.out_hw
     y, ch = inp, spec.cin
     if spec.op == "mbconv":
         ch = spec.mid_channels
-        y = _conv_role(g, lw, y, "expand", cin=spec.cin, cout=ch, kernel=1, stride=1,
-                       group=spec.groups if spec.rank is None else 1, in_hw=hw, int8=int8,
-                       bn="expand_bn", rank=spec.rank_channels(spec.cin, ch))
-        y = _conv_act(g, lw, y, spec.act, int8, "expand")
+        y = _conv_role(lw, y, "expand", cin=spec.cin, cout=ch, kernel=1, stride=1,
+                       group=spec.groups if spec.rank is None else 1, in_hw=hw, bn="expand_bn",
+                       rank=spec.rank_channels(spec.cin, ch))
+        y = _bn_act(lw, y, spec.act, "expand_pre_act")
         if spec.groups > 1 and spec.rank is None:
             y = _shuffle(g, y, ch, spec.groups, hw)
-        y = _maybe_q(g, lw, y, int8, "expand_out", spec.act)
-    y = _conv_role(g, lw, y, "dw", cin=ch, cout=ch, kernel=spec.kernel, stride=spec.stride,
-                   group=ch, in_hw=hw, int8=int8, bn="dw_bn")
-    y = _maybe_q(g, lw, _conv_act(g, lw, y, spec.act, int8, "dw"), int8, "dw_out", spec.act)
+        y = lw.at("expand_out", y, spec.act)
+    y = _conv_role(lw, y, "dw", cin=ch, cout=ch, kernel=spec.kernel, stride=spec.stride,
+                   group=ch, in_hw=hw, bn="dw_bn")
+    y = lw.at("dw_out", _bn_act(lw, y, spec.act, "dw_pre_act"), spec.act)
     if spec.se_channels:
-        y = _se(g, lw, y, spec, ch, int8)
-    y = _conv_role(g, lw, y, "project", cin=ch, cout=spec.cout, kernel=1, stride=1,
-                   group=spec.groups if spec.rank is None else 1, in_hw=out_hw, int8=int8,
-                   bn="project_bn", rank=spec.rank_channels(ch, spec.cout))
-    y = _maybe_q(g, lw, y, int8, "project_out", None)
+        y = _se(lw, y, spec, ch)
+    y = _conv_role(lw, y, "project", cin=ch, cout=spec.cout, kernel=1, stride=1,
+                   group=spec.groups if spec.rank is None else 1, in_hw=out_hw, bn="project_bn",
+                   rank=spec.rank_channels(ch, spec.cout))
     if spec.has_residual:
-        y = _maybe_q(g, lw, g.node("Add", [y, inp], "residual"), int8, "output", None)
+        y = g.node("Add", [lw.at("project_out", y), inp], "residual")
     return y
 
 
-def _emit_head(g: GraphBuilder, lw: _Layer, x: str, spec: BlockSpec, int8: bool) -> str:
-    ch = spec.cin
+def _emit_head(lw: _Layer, x: str, spec: BlockSpec) -> str:
+    g, ch = lw.g, spec.cin
     if spec.hidden:
-        x = _conv_role(g, lw, x, "conv", cin=spec.cin, cout=spec.hidden, kernel=1, stride=1,
-                       group=1, in_hw=spec.in_hw, int8=int8, bn="bn")
-        x = _maybe_q(g, lw, _conv_act(g, lw, x, spec.act, int8, "conv"), int8, "head_act", spec.act)
+        x = _conv_role(lw, lw.at("input", x), "conv", cin=spec.cin, cout=spec.hidden, kernel=1,
+                       stride=1, group=1, in_hw=spec.in_hw, bn="bn")
+        x = lw.at("head_act", _bn_act(lw, x, spec.act, "conv_pre_act"), spec.act)
         ch = spec.hidden
-    pooled = _maybe_q(g, lw, g.node("GlobalAveragePool", [x], "pool"), int8, "pool", None)
+    pooled = lw.at("pool", g.node("GlobalAveragePool", [x], "pool"), spec.act if spec.hidden else None)
     flat = g.node("Flatten", [pooled], "flat", axis=1)
-    w = lw.array("classifier", "kernel", (ch, spec.cout), "kernel")
+    w = lw.kernel("classifier", "kernel", (ch, spec.cout))
     b = lw.array("classifier", "bias", (spec.cout,), "small")
-    if not int8:
-        return g.node("Gemm", [flat, g.const(w, "fc_w"), g.const(b, "fc_b")], "logits")
-    # A 1x1 conv on the pooled map is the classifier in a form onnxruntime runs as QLinearConv.
-    y = _conv(g, pooled, w.T[:, :, None, None].copy(), b, stride=1, group=1, in_hw=(1, 1),
-              int8=True, hint="fc")
-    return g.node("Flatten", [g.qdq(y, lw.value_range("logits", None))], "logits", axis=1)
+    if isinstance(w, _Quantized):
+        # The float values of the grid: onnxruntime turns DequantizeLinear -> Gemm into
+        # MatMulNBits, which quantizes its input on the fly (not what was trained).
+        w = (w.q * w.scale).astype(np.float32)
+    return g.node("Gemm", [flat, g.const(w, "fc_w"), g.const(b, "fc_b")], "logits")
 
 
 def _model(g: GraphBuilder, inp: str, out: str, in_shape: Sequence[int], out_shape: Sequence[int],
@@ -373,6 +511,10 @@ def block_to_onnx(spec: BlockSpec, int8: bool, batch: int = 1, weights: LayerWei
                   seed: int = 0) -> onnx.ModelProto:
     """Returns a one-layer ONNX model (input 'input', NCHW float32) for timing or export.
 
+    A quantized layer's output is quantized as the next layer of a quantized network would
+    quantize its input (int8, default range), so its last conv runs as an int8 kernel as it
+    does inside such a network.
+
     Args:
         spec: the layer.
         int8: whether the layer runs as int8 (QDQ) kernels.
@@ -381,15 +523,20 @@ def block_to_onnx(spec: BlockSpec, int8: bool, batch: int = 1, weights: LayerWei
         seed: seed of random weights.
     """
     g = GraphBuilder(seed)
-    y = _rename_output(g, emit_layer(g, "input", spec, int8, weights))
+    y = emit_layer(g, "input", spec, int8, weights)
+    if int8 and spec.op not in ("head", "skip"):
+        _, qp = act_grid(INT8_BITS, True)
+        y = g.qdq(y, ActQuantParams("next_input", DEFAULT_RANGES[None][1] / qp, True, INT8_BITS))
+    y = _rename_output(g, y)
     out_shape = [batch, spec.cout] if spec.op == "head" else [batch, spec.cout, *spec.out_hw]
     return _model(g, "input", y, [batch, spec.cin, *spec.in_hw], out_shape, spec.key())
 
 
 def network_to_onnx(specs: Sequence[BlockSpec], int8: Sequence[bool] | None = None,
                     weights: Mapping[str, LayerWeights] | None = None,
-                    names: Sequence[str] | None = None, batch: int = 1, layout: str = "NCHW",
-                    seed: int = 0) -> onnx.ModelProto:
+                    names: Sequence[str] | None = None, batch: int | str = 1, layout: str = "NCHW",
+                    seed: int = 0, builder: GraphBuilder | None = None,
+                    int8_weights: Sequence[bool] | None = None) -> onnx.ModelProto:
     """Returns the ONNX model of a whole network (stem, blocks, head).
 
     Args:
@@ -399,9 +546,13 @@ def network_to_onnx(specs: Sequence[BlockSpec], int8: Sequence[bool] | None = No
         weights: ``{layer name: layer weights}`` (see the module docstring); random where absent.
         names: layer names used to look up `weights` (default 'stem', 'b1', ..., 'head'; pass
             the Space's slot prefixes to match a Flax model's submodule names).
-        batch: batch size of the input.
+        batch: batch size of the input (an int, or a name for a dynamic batch).
         layout: 'NCHW' (input [N, C, H, W]) or 'NHWC' (a Transpose is added in front).
         seed: seed of random weights.
+        builder: the GraphBuilder to emit into (its ``points`` then list every activation
+            point); default a new one.
+        int8_weights: per layer, store quantized weights as int8 + DequantizeLinear even where
+            the layer runs float kernels (default: no).
 
     Returns:
         An ``onnx.ModelProto`` with input 'input' and output logits [batch, classes].
@@ -415,14 +566,15 @@ def network_to_onnx(specs: Sequence[BlockSpec], int8: Sequence[bool] | None = No
         raise ValueError("specs, int8 and names must have the same length")
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"layout must be NCHW or NHWC, got {layout!r}")
-    g = GraphBuilder(seed)
+    g = builder or GraphBuilder(seed)
     first = specs[0]
     x = "input"
     in_shape = [batch, first.cin, *first.in_hw]
     if layout == "NHWC":
         in_shape = [batch, *first.in_hw, first.cin]
         x = g.node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
-    for spec, q, name in zip(specs, int8, names):
-        x = emit_layer(g, x, spec, q, (weights or {}).get(name))
+    stored = list(int8_weights) if int8_weights is not None else [False] * len(specs)
+    for spec, q, name, w8 in zip(specs, int8, names, stored):
+        x = emit_layer(g, x, spec, q, (weights or {}).get(name), name, w8)
     x = _rename_output(g, x)
     return _model(g, "input", x, in_shape, [batch, specs[-1].cout], "network")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from nas.blocks.act_points import runs_int8
 from nas.spec import BlockSpec
 
 FLOAT_BITS = 32
@@ -23,9 +24,6 @@ INT_BITS = 8
 RULES = {"jax": "float", "onnxruntime": "int8-if-both-le8", "fake": "float"}
 
 
-def runs_int8(spec: BlockSpec) -> bool:
-    """Whether onnxruntime runs this layer with int8 kernels (both bit-widths <= 8)."""
-    return spec.bits_w <= INT_BITS and spec.bits_a <= INT_BITS
 
 
 def effective_spec(spec: BlockSpec, rule: str) -> BlockSpec:

@@ -4,8 +4,8 @@
 turns them into a canonical Arch of the Space. :func:`export_child` cuts that Arch's variables
 out of the superkernel in the params layout of :func:`nas.model.build_model`'s Network: the
 first m channels, the centre k x k taps, the first r singular directions, the SE and expand
-convs only when chosen, the input-quantizer ranges and BatchNorm statistics of the kept
-channels. A full-rank child of a factorized superkernel gets the product of its factors (the
+convs only when chosen, and BatchNorm statistics of the kept channels (single-path spaces
+have float activations: no activation quantizers; weight steps are minmax, so the child has none). A full-rank child of a factorized superkernel gets the product of its factors (the
 superkernel computes the same product). The child network built from these weights computes
 what the superkernel network computes with the same gates.
 
@@ -90,35 +90,23 @@ def _child_block(plan: SlotPlan, levels: Mapping[str, int], params, stats) -> tu
     mid_mask = np.zeros((plan.max_mid,), np.float32)
     mid_mask[:m] = 1.0
 
-    def copy_quant(name: str, src: str | None = None):
-        node = stats.get(src or name, {})
-        if "input_quant" in node:
-            out_s.setdefault(name, {})["input_quant"] = dict(node["input_quant"])
-
     if spec.op == "mbconv":
         out_p["expand"] = _slice_pointwise(params["expand"], spec.rank_channels(spec.cin, m), None, m)
         out_p["expand_bn"] = _slice_bn(params["expand_bn"], m)
         out_s["expand_bn"] = _slice_bn(stats["expand_bn"], m)
-        copy_quant("expand")
     out_p["dw"] = {"kernel": params["dw"]["kernel"][lo:lo + spec.kernel, lo:lo + spec.kernel, :, :m]}
     out_p["dw_bn"] = _slice_bn(params["dw_bn"], m)
     out_s["dw_bn"] = _slice_bn(stats["dw_bn"], m)
-    copy_quant("dw")
     if spec.se_channels:
         se = params["se"]
         out_p["se"] = {"reduce": {"kernel": se["reduce"]["kernel"][:, :, :m, :],
                                   "bias": se["reduce"]["bias"]},
                        "expand": {"kernel": se["expand"]["kernel"][..., :m],
                                   "bias": se["expand"]["bias"][:m]}}
-        for conv in ("reduce", "expand"):
-            node = stats.get("se", {}).get(conv, {})
-            if "input_quant" in node:
-                out_s.setdefault("se", {}).setdefault(conv, {})["input_quant"] = dict(node["input_quant"])
     out_p["project"] = _slice_pointwise(params["project"], spec.rank_channels(m, spec.cout), m, None,
                                         mid_mask)
     out_p["project_bn"] = dict(params["project_bn"])
     out_s["project_bn"] = dict(stats["project_bn"])
-    copy_quant("project")
     return out_p, out_s
 
 
