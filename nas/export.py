@@ -181,8 +181,17 @@ def _jax_features(model: Any, variables: Mapping[str, Any], x: np.ndarray) -> di
     return feats
 
 
-def _jax_logits(model: Any, variables: Mapping[str, Any], x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Logits of `model` on `x` (one compiled function per model, whatever the variables)."""
+def jax_logits(model: Any, variables: Mapping[str, Any], x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Returns the logits of `model` on `x` in inference mode, in batches.
+
+    One compiled function per model, whatever the variables.
+
+    Args:
+        model: the network.
+        variables: {"params", "batch_stats"}.
+        x: images [N, H, W, C].
+        batch: images per call.
+    """
     import jax
 
     apply = _APPLY.get(id(model))
@@ -291,7 +300,7 @@ def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os
         rng = np.random.default_rng(0)
         check = (rng.random((16, *space.resolution, space.in_channels), np.float32), None)
     x, y = np.asarray(check[0], np.float32), check[1]
-    ref = _jax_logits(model, variables, x)
+    ref = jax_logits(model, variables, x)
     quantized = has_quantized_activations(specs)
     report: dict[str, Any] = {"arch_id": space.arch_id(arch), "space": space.name,
                               "formats": formats, "files": {}, "checks": {}, "meta": dict(meta or {})}
@@ -303,7 +312,7 @@ def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os
     # The standalone model: what every file below holds. Folding BatchNorm changes float
     # rounding, which can move an activation across a quantization step: with quantized
     # activations it matches the trained model within the quantization tolerance only.
-    standalone = _jax_logits(model, float_vars, x)
+    standalone = jax_logits(model, float_vars, x)
     report["checks"]["standalone"] = compare_logits(ref, standalone, quantized, y)
 
     def record(fmt: str) -> Path:
@@ -314,11 +323,11 @@ def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os
     if "packed" in formats:
         save_packed(packed, out / FILE_NAMES["packed"], {"arch_id": report["arch_id"]})
         back = unpack_variables(load_packed(record("packed")))
-        report["checks"]["packed"] = compare_logits(standalone, _jax_logits(model, back, x), False, y)
+        report["checks"]["packed"] = compare_logits(standalone, jax_logits(model, back, x), False, y)
     if "orbax" in formats:
         _save_orbax(out / FILE_NAMES["orbax"], float_vars)
         back = load_orbax(record("orbax"), float_vars)
-        report["checks"]["orbax"] = compare_logits(standalone, _jax_logits(model, back, x), False, y)
+        report["checks"]["orbax"] = compare_logits(standalone, jax_logits(model, back, x), False, y)
     if "stablehlo" in formats:
         from nas.export_hlo import export_stablehlo, run_stablehlo
 

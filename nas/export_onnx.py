@@ -176,7 +176,7 @@ def export_onnx(specs: Sequence[BlockSpec], names: Sequence[str], variables: Map
         model = _build(g, specs, names, weights, int8, batch, stored)
         recalibrated = True
     onnx.checker.check_model(model)
-    info = {"int8_layers": [n for n, q in zip(names, int8) if q],
+    info = {"int8_layers": [n for s, n, q in zip(specs, names, int8) if q and s.op != "skip"],
             "weight_only_int8_layers": weight_only, "recalibrated": recalibrated,
             "activation_points": len(g.points), "layer_outputs": dict(g.layer_outputs)}
     return model, info

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any, Mapping, Sequence
 
@@ -136,6 +137,31 @@ def build_model(space: Space, arch: Mapping[str, Any], **kwargs: Any) -> Network
     return Network(specs=specs, **kwargs)
 
 
+def with_bits(space: Space, arch: Mapping[str, Any], bits_w: int, bits_a: int,
+              edge_bits: int | None = None, **kwargs: Any) -> Network:
+    """Returns the Arch's network with every block at `bits_w` / `bits_a` bits.
+
+    Args:
+        space: the Space.
+        arch: a valid Arch of `space`.
+        bits_w: weight bit-width of every block (32 = float).
+        bits_a: activation bit-width of every block.
+        edge_bits: bit-width (weights and activations) of the stem and head (None: as blocks).
+        **kwargs: further :class:`Network` attributes.
+
+    Returns:
+        An unbound :class:`Network` named like :func:`build_model`'s.
+    """
+    specs = []
+    for s in space.block_specs(arch):
+        if s.op in ("stem", "head") and edge_bits is not None:
+            specs.append(dataclasses.replace(s, bits_w=edge_bits, bits_a=edge_bits))
+        else:
+            specs.append(dataclasses.replace(s, bits_w=bits_w, bits_a=bits_a))
+    names = ("stem",) + tuple(slot.prefix for slot in space.slots) + ("head",)
+    return Network(specs=tuple(specs), names=names, **kwargs)
+
+
 def with_resolution(space: Space, resolution: int | tuple[int, int]) -> Space:
     """Returns a copy of `space` at another input resolution (e.g. fbnet at 64x64 for tests).
 
@@ -180,3 +206,35 @@ def init_variables(model: nn.Module, rng: jax.Array, batch_shape: Sequence[int])
         {"params": ..., "batch_stats": ...} of jax arrays (batch_stats is {} when there are none).
     """
     return jax.tree.map(jnp.asarray, host_init(variable_shapes(model, batch_shape), rng))
+
+
+def add_missing_quant_steps(model: nn.Module, variables: Mapping[str, Any],
+                            batch_shape: Sequence[int]) -> dict[str, Any]:
+    """Adds the quantizer steps a model declares but `variables` lack, at 0 (= minmax).
+
+    Variables made outside the model (supernet children) then have the model's full structure
+    and compute what they computed without the steps.
+
+    Args:
+        model: the network.
+        variables: {"params", "batch_stats"}.
+        batch_shape: input shape [N, H, W, C].
+
+    Returns:
+        The variables with every declared step present.
+    """
+    from nas.blocks.quant import is_quant_step
+
+    shapes = variable_shapes(model, batch_shape)["params"]
+
+    def fill(declared: Mapping[str, Any], have: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(have)
+        for name, sub in declared.items():
+            if isinstance(sub, Mapping):
+                if name in have:
+                    out[name] = fill(sub, have[name])
+            elif name not in have and is_quant_step(name):
+                out[name] = jnp.zeros(sub.shape, jnp.float32)
+        return out
+
+    return {**variables, "params": fill(shapes, variables.get("params", {}))}

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nas.blocks.quant import QUANTIZERS, init_quant_steps
+from nas.blocks.quant import QUANTIZERS, init_quant_steps, weight_count
 from nas.data import Dataset, eval_batches
 from nas.errors import NasInputError
 
@@ -284,8 +284,8 @@ def init_quantizers(model: Any, variables: Mapping[str, Any], data: Dataset,
 
 
 def count_params(params: Any) -> int:
-    """Returns the number of scalars in a parameter pytree."""
-    return int(sum(np.size(p) for p in jax.tree_util.tree_leaves(params)))
+    """Returns the number of scalars in a parameter pytree (quantizer steps left out)."""
+    return weight_count(params)
 
 
 # ----------------------------------------------------------------------------------- entry

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from nas.data import load_data  # noqa: E402
 from nas.data.sources import read_digits  # noqa: E402
 from nas.distill import DistillConfig, distill_arch  # noqa: E402
-from nas.model import Network  # noqa: E402
+from nas.model import with_bits  # noqa: E402
 from nas.space import Space  # noqa: E402
 from nas.train import TrainConfig, train_arch  # noqa: E402
 
@@ -45,19 +45,6 @@ STUDENT = {"s1_b1_op": "dwsep", "s1_b1_kernel": 3, "s2_b1_kernel": 3, "s2_b1_exp
            "s2_b1_width": 0.5, "s2_b2_op": "skip", "s3_b1_kernel": 3, "s3_b1_expand": 3,
            "s3_b1_se": False, "s3_b1_width": 0.5, "s3_b2_op": "skip", "s4_b1_kernel": 3,
            "s4_b1_expand": 3, "s4_b1_rank": 0.5}
-
-
-def quantized_model(space: Space, arch: dict, bits_w: int, bits_a: int, edge_bits: int) -> Network:
-    """Returns the Arch's network with every block at `bits_w` weights and `bits_a` activations
-    and the stem and head at `edge_bits` (both)."""
-    specs = []
-    for s in space.block_specs(arch):
-        if s.op in ("stem", "head"):
-            specs.append(dataclasses.replace(s, bits_w=edge_bits, bits_a=edge_bits))
-        else:
-            specs.append(dataclasses.replace(s, bits_w=bits_w, bits_a=bits_a))
-    names = ("stem",) + tuple(sl.prefix for sl in space.slots) + ("head",)
-    return Network(specs=tuple(specs), names=names)
 
 
 def summarize(name: str, r: dict) -> dict:
@@ -110,7 +97,7 @@ def main(argv=None) -> int:
             figures["runs"].append(summarize("float32", results["float"]))
         if "quant" not in skip:
             for bw, ba, edge in ((8, 8, 8), (4, 4, 8), (2, 2, 8), (2, 8, 8)):
-                model = quantized_model(space, arch, bw, ba, edge)
+                model = with_bits(space, arch, bw, ba, edge)
                 r = train_arch(space, arch, data, cfg, model=model)
                 s = summarize(f"w{bw}a{ba} (stem/head {edge}-bit)", r)
                 s["drop_points"] = round(100 * (results["float"]["test_accuracy"] - r["test_accuracy"]), 2)

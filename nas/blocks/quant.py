@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 FLOAT_BITS = 32
 QUANTIZERS = ("lsq", "minmax")
@@ -248,17 +249,24 @@ def deployed_bias(bias: jax.Array, unit: jax.Array) -> jax.Array:
     return jnp.where(unit > 0, jnp.round(bias / jnp.where(unit > 0, unit, 1.0)) * unit, bias)
 
 
+def is_quant_step(path: Any) -> bool:
+    """Whether a pytree path (or a variable name) is a quantizer step (``step`` / ``*_step``):
+    quantization metadata, not a weight (parameter counts leave it out)."""
+    if not isinstance(path, str):
+        path = str(getattr(path[-1], "key", path[-1])) if path else ""
+    return path == "step" or path.endswith("_step")
+
+
 def has_quant_steps(params: Mapping[str, Any]) -> bool:
     """Whether a params tree holds learned-step variables (``step`` / ``*_step``)."""
-    found = []
+    leaves = jax.tree_util.tree_leaves_with_path(dict(params))
+    return any(is_quant_step(path) for path, _ in leaves)
 
-    def visit(path, _):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "step" or name.endswith("_step"):
-            found.append(name)
 
-    jax.tree_util.tree_map_with_path(visit, dict(params))
-    return bool(found)
+def weight_count(params: Mapping[str, Any]) -> int:
+    """The number of scalars in a params tree, quantizer steps left out."""
+    return int(sum(int(np.prod(np.shape(leaf))) for path, leaf in
+                   jax.tree_util.tree_leaves_with_path(dict(params)) if not is_quant_step(path)))
 
 
 def init_quant_steps(model: nn.Module, variables: Mapping[str, Any], x: jax.Array,

@@ -5,7 +5,8 @@ turns them into a canonical Arch of the Space. :func:`export_child` cuts that Ar
 out of the superkernel in the params layout of :func:`nas.model.build_model`'s Network: the
 first m channels, the centre k x k taps, the first r singular directions, the SE and expand
 convs only when chosen, and BatchNorm statistics of the kept channels (single-path spaces
-have float activations: no activation quantizers; weight steps are minmax, so the child has none). A full-rank child of a factorized superkernel gets the product of its factors (the
+have float activations: no activation quantizers; the child's weight steps are 0, i.e. minmax,
+which is what the superkernel's nested quantizer computes). A full-rank child of a factorized superkernel gets the product of its factors (the
 superkernel computes the same product). The child network built from these weights computes
 what the superkernel network computes with the same gates.
 
@@ -21,6 +22,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from nas.model import add_missing_quant_steps, build_model
 from nas.single_path.gates import slot_gates
 from nas.single_path.plan import SlotPlan, levels_to_arch, space_plan
 from nas.single_path.superblock import full_kernel
@@ -135,7 +137,9 @@ def export_child(space: Space, variables: Mapping[str, Any], levels: Levels | No
             child_p[plan.prefix] = p
         if s:
             child_s[plan.prefix] = s
-    return arch, {"params": child_p, "batch_stats": child_s}
+    child = {"params": child_p, "batch_stats": child_s}
+    shape = (1, *space.resolution, space.in_channels)
+    return arch, add_missing_quant_steps(build_model(space, arch), child, shape)
 
 
 def force_levels(space: Space, params: Mapping[str, Any], levels: Levels) -> dict[str, Any]:
