@@ -267,6 +267,7 @@ def test_interrupted_after_search_rerun_skips_the_search(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # starts a local Ray (2 CPUs); its workers import JAX and compile
+@pytest.mark.xdist_group("ray")
 def test_retrain_runs_on_ray_when_configured(finished, tmp_path, monkeypatch):
     import os
 
