@@ -40,7 +40,8 @@ from onnx import TensorProto, helper
 
 from nas.blocks.quant import act_grid
 from nas.latency.flax_weights import onnx_weights
-from nas.latency.onnx_blocks import ActQuantParams, GraphBuilder, network_to_onnx
+from nas.latency.onnx_blocks import network_to_onnx
+from nas.latency.onnx_graph import ActQuantParams, GraphBuilder
 from nas.latency.precision import runs_int8
 from nas.spec import BlockSpec
 

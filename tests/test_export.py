@@ -220,7 +220,7 @@ def test_onnx_runs_int8_where_both_bitwidths_are_8_or_less(exported):
 
     out, report = exported
     model = onnx.load(str(out / "model.onnx"))
-    assert report["onnx"]["int8_layers"] == ["stem", "s2_b1", "s3_b1", "s3_b2", "s4_b1", "head"]
+    assert report["onnx"]["int8_layers"] == ["stem", "s2_b1", "s3_b1", "s4_b1", "head"]  # s3_b2: skip
     assert report["onnx"]["weight_only_int8_layers"] == []
     assert not report["onnx"]["recalibrated"]
     ops = [n.op_type for n in model.graph.node]

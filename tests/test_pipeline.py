@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import sys
 
 import pytest
+import yaml
 
 from nas.config import parse_config
 from nas.errors import NasInputError
@@ -124,6 +127,43 @@ def test_interrupted_stage_resumes_and_later_stages_rerun(finished, tmp_path, mo
     run_pipeline(micro_config(), workdir, progress=False, log=logs.append)
     assert "distill: started" in logs and "export: started" in logs
     assert "retrain: already done, skipped" in logs
+
+
+def test_a_failed_export_check_stops_the_run(finished, tmp_path, monkeypatch):
+    """An exported ONNX model that does not compute what was trained stops `nas run` (exit 1,
+    one line naming the layer) instead of a warning; the finished stages stay done."""
+    import nas.export_onnx
+    from onnx import numpy_helper
+
+    from nas.cli import main
+
+    src, _, _ = finished
+    workdir = tmp_path / "copy"
+    shutil.copytree(src, workdir)
+    stage_marker(workdir, "export").unlink()
+    (workdir / "report.md").unlink()
+    real = nas.export_onnx.export_onnx
+
+    def corrupted(*args, **kwargs):  # one conv of the stem gets a wrong weight scale
+        model, info = real(*args, **kwargs)
+        for t in model.graph.initializer:
+            if t.name.startswith("conv_w"):
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 3, t.name))
+                break
+        return model, info
+
+    monkeypatch.setattr(nas.export_onnx, "export_onnx", corrupted)
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump(micro_config_dict()))
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["run", str(config), "--workdir", str(workdir)]) == 1
+    lines = err.getvalue().strip().splitlines()  # progress lines, then the one error line
+    failed = [line for line in lines if "export check failed" in line]
+    assert failed == lines[-1:] and "layer stem diverges most" in failed[0]
+    assert "Traceback" not in err.getvalue()
+    assert not stage_marker(workdir, "export").exists() and not (workdir / "report.md").exists()
+    assert stage_marker(workdir, "retrain").exists() and stage_marker(workdir, "distill").exists()
 
 
 def test_pipeline_sections_validate_and_do_not_change_the_search():

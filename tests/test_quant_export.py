@@ -22,8 +22,8 @@ from nas.data import load_data
 from nas.export import compare_logits, jax_logits
 from nas.export_onnx import export_onnx, run_onnx
 from nas.export_pack import pack_variables, unpack_variables
-from nas.latency.flax_weights import onnx_weights
-from nas.latency.onnx_blocks import GraphBuilder, network_to_onnx
+from nas.latency.onnx_blocks import network_to_onnx
+from nas.latency.onnx_graph import GraphBuilder
 from nas.model import build_model, init_variables
 from nas.space import Space
 

@@ -10,7 +10,8 @@ onnxruntime on the whole test split: top-1 agreement with the JAX model and the 
 
 Usage:
     python experiments/bench/quant_bits.py [--epochs 15] [--seeds 0,1,2]
-        [--configs float,w8a8,w4a4,w2a4,w2a2] [--quantizers lsq,minmax] [--out result.json]
+        [--configs float,w8a8,w4a4,w2a4,w2a2] [--quantizers lsq,minmax] [--cache]
+        [--out result.json]
 
 Prints one JSON line per run, then a table: config, quantizer, test accuracy mean +- std over
 the seeds, the drop from float, and the ONNX export's worst agreement and accuracy gap.
@@ -19,7 +20,6 @@ the seeds, the drop from float, and the ONNX export's worst agreement and accura
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -28,7 +28,6 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import numpy as np  # noqa: E402
 
 from nas.data import load_data  # noqa: E402
 from nas.export import compare_logits, jax_logits  # noqa: E402
@@ -97,7 +96,14 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default="float,w8a8,w4a4,w2a4,w2a2")
     p.add_argument("--quantizers", default="lsq,minmax")
     p.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--cache", action="store_true",
+                   help="use the persistent XLA compile cache (.jax_cache): seeds share compiles")
     args = p.parse_args(argv)
+    if args.cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(".jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     space = Space.by_name("tiny")
     arch = space.sample(args.arch_seed)
     data = load_data("digits", space, seed=0)

@@ -8,7 +8,8 @@ Rules (also in ``latency_tables/README.md``):
   backend carries ``bw:32-ba:32``.
 - ``onnxruntime`` (rule ``int8-if-both-le8``): a layer runs int8 kernels (QDQ -> QLinearConv,
   QLinearAdd, ...) when both ``bits_w <= 8`` and ``bits_a <= 8``; 4- and 2-bit layers run the
-  same int8 kernels, so their key carries ``bw:8-ba:8``. Any other mix (weight-only or
+  same int8 kernels, so their key carries ``bw:8-ba:8`` (activations below 8 bits add one Clip
+  per activation point to the exported graph, which the key does not time). Any other mix (weight-only or
   activation-only quantization) has no integer kernel there and runs as float (``bw:32-ba:32``).
 """
 
