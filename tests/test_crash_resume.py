@@ -182,7 +182,7 @@ def test_one_shot_search_killed_midway_ends_as_an_uninterrupted_run(tmp_path, ca
 PIPELINE = {"space": "tiny", "data": "digits", "seed": 4, "budget": 5, "batch": 3,
             "strategy": {"name": "evolution", "params": {"population": 3}},
             "objective": {"metric": "macs", "target": 1.5e6},
-            "retrain": {"top_k": 1, "train": {"epochs": 3, "batch_size": 64}},
+            "retrain": {"top_k": 1, "train": {"epochs": 2, "batch_size": 64}},
             "distill": {"enabled": False},
             "export": {"formats": ["json"], "calibration": 0, "measure_latency": False}}
 

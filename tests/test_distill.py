@@ -112,7 +112,7 @@ def test_cli_distill_from_teacher_workdirs(tmp_path, capsys, setup):
     space, arch, _ = setup
     a = tmp_path / "a.json"
     a.write_text(json.dumps({"space": "tiny", "arch": arch}))
-    base = ["--epochs", "3", "--no-progress", "--json", "--seed", "0"]
+    base = ["--epochs", "2", "--no-progress", "--json", "--seed", "0"]
     assert main(["train", "--arch", str(a), "--workdir", str(tmp_path / "t"), *base]) == 0
     teacher = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rc = main(["distill", "--student", str(a), "--teacher", str(tmp_path / "t" / "checkpoints"),

@@ -21,18 +21,7 @@ from nas.export_pack import (load_packed, pack_bits, pack_variables, packed_nbyt
                              quantize_weight, save_packed, unpack_bits, unpack_variables)
 from nas.model import build_model, init_variables
 from nas.space import Space
-
-
-def quant_space() -> Space:
-    """tiny with 4/8/32-bit weights, 8/32-bit activations in every stage and an int8 stem/head."""
-    d = Space.by_name("tiny").to_dict()
-    d["name"] = "tiny_q"
-    d["stem"].update(bits_w=8, bits_a=8)
-    d["head"].update(bits_w=8, bits_a=8)
-    for stage in d["stages"]:
-        stage["knobs"]["bits_w"] = [4, 8, 32]
-        stage["knobs"]["bits_a"] = [8, 32]
-    return Space.from_dict(d)
+from quant_helpers import quant_space
 
 
 def mixed_arch(space: Space) -> dict:

@@ -26,18 +26,12 @@ from nas.latency.onnx_blocks import network_to_onnx
 from nas.latency.onnx_graph import GraphBuilder
 from nas.model import build_model, init_variables
 from nas.space import Space
+from quant_helpers import quant_space as shared_quant_space
 
 
 def quant_space() -> Space:
-    """tiny with 2/4/8/32-bit weights and activations in every stage and an int8 stem/head."""
-    d = Space.by_name("tiny").to_dict()
-    d["name"] = "tiny_q"
-    d["stem"].update(bits_w=8, bits_a=8)
-    d["head"].update(bits_w=8, bits_a=8)
-    for stage in d["stages"]:
-        stage["knobs"]["bits_w"] = [2, 4, 8, 32]
-        stage["knobs"]["bits_a"] = [4, 8, 32]
-    return Space.from_dict(d)
+    """tiny with 2/4/8/32-bit weights and 4/8/32-bit activations, stem and head at 8 bits."""
+    return shared_quant_space((2, 4, 8, 32), (4, 8, 32))
 
 
 def bits_arch(space: Space, bits: dict[str, tuple[int, int]] | tuple[int, int]) -> dict:

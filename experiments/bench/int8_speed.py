@@ -92,7 +92,7 @@ import onnxruntime as ort  # noqa: E402
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,  # noqa: E402
                                       quantize_static)
 
-from nas.latency.backends.ort_backend import PROVIDER, session  # noqa: E402
+from nas.latency.backends.ort_backend import bound_call, session  # noqa: E402
 from nas.latency.build import keys_to_measure  # noqa: E402
 from nas.latency.measure import (Timing, TimingConfig, best_round, cpu_model,  # noqa: E402
                                  pin_to_core, set_realtime, time_call)
@@ -201,40 +201,14 @@ def build_forms(make_float: Callable[[], onnx.ModelProto], make_nas: Callable[[]
 # ----------------------------------------------------------------------------- timing
 
 
-def extended_session(model_bytes: bytes, optimized_path: str | None = None):
-    """Returns a session like ``ort_backend.session(model_bytes, 1)`` but at ORT_ENABLE_EXTENDED."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(model_bytes, so, providers=[PROVIDER])
-
-
 def make_session(model_bytes: bytes, level: str = ALL, optimized_path: str | None = None):
-    """Returns a one-thread session: the latency tables' own (ALL) or its EXTENDED twin."""
-    if level == ALL:
-        return session(model_bytes, 1, optimized_path)
-    return extended_session(model_bytes, optimized_path)
+    """Returns a one-thread session: the latency tables' own (ALL) or at EXTENDED."""
+    return session(model_bytes, 1, optimized_path, level="all" if level == ALL else "extended")
 
 
 def make_call(model_bytes: bytes, shape: Sequence[int], level: str = ALL) -> Callable[[], None]:
-    """Returns a call running the model once, with input and output bound once (io binding),
-    as ``nas.latency.backends.ort_backend._runner`` does; it has run once already."""
-    sess = make_session(model_bytes, level)
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    binding = sess.io_binding()
-    binding.bind_ortvalue_input("input", ort.OrtValue.ortvalue_from_numpy(x))
-    binding.bind_output(sess.get_outputs()[0].name, "cpu")
-
-    def call() -> None:
-        sess.run_with_iobinding(binding)
-
-    call()
-    return call
+    """Returns a call running the model once, io-bound as the latency tables time layers."""
+    return bound_call(make_session(model_bytes, level), shape)
 
 
 def time_side_by_side(calls: Mapping[str, Callable[[], None]], timing: TimingConfig
