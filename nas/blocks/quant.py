@@ -290,6 +290,11 @@ def init_quant_steps(model: nn.Module, variables: Mapping[str, Any], x: jax.Arra
     if not has_quant_steps(variables.get("params", {})):
         return dict(variables)
     rng = jax.random.key(0) if rng is None else rng
-    _, upd = model.apply(dict(variables), x, train=True, mutable=["params", "batch_stats"],
-                         rngs={"dropout": rng})
-    return {**variables, "params": upd["params"]}
+
+    @jax.jit  # one compile; op-by-op it would compile every op of the network separately
+    def initialized(variables, x, rng):
+        _, upd = model.apply(variables, x, train=True, mutable=["params", "batch_stats"],
+                             rngs={"dropout": rng})
+        return upd["params"]
+
+    return {**variables, "params": initialized(dict(variables), x, rng)}
