@@ -230,9 +230,11 @@ def distill_arch(space: Any, arch: Mapping[str, Any], data: Any, config: TrainCo
 
 def _probe_features(model: Any, variables: Mapping[str, Any], shape: tuple, layer: str,
                     field: str) -> jax.Array:
-    _, upd = model.apply(variables, jnp.zeros(shape, jnp.float32), train=False,
-                         mutable=["intermediates"])
+    """Returns zeros shaped like `layer`'s output (shapes only: nothing is run or compiled)."""
+    _, upd = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(shape, jnp.float32), train=False,
+                                                  mutable=["intermediates"]), dict(variables))
     if layer not in upd.get("intermediates", {}):
-        known = [k for k in upd.get("intermediates", {})]
+        known = [k for k in model.names if k in upd.get("intermediates", {})]
         raise NasInputError(f"no block {layer!r}; blocks: {known}", field=field)
-    return _features(upd, layer)
+    feat = _features(upd, layer)
+    return jnp.zeros(feat.shape, feat.dtype)

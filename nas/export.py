@@ -174,9 +174,14 @@ def raise_on_failed_check(report: Mapping[str, Any]) -> None:
 
 def _jax_features(model: Any, variables: Mapping[str, Any], x: np.ndarray) -> dict[str, np.ndarray]:
     """Each layer's output of the JAX model on `x` ({layer: array}, network order; head: logits)."""
+    import jax
+
     variables = {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
-    logits, inter = model.apply(variables, x, train=False, mutable=["intermediates"])
-    feats = {name: np.asarray(v["features"][0]) for name, v in inter["intermediates"].items()}
+    # one compiled call: run eagerly, every op of the network would be compiled on its own
+    apply = jax.jit(lambda v, xb: model.apply(v, xb, train=False, mutable=["intermediates"]))
+    logits, inter = apply(variables, x)
+    sown = inter["intermediates"]  # a jitted dict comes back in sorted key order
+    feats = {name: np.asarray(sown[name]["features"][0]) for name in model.names if name in sown}
     feats["head"] = np.asarray(logits)
     return feats
 
@@ -200,7 +205,14 @@ def jax_logits(model: Any, variables: Mapping[str, Any], x: np.ndarray, batch: i
         _APPLY.clear()
         _APPLY[id(model)] = apply
     variables = jax.tree.map(lambda a: np.asarray(a, np.float32), dict(variables))
-    outs = [np.asarray(apply[1](variables, x[i:i + batch])) for i in range(0, len(x), batch)]
+    batch = max(1, min(batch, len(x)))
+    outs = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        n = len(xb)
+        if n < batch:  # zero-pad the last batch: one input shape, one compile
+            xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), xb.dtype)])
+        outs.append(np.asarray(apply[1](variables, xb))[:n])
     return np.concatenate(outs) if outs else np.zeros((0, 0))
 
 

@@ -119,9 +119,9 @@ SMALL = {"name": "crash_small", "input": {"resolution": 8, "channels": 1}, "num_
          "stages": [{"channels": 8, "stride": 2, "knobs": {"kernel": [3, 5], "expand": [1, 3]}}]}
 ONE_SHOT = {
     "fbnet": {"strategy": {"name": "fbnet", "params": {
-        "epochs": 6, "warmup_epochs": 1, "batch_size": 64, "objective": "none"}}},
+        "epochs": 4, "warmup_epochs": 1, "batch_size": 64, "objective": "none"}}},
     "proxyless": {"strategy": {"name": "proxyless", "params": {
-        "epochs": 6, "warmup_epochs": 1, "batch_size": 64, "objective": "none"}}},
+        "epochs": 4, "warmup_epochs": 1, "batch_size": 64, "objective": "none"}}},
     "single_path": {"strategy": {"name": "single_path", "params": {"lam": 1.0, "cost": "bops"}},
                     "train": {"epochs": 5, "batch_size": 64}},
 }
@@ -179,10 +179,15 @@ def test_one_shot_search_killed_midway_ends_as_an_uninterrupted_run(tmp_path, ca
             assert again[label] == pytest.approx(alpha[label], rel=1e-5, abs=1e-7), label
 
 
-PIPELINE = {"space": "tiny", "data": "digits", "seed": 4, "budget": 5, "batch": 3,
+#: two searchable slots at 8x8 (16 Archs): the retraining is real but takes a second
+RUN_SPACE = {"name": "crash_run", "input": {"resolution": 8, "channels": 1}, "num_classes": 10,
+             "stem": {"channels": 8, "kernel": 3, "stride": 1}, "head": {"channels": 16},
+             "stages": [{"channels": 8, "stride": 1, "knobs": {"kernel": [3, 5], "expand": [1, 3]}},
+                        {"channels": 16, "stride": 2, "knobs": {"kernel": [3, 5], "expand": [1, 3]}}]}
+PIPELINE = {"space": RUN_SPACE, "data": "digits", "seed": 4, "budget": 5, "batch": 3,
             "strategy": {"name": "evolution", "params": {"population": 3}},
-            "objective": {"metric": "macs", "target": 1.5e6},
-            "retrain": {"top_k": 1, "train": {"epochs": 2, "batch_size": 64}},
+            "objective": {"metric": "macs", "target": 20000},
+            "retrain": {"top_k": 1, "train": {"epochs": 4, "batch_size": 64}},
             "distill": {"enabled": False},
             "export": {"formats": ["json"], "calibration": 0, "measure_latency": False}}
 

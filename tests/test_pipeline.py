@@ -14,6 +14,9 @@ from nas.config import parse_config
 from nas.errors import NasInputError
 from nas.pipeline import Pipeline, read_marker, run_pipeline, stage_marker
 
+# Ray clusters (the retrain-on-Ray test) and the module fixture: one xdist worker runs them
+pytestmark = pytest.mark.xdist_group("ray")
+
 MICRO_SPACE = {
     "name": "micro",
     "input": {"resolution": 8, "channels": 1},
@@ -307,7 +310,6 @@ def test_interrupted_after_search_rerun_skips_the_search(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # starts a local Ray (2 CPUs); its workers import JAX and compile
-@pytest.mark.xdist_group("ray")
 def test_retrain_runs_on_ray_when_configured(finished, tmp_path, monkeypatch):
     import os
 

@@ -128,7 +128,7 @@ def test_exported_child_computes_what_the_superkernel_computes(small_net):
         for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(child_vars)):
             assert a.shape == b.shape
         want = apply(full, x)
-        got = child.apply(child_vars, x)
+        got = jax.jit(child.apply)(child_vars, x)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert len(seen) == 3
 
@@ -184,7 +184,8 @@ def test_cost_gradient_raises_every_threshold(small_net):
     space, _, variables, _ = small_net
     costs = SlotCosts.from_metric(space, "bops")
     plans = space_plan(space)
-    grads = jax.grad(lambda p: jnp.log(costs.expected([slot_gates(pl, p[pl.prefix]) for pl in plans])))(
+    grads = jax.jit(jax.grad(
+        lambda p: jnp.log(costs.expected([slot_gates(pl, p[pl.prefix]) for pl in plans]))))(
         variables["params"])
     for plan in plans:
         for ladder in plan.ladders:
