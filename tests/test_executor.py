@@ -16,8 +16,6 @@ from nas.history import History
 from nas.search import run_search
 from nas.space import Space
 
-# Ray clusters and core claims of these tests share the machine: one xdist worker runs them all
-pytestmark = pytest.mark.xdist_group("ray")
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
 

@@ -23,8 +23,6 @@ from nas.model import build_model, init_variables
 from nas.space import Space
 from quant_helpers import quant_space
 
-# its module fixtures are computed once per xdist worker: keep the module on one worker
-pytestmark = pytest.mark.xdist_group("export")
 
 
 def mixed_arch(space: Space) -> dict:

@@ -14,8 +14,6 @@ from nas.config import parse_config
 from nas.errors import NasInputError
 from nas.pipeline import Pipeline, read_marker, run_pipeline, stage_marker
 
-# Ray clusters (the retrain-on-Ray test) and the module fixture: one xdist worker runs them
-pytestmark = pytest.mark.xdist_group("ray")
 
 MICRO_SPACE = {
     "name": "micro",

@@ -15,8 +15,6 @@ from nas.train import TrainConfig
 
 from single_path_helpers import fake_table, small_space
 
-# its module fixtures are computed once per xdist worker: keep the module on one worker
-pytestmark = pytest.mark.xdist_group("single_path_search")
 
 EPOCHS = 3
 

@@ -16,8 +16,6 @@ from nas.space import Space
 from nas.supernet.synthetic import KERNEL_TASK_SPACE, pair_distance_task
 from nas.weight_sharing import SupernetScorer, load_supernet, recalibrated_stats
 
-# its module fixtures are computed once per xdist worker: keep the module on one worker
-pytestmark = pytest.mark.xdist_group("weight_sharing")
 
 SPACE = Space.from_dict(KERNEL_TASK_SPACE)
 
