@@ -31,6 +31,7 @@ import pydantic
 from nas.errors import NasInputError
 from nas.yaml_file import read_yaml_file
 from nas.objective import CONSTRAINTS, MnasObjective
+from nas.space import resolve_space
 
 COST_METRICS = ("latency_ms", "params", "macs", "bops", "size_bytes", "energy_mj",
                 "peak_activation_bytes")
@@ -392,7 +393,6 @@ def check_inputs(loaded: LoadedConfig, data: bool = True) -> dict[str, Any]:
     Raises:
         NasInputError: the first problem found (one line naming the file and the field).
     """
-    from nas.search import resolve_space
 
     config = loaded.config
     space = resolve_space(config.space, loaded.source)

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 from nas.config import LoadedConfig, SearchConfig
 from nas.errors import NasInputError
+from nas.space import resolve_space
 
 STAGES = ("search", "retrain", "distill", "export")
 STAGE_DIR = "stages"
@@ -118,7 +119,6 @@ class Pipeline:
 
     def __init__(self, loaded: LoadedConfig, workdir: str | os.PathLike, progress: bool = True,
                  log: Callable[[str], None] | None = None):
-        from nas.search import resolve_space
 
         self.loaded = loaded
         self.config = loaded.config

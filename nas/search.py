@@ -35,7 +35,7 @@ from nas.evaluate import CandidateEvaluator
 from nas.executor import Outcome, make_executor
 from nas.history import History, make_record
 from nas.objective import MnasObjective
-from nas.space import Space
+from nas.space import Space, resolve_space
 from nas.strategies import ONE_SHOT_PARAMS, Observation, make_strategy
 from nas.workdir import claim_workdir, write_json_atomic
 
@@ -82,16 +82,6 @@ def _brief(record: dict | None) -> dict | None:
         return None
     return {k: record.get(k) for k in ("arch_id", "reward", "accuracy", "test_accuracy",
                                         "latency_ms", "cost", "arch")}
-
-
-def resolve_space(space: str | Mapping[str, Any], source: str | None = None) -> Space:
-    """Returns the Space a config names (shipped name, YAML path or inline definition)."""
-    try:
-        if isinstance(space, str):
-            return Space.by_name(space)
-        return Space.from_dict(space, f"{source}: space" if source else "space")
-    except NasInputError as e:
-        raise NasInputError(e.message, e.source or source, f"space.{e.field}" if e.field else "space") from None
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:

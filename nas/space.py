@@ -502,3 +502,24 @@ class Space:
     def to_dict(self) -> dict[str, Any]:
         """Returns the space's definition (as read), for embedding in files."""
         return json.loads(json.dumps(self.definition))
+
+
+def resolve_space(space: str | Mapping[str, Any], source: str | None = None) -> Space:
+    """Returns the Space a config names (shipped name, YAML path or inline definition).
+
+    Args:
+        space: a shipped space's name, a YAML path, or an inline definition.
+        source: the config file, for error messages.
+
+    Returns:
+        The Space.
+
+    Raises:
+        NasInputError: naming the ``space`` field of the config.
+    """
+    try:
+        if isinstance(space, str):
+            return Space.by_name(space)
+        return Space.from_dict(space, f"{source}: space" if source else "space")
+    except NasInputError as e:
+        raise NasInputError(e.message, e.source or source, f"space.{e.field}" if e.field else "space") from None

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nas.errors import NasInputError
-from nas.space import Space
+from nas.space import Space, resolve_space
 
 SCORED_BY = "supernet"
 SEARCH_RECORD = "search.json"
@@ -79,7 +79,6 @@ def load_supernet(workdir: str | Path) -> Supernet:
     import orbax.checkpoint as ocp
 
     from nas.checkpoint import Checkpointer
-    from nas.search import resolve_space
     from nas.supernet.network import SuperNet, merge_trainable, trainable
 
     wd = Path(workdir).expanduser().resolve()

@@ -33,7 +33,7 @@ import optax
 from nas.archfile import ArchFile
 from nas.data import Dataset, epoch_rng, stratified_split, train_batches
 from nas.errors import NasInputError
-from nas.space import Space
+from nas.space import Space, resolve_space
 from nas.strategies.fbnet import fbnet_strategy
 from nas.strategies.oneshot_base import OneShotParams, OneShotStrategy, make_objective
 from nas.strategies.proxyless import proxyless_strategy
@@ -295,7 +295,6 @@ def run_oneshot_search(loaded: Any, workdir: str | os.PathLike, progress: bool =
     """
     from nas.data import load_data
     from nas.latency.table import LatencyTable
-    from nas.search import resolve_space
     from nas.workdir import claim_workdir
     from nas.strategies import parse_params
 

@@ -41,6 +41,7 @@ import pydantic
 
 from nas.archfile import ArchFile
 from nas.errors import NasInputError
+from nas.space import resolve_space
 
 BEST_FILE = "best_arch.json"
 CHILD_DIR = "child"
@@ -174,7 +175,6 @@ def setup_from_config(loaded: Any) -> SinglePathSetup:
     from nas.config import train_config
     from nas.data import load_data
     from nas.latency.table import LatencyTable
-    from nas.search import resolve_space
     from nas.single_path.cost import SlotCosts
     from nas.single_path.plan import space_plan
 
