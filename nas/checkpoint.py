@@ -22,10 +22,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+import jax
 import orbax.checkpoint as ocp
 
 from nas.archfile import ArchFile, load_arch
 from nas.errors import NasInputError
+from nas.model import build_model, init_variables
+from nas.safe_write import write_atomic
 
 ARCH_FILE = "arch.json"
 CKPT_SUBDIR = "checkpoints"
@@ -169,9 +172,6 @@ def load_trained(path: str | os.PathLike, depthwise_impl: str = "auto"):
     Raises:
         NasInputError: no arch.json, no checkpoint, or checkpoints of another Arch.
     """
-    import jax
-
-    from nas.model import build_model, init_variables
 
     workdir = resolve_workdir(path)
     archfile = load_arch(workdir / ARCH_FILE)
@@ -211,6 +211,4 @@ def write_json_lines(path: str | os.PathLike, records: list[dict]) -> None:
     Raises:
         NasInputError: the disk is full or the folder is not writable (old content intact).
     """
-    from nas.safe_write import write_atomic
-
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 from nas.errors import NasInputError
 from nas.latency.table import LatencyTable
+from nas.metrics import layer_costs
 from nas.space import Space
 from nas.spec import BlockSpec
 
@@ -69,8 +70,6 @@ def cost_table(space: Space, metric: str) -> CostTable:
     Raises:
         NasInputError: a metric that is not a per-layer sum (e.g. peak_activation_bytes).
     """
-    from nas.metrics import layer_costs
-
     if metric not in LAYER_METRICS:
         raise NasInputError(f"metric {metric!r} is not a sum over layers, so it cannot stand in "
                             f"for latency here; use latency_ms or one of {sorted(LAYER_METRICS)}",

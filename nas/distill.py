@@ -22,8 +22,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nas.archfile import ArchFile
 from nas.errors import NasInputError
+from nas.model import build_model, init_variables
 from nas.train import TrainConfig, batch_metrics, cross_entropy, init_quantizers
+from nas.train_loop import run_training
 
 
 @dataclasses.dataclass
@@ -196,10 +199,6 @@ def distill_arch(space: Any, arch: Mapping[str, Any], data: Any, config: TrainCo
     Returns:
         The result dict of :func:`nas.train.train_arch`, plus "distill" (the settings).
     """
-    from nas.archfile import ArchFile
-    from nas.model import build_model, init_variables
-    from nas.train_loop import run_training
-
     config.validate()
     dconfig.validate()
     if not teachers:

@@ -14,30 +14,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from typing import Any, Callable, Mapping
 
+from nas.data import load_data
+from nas.latency.table import LatencyTable
+from nas.metrics import arch_metrics
 from nas.space import Arch, Space
+from nas.train import TrainConfig, train_arch
 
 
 @functools.lru_cache(maxsize=4)
 def _space(definition_json: str) -> Space:
-    import json
-
     return Space.from_dict(json.loads(definition_json))
 
 
 @functools.lru_cache(maxsize=2)
 def _dataset(spec: str, definition_json: str, seed: int):
-    from nas.data import load_data
-
     return load_data(spec, _space(definition_json), seed=seed)
 
 
 @functools.lru_cache(maxsize=2)
 def _table(path: str, definition_json: str):
-    from nas.latency.table import LatencyTable
-
     return LatencyTable.load(path, _space(definition_json))
 
 
@@ -67,14 +66,10 @@ class CandidateEvaluator:
     @classmethod
     def for_space(cls, space: Space, **kwargs) -> "CandidateEvaluator":
         """Returns an evaluator for a Space object (other fields as keyword arguments)."""
-        import json
-
         return cls(json.dumps(space.to_dict(), sort_keys=True), **kwargs)
 
     def costs(self, arch: Mapping[str, Any]) -> dict[str, Any]:
         """Returns the Arch's cost metrics (params, MACs, ..., latency_ms when a table is set)."""
-        from nas.metrics import arch_metrics
-
         space = _space(self.space_json)
         m = arch_metrics(space, arch)
         out = {k: m[k] for k in ("params", "macs", "bops", "size_bytes", "energy_mj",
@@ -114,8 +109,6 @@ class CandidateEvaluator:
 
     def _train(self, space: Space, arch: Arch, costs: Mapping[str, Any],
                report: Callable[[dict], None] | None) -> dict:
-        from nas.train import TrainConfig, train_arch
-
         data = _dataset(self.data, self.space_json, self.seed)
         config = TrainConfig(**dict(self.train), seed=self.seed, progress=False)
 

@@ -35,16 +35,23 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from nas.archfile import ArchFile
 from nas.errors import ExportCheckError, NasInputError
+from nas.export_hlo import export_stablehlo, run_stablehlo
+from nas.export_onnx import diverging_layer, export_onnx, measure_latency_ms, run_onnx
+from nas.export_pack import load_packed, pack_variables, packed_nbytes, save_packed, unpack_variables
+from nas.latency.table import LatencyTable
+from nas.model import Network, build_model, init_variables
+from nas.safe_write import write_atomic, write_json_atomic
 
 FORMATS = ("json", "packed", "orbax", "stablehlo", "onnx")
 DEFAULT_FORMATS = FORMATS
@@ -174,8 +181,6 @@ def raise_on_failed_check(report: Mapping[str, Any]) -> None:
 
 def _jax_features(model: Any, variables: Mapping[str, Any], x: np.ndarray) -> dict[str, np.ndarray]:
     """Each layer's output of the JAX model on `x` ({layer: array}, network order; head: logits)."""
-    import jax
-
     variables = {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
     # one compiled call: run eagerly, every op of the network would be compiled on its own
     apply = jax.jit(lambda v, xb: model.apply(v, xb, train=False, mutable=["intermediates"]))
@@ -197,8 +202,6 @@ def jax_logits(model: Any, variables: Mapping[str, Any], x: np.ndarray, batch: i
         x: images [N, H, W, C].
         batch: images per call.
     """
-    import jax
-
     apply = _APPLY.get(id(model))
     if apply is None or apply[0] is not model:
         apply = (model, jax.jit(lambda v, xb: model.apply(v, xb, train=False)))
@@ -216,12 +219,6 @@ def jax_logits(model: Any, variables: Mapping[str, Any], x: np.ndarray, batch: i
     return np.concatenate(outs) if outs else np.zeros((0, 0))
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _dir_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -229,8 +226,6 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _save_orbax(path: Path, variables: Mapping[str, Any]) -> None:
-    import orbax.checkpoint as ocp
-
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     with ocp.StandardCheckpointer() as ckptr:
@@ -242,8 +237,6 @@ def _save_orbax(path: Path, variables: Mapping[str, Any]) -> None:
 
 def load_orbax(path: str | os.PathLike, target: Mapping[str, Any]) -> dict[str, Any]:
     """Restores exported orbax variables with the structure of `target`."""
-    import orbax.checkpoint as ocp
-
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(Path(path).absolute(), dict(target))
 
@@ -266,10 +259,6 @@ def fp32_counterpart_bytes(specs: Sequence[Any], names: Sequence[str]) -> int:
     (width 1) and no factorization (rank None): what the network would be without its
     compression knobs.
     """
-    import jax
-
-    from nas.export_pack import pack_variables, packed_nbytes
-    from nas.model import Network, init_variables
 
     full = [dataclasses.replace(s, bits_w=32, bits_a=32, width=1.0, rank=None) for s in specs]
     model = Network(specs=tuple(full), names=tuple(names))
@@ -296,10 +285,6 @@ def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os
         The export report (also written to ``out/export.json``): files (path, bytes), checks,
         sizes, latency.
     """
-    from nas.export_onnx import diverging_layer, export_onnx, run_onnx
-    from nas.export_pack import load_packed, pack_variables, save_packed, unpack_variables
-    from nas.model import build_model
-
     options = options or ExportOptions()
     formats = parse_formats(options.formats)
     space, arch = archfile.space, archfile.arch
@@ -341,9 +326,7 @@ def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os
         back = load_orbax(record("orbax"), float_vars)
         report["checks"]["orbax"] = compare_logits(standalone, jax_logits(model, back, x), False, y)
     if "stablehlo" in formats:
-        from nas.export_hlo import export_stablehlo, run_stablehlo
-
-        _write_bytes(out / FILE_NAMES["stablehlo"],
+        write_atomic(out / FILE_NAMES["stablehlo"],
                      export_stablehlo(model, packed, (*space.resolution, space.in_channels)))
         blob = record("stablehlo").read_bytes()
         report["checks"]["stablehlo"] = compare_logits(standalone, run_stablehlo(blob, x), quantized, y)
@@ -351,7 +334,7 @@ def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os
         onnx_model, info = export_onnx(specs, names, float_vars, calibration=options.calibration,
                                        weight_only_int8=options.onnx_weight_only_int8,
                                        recalibrate=options.onnx_recalibrate)
-        _write_bytes(out / FILE_NAMES["onnx"], onnx_model.SerializeToString())
+        write_atomic(out / FILE_NAMES["onnx"], onnx_model.SerializeToString())
         blob = record("onnx").read_bytes()
         report["onnx"] = {k: v for k, v in info.items() if k != "layer_outputs"}
         report["checks"]["onnx"] = compare_logits(standalone, run_onnx(blob, x), quantized, y)
@@ -371,30 +354,22 @@ def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os
             summary["export"]["latency"] = report["latency"]
         ArchFile(space, arch, {**archfile.meta, **(meta or {}), **summary}).save(out / FILE_NAMES["json"])
         record("json")
-    tmp = out / (REPORT_FILE + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(tmp, out / REPORT_FILE)
+    write_json_atomic(out / REPORT_FILE, report, default=float)
     return report
 
 
 def _packed_file_bytes(out: Path, packed: Mapping[str, Any], report: Mapping[str, Any]) -> int:
-    from nas.export_pack import packed_nbytes
-
     if "packed" in report["files"]:
         return int(report["files"]["packed"]["bytes"])
     return packed_nbytes(packed)
 
 
 def _latency(onnx_model: Any, space: Any, arch: Mapping[str, Any], options: ExportOptions) -> dict:
-    from nas.export_onnx import measure_latency_ms
-
     out: dict[str, Any] = {"backend": "onnxruntime", "batch": 1, "threads": 1}
     if options.measure_latency:
         out["measured"] = measure_latency_ms(onnx_model, (*space.resolution, space.in_channels))
         out["measured_ms"] = out["measured"]["median_ms"]
     if options.latency_table:
-        from nas.latency.table import LatencyTable
-
         table = LatencyTable.load(options.latency_table, space)
         out["predicted_ms"] = float(table.predict(arch))
         out["table"] = str(options.latency_table)

@@ -36,6 +36,7 @@ import numpy as np
 from nas.blocks.layers import BN_EPSILON
 from nas.errors import NasInputError
 from nas.spec import BlockSpec
+from nas.safe_write import write_atomic
 
 FLOAT_BITS = 32
 KERNEL_NAMES = ("kernel", "kernel_u", "kernel_v")
@@ -242,11 +243,7 @@ def save_packed(packed: Mapping[str, Any], path: str | os.PathLike, meta: Mappin
         offset += a.nbytes
     manifest = dict(packed["manifest"], arrays=index, **({"meta": dict(meta)} if meta else {}))
     head = zlib.compress(json.dumps(manifest, separators=(",", ":")).encode(), 9)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + len(head).to_bytes(4, "little") + head)
-        f.writelines(chunks)
-    os.replace(tmp, path)
+    write_atomic(path, b"".join([MAGIC + len(head).to_bytes(4, "little") + head, *chunks]))
     return path.stat().st_size
 
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from nas.blocks.depthwise import resolve_impl
 from nas.blocks.host_init import host_init
 from nas.blocks.layers import make_block
+from nas.blocks.quant import is_quant_step
 from nas.errors import NasInputError
 from nas.space import Space
 from nas.spec import BlockSpec
@@ -223,8 +224,6 @@ def add_missing_quant_steps(model: nn.Module, variables: Mapping[str, Any],
     Returns:
         The variables with every declared step present.
     """
-    from nas.blocks.quant import is_quant_step
-
     shapes = variable_shapes(model, batch_shape)["params"]
 
     def fill(declared: Mapping[str, Any], have: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from nas.safe_write import write_figure
+
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Returns the indices of the non-dominated points, ordered by cost.
@@ -81,8 +83,6 @@ def plot_front(series: Mapping[str, Sequence[tuple[float, float]]], xlabel: str,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    write_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -10,6 +10,7 @@ naming the file and the fix (:func:`disk_error`), and the previous content is in
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import tempfile
@@ -164,3 +165,15 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_figure(fig: Any, path: str | os.PathLike) -> None:
+    """Saves a matplotlib figure atomically (see :func:`write_atomic`), format from the suffix.
+
+    Args:
+        fig: the matplotlib Figure.
+        path: the target file, e.g. ``plot.png``.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png")
+    write_atomic(path, buf.getvalue())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,7 +25,9 @@ from nas.errors import NasInputError
 from nas.latency.calibrate import IDENTITY_MODEL, apply_model, class_stats, layer_contribution
 from nas.latency.precision import RULES, effective_key
 from nas.latency.schema import FORMAT, VERSION, check_table_json, content_checksum
-from nas.space import Arch, Space
+from nas.metrics import layer_costs
+from nas.safe_write import write_json_atomic as write_json
+from nas.space import Arch, Space, shipped_space_names
 from nas.spec import BlockSpec
 from nas.yaml_file import read_json_file
 
@@ -49,21 +50,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Writes JSON to `path` through a temporary file and os.replace (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would create it
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json(path, data, indent=1, default=None)
 
 
 def read_table_json(path: str | os.PathLike) -> dict:
@@ -137,8 +124,6 @@ class LatencyTable:
                                 "backend.precision_rule")
         want = data["space"]["name"]
         if space is None:
-            from nas.space import shipped_space_names
-
             if want not in shipped_space_names():
                 raise NasInputError(f"table measures space {want!r}, which is not a shipped space; "
                                     "give its YAML file (--space PATH)", source, "space.name")
@@ -304,8 +289,6 @@ class LatencyTable:
             {"energy_mj": float, "source": "measured" | "estimated"} ("estimated" when any layer
             comes from :mod:`nas.metrics`' per-operation estimate).
         """
-        from nas.metrics import layer_costs
-
         table = self.data.get("energy", {})
         total, sources = 0.0, set()
         for spec in self.space.block_specs(arch):

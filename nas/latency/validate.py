@@ -20,6 +20,7 @@ from nas.latency.build import Measurer, WorkerMeasurer, network_item, stored_tim
 from nas.latency.measure import TimingConfig
 from nas.latency.precision import effective_spec
 from nas.latency.table import LatencyTable, sample_archs
+from nas.safe_write import write_figure
 
 
 def accuracy_metrics(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
@@ -68,10 +69,8 @@ def scatter_plot(path: str | os.PathLike, predicted: Sequence[float], measured: 
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp)
+    write_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def validate_table(table: LatencyTable, samples: int, seed: int, *,

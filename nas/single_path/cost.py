@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nas.errors import NasInputError
+from nas.metrics import layer_costs
 from nas.single_path.indicators import ladder_levels
 from nas.single_path.plan import LADDER_ORDER, space_plan
 from nas.space import Space
@@ -81,8 +82,6 @@ class SlotCosts:
         Raises:
             NasInputError: unknown metric.
         """
-        from nas.metrics import layer_costs
-
         if metric not in METRICS:
             raise NasInputError(f"unknown cost metric {metric!r}; use one of {list(METRICS)} or a "
                                 "latency table", field="cost")

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from nas.model import add_missing_quant_steps, build_model
-from nas.single_path.gates import slot_gates
+from nas.single_path.gates import THRESHOLD_SCALE, hard_levels, outer_log_rms, slot_gates
 from nas.single_path.plan import SlotPlan, levels_to_arch, space_plan
 from nas.single_path.superblock import full_kernel
 from nas.space import Arch, Space
@@ -38,8 +38,6 @@ def derive_levels(space: Space, params: Mapping[str, Any]) -> Levels:
         space: the Space.
         params: the single-path network's params.
     """
-    from nas.single_path.gates import hard_levels
-
     out = {}
     for plan in space_plan(space):
         gates = jax.device_get(slot_gates(plan, params[plan.prefix]))
@@ -154,8 +152,6 @@ def force_levels(space: Space, params: Mapping[str, Any], levels: Levels) -> dic
         params: a single-path network's params.
         levels: {slot prefix: {ladder: level}} (missing ladders: top level).
     """
-    from nas.single_path.gates import THRESHOLD_SCALE, outer_log_rms
-
     out = jax.tree_util.tree_map(lambda a: a, dict(params))
     for plan in space_plan(space):
         slot = dict(out[plan.prefix])

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas.single_path.indicators import NORM_EPS, indicator, ladder_levels, log_rms, reached
+from nas.single_path.indicators import NORM_EPS, hard_level, indicator, ladder_levels, log_rms, reached
 from nas.single_path.nested_quant import residual_parts
 from nas.single_path.plan import SlotPlan
 
@@ -194,6 +194,4 @@ def full_rank_gate(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array 
 
 def hard_levels(plan: SlotPlan, gates: Mapping[str, Any]) -> dict[str, int]:
     """Returns {ladder: chosen level} of hard gates."""
-    from nas.single_path.indicators import hard_level
-
     return {name: hard_level(np.asarray(gates[name])) for name in plan.ladders}

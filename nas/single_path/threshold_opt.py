@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nas.train import make_optimizer
+
 #: Momentum and second-moment decay of the threshold rule (Adam's defaults).
 B1, B2, EPS = 0.9, 0.999, 1e-12
 
@@ -97,8 +99,6 @@ def search_optimizer(config: Any, warmup_steps: int) -> optax.GradientTransforma
     Returns:
         A transform without learning rate (the train step scales it by ``-lr``).
     """
-    from nas.train import make_optimizer
-
     def labels(params):
         return jax.tree_util.tree_map_with_path(
             lambda path, _: "threshold" if is_threshold(path) else "weight", params)

@@ -39,7 +39,7 @@ import numpy as np
 from nas.blocks.depthwise import resolve_impl
 from nas.blocks.layers import Head, Stem
 from nas.space import Space
-from nas.supernet.mixing import Choice, Fixed, Mix, Pick
+from nas.supernet.mixing import Choice, Fixed, Mix, Pick, center_crop
 from nas.supernet.paths import branch_call, init_path_params, masked_call, picked_call, run_path
 from nas.supernet.plan import SHARED_KNOBS, SIZE_FIELDS, PathPlan, SlotPlan, SuperPlan
 
@@ -264,8 +264,6 @@ def child_params(net: SuperNet, params: Mapping[str, Any], arch: Mapping[str, An
 
 
 def _slice_path(path: PathPlan, p: Mapping[str, Any], shape) -> dict[str, Any]:
-    from nas.supernet.mixing import center_crop
-
     s = path.spec
     if s.op == "skip":
         return {}
