@@ -28,10 +28,11 @@ from typing import Any, Literal, Mapping
 
 import pydantic
 
+from nas.config_compose import compose_config
 from nas.errors import NasInputError
-from nas.yaml_file import read_yaml_file
 from nas.objective import CONSTRAINTS, MnasObjective
 from nas.space import resolve_space
+from nas.strategies import registry
 
 COST_METRICS = ("latency_ms", "params", "macs", "bops", "size_bytes", "energy_mj",
                 "peak_activation_bytes")
@@ -46,7 +47,7 @@ class _Section(pydantic.BaseModel):
 
 
 class StrategyConfig(_Section):
-    """Attributes: name (random | evolution | rl | one-shot names); params (strategy's own)."""
+    """Attributes: name (a name of :mod:`nas.strategies.registry`); params (strategy's own)."""
 
     name: str
     params: dict[str, Any] = {}
@@ -298,15 +299,21 @@ def parse_config(data: Any, source: str | None = None, base_dir: str | os.PathLi
     return LoadedConfig(config, source, table)
 
 
-def load_config(path: str | os.PathLike) -> LoadedConfig:
-    """Reads and validates a YAML experiment config (safe loader).
+def load_config(path: str | os.PathLike, smoke: bool = False) -> LoadedConfig:
+    """Reads and validates a YAML experiment config (safe loader), following ``extends:``.
+
+    Args:
+        path: the config file.
+        smoke: apply its ``smoke:`` overrides (see :mod:`nas.config_compose`).
+
+    Returns:
+        The LoadedConfig.
 
     Raises:
         NasInputError: unreadable file, invalid YAML, or a bad field.
     """
     path = Path(path)
-    data = read_yaml_file(path, "config file")
-    return parse_config(data, str(path), path.parent)
+    return parse_config(compose_config(path, smoke), str(path), path.parent)
 
 
 def _check_evaluation(config: SearchConfig, base_dir: str | os.PathLike | None,
@@ -318,22 +325,19 @@ def _check_evaluation(config: SearchConfig, base_dir: str | os.PathLike | None,
             raise NasInputError("a supernet is only used with mode: supernet", source,
                                 "evaluation.supernet")
         return
-    from nas.strategies import SAMPLE_BASED
-
-    if config.strategy.name not in SAMPLE_BASED:
+    if registry.entry(config.strategy.name, source).family != "sample":
         raise NasInputError(f"mode supernet scores the candidates of a sample-based search "
-                            f"({sorted(SAMPLE_BASED)}), not {config.strategy.name!r}", source,
+                            f"({registry.names('sample')}), not {config.strategy.name!r}", source,
                             "evaluation.mode")
     if not ev.supernet:
-        raise NasInputError("mode supernet needs supernet: WORKDIR (a finished 'nas search' with "
-                            "strategy fbnet or proxyless)", source, "evaluation.supernet")
+        paths = " or ".join(registry.names(supernet="paths"))
+        raise NasInputError(f"mode supernet needs supernet: WORKDIR (a finished 'nas search' with "
+                            f"strategy {paths})", source, "evaluation.supernet")
     ev.supernet = str(_resolve(ev.supernet, base_dir, source, "evaluation.supernet"))
 
 
 def _check_strategy(config: SearchConfig, source: str | None) -> None:
-    from nas.strategies import parse_params
-
-    parse_params(config.strategy.name, config.strategy.params, source)
+    registry.parse_params(config.strategy.name, config.strategy.params, source)
 
 
 def _check_train(train: Mapping[str, Any], source: str | None, section: str = "train") -> None:
