@@ -2,7 +2,9 @@
 
 File format (JSON)::
 
-    {"space": "tiny",            # a shipped space name, a YAML path, or an inline definition
+    {"space": "tiny",            # a shipped space name, or an inline definition, or the name of
+     "space_file": "...",        #   a user's space, with its YAML (relative to this file) and
+     "space_fingerprint": "...", #   the definition's fingerprint (see nas.space_files)
      "arch": {"s1_b1_kernel": 5, ...},
      "meta": {"source": "...", ...}}   # optional, free-form
 
@@ -17,10 +19,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nas.errors import NasInputError
+from nas.safe_write import write_atomic
 from nas.space import Arch, Space
+from nas.space_files import bundle_space, find_arch_space, SPACE_FIELDS, space_reference
 from nas.yaml_file import read_json_file
 
-_FILE_KEYS = {"space", "arch", "meta"}
+_FILE_KEYS = {*SPACE_FIELDS, "arch", "meta"}
 
 
 class ArchFile:
@@ -37,30 +41,38 @@ class ArchFile:
         self.arch = space.validate(arch)
         self.meta = dict(meta or {})
 
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the JSON-able file content; a shipped space is referenced by name."""
-        shipped = self.space.source and Path(self.space.source).parent.resolve() == \
-            Path(self.space.source).parent.resolve() and _is_shipped(self.space)
-        space = self.space.name if shipped else self.space.to_dict()
-        out = {"space": space, "arch": self.arch}
+    def to_dict(self, dest: str | os.PathLike | None = None,
+                space_file: Path | None = None) -> dict[str, Any]:
+        """Returns the JSON-able file content.
+
+        Args:
+            dest: where the file will be written: a user's space file is recorded relative to
+                its folder (None: as an absolute path).
+            space_file: a copy of the space YAML to record instead of the one it was read from.
+
+        Returns:
+            ``{"space": ..., "arch": ..., "meta": ...}``; a shipped space is named, a user's space
+            YAML is named with its path and fingerprint, any other space is embedded (see
+            :func:`nas.space_files.space_reference`).
+        """
+        out = {**space_reference(self.space, dest, space_file), "arch": self.arch}
         if self.meta:
             out["meta"] = self.meta
         return out
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the file atomically (a temporary file renamed over the target)."""
+    def save(self, path: str | os.PathLike, with_space: bool = False) -> None:
+        """Writes the file atomically (see :func:`nas.safe_write.write_atomic`).
+
+        Args:
+            path: the target file (its folder is created).
+            with_space: also copy a user's space YAML next to it, so that the folder stands
+                alone (exports; see :func:`nas.space_files.bundle_space`).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-
-
-def _is_shipped(space: Space) -> bool:
-    from nas.space import spaces_dir
-    if not space.source:
-        return False
-    return Path(space.source).resolve() == (spaces_dir() / f"{space.name}.yaml").resolve()
+        copy = bundle_space(self.space, path.parent) if with_space else None
+        text = json.dumps(self.to_dict(path, copy), indent=2, sort_keys=True)
+        write_atomic(path, text + "\n")
 
 
 def load_arch(path: str | os.PathLike, space: Space | str | None = None) -> ArchFile:
@@ -68,14 +80,16 @@ def load_arch(path: str | os.PathLike, space: Space | str | None = None) -> Arch
 
     Args:
         path: the JSON file.
-        space: the Space (or its name) to use when the file holds a bare mapping; if the file
-            names a space too, the two must agree.
+        space: the Space (or a shipped name or YAML path, e.g. a ``--space`` option) to use when
+            the file holds a bare mapping or its space cannot be found otherwise; if the file
+            names a space too, the two must agree (name, and fingerprint when recorded).
 
     Returns:
         The ArchFile with a validated, canonical Arch.
 
     Raises:
-        NasInputError: unreadable file, invalid JSON, unknown space, or an invalid Arch.
+        NasInputError: unreadable file, invalid JSON, unknown space, a space file that is missing
+            or changed since the arch was written, or an invalid Arch (one line each).
     """
     path = Path(path)
     src = str(path)
@@ -87,23 +101,15 @@ def load_arch(path: str | os.PathLike, space: Space | str | None = None) -> Arch
     if "arch" in data:
         unknown = sorted(set(data) - _FILE_KEYS)
         if unknown:
-            raise NasInputError(f"unknown field; allowed fields: {sorted(_FILE_KEYS)}", src, unknown[0])
-        file_space = data.get("space")
-        if file_space is None and space is None:
-            raise NasInputError("missing; name the space (e.g. \"tiny\") or embed its definition", src, "space")
-        if file_space is not None:
-            try:
-                if isinstance(file_space, str):
-                    resolved = Space.by_name(file_space)
-                elif isinstance(file_space, dict):
-                    resolved = Space.from_dict(file_space, f"{src}: space")
-                else:
-                    raise NasInputError("expected a space name or an inline space definition", src, "space")
-            except NasInputError as e:
-                raise e.with_source(src) from None
-            if space is not None and resolved.name != space.name:
-                raise NasInputError(f"file is for space {resolved.name!r}, not {space.name!r}", src, "space")
-            space = resolved
+            raise NasInputError(f"unknown field; allowed fields: {sorted(_FILE_KEYS)}", src,
+                                unknown[0])
+        if data.get("space") is None and space is None:
+            raise NasInputError("missing; name the space (e.g. \"tiny\") or embed its definition",
+                                src, "space")
+        try:
+            space = find_arch_space(data, path, space)
+        except NasInputError as e:
+            raise e.with_source(src) from None
         arch, meta = data["arch"], data.get("meta")
         if meta is not None and not isinstance(meta, dict):
             raise NasInputError("expected an object", src, "meta")

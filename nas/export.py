@@ -352,7 +352,8 @@ def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os
         summary = {"export": {k: report[k] for k in ("checks", "sizes") if k in report}}
         if "latency" in report:
             summary["export"]["latency"] = report["latency"]
-        ArchFile(space, arch, {**archfile.meta, **(meta or {}), **summary}).save(out / FILE_NAMES["json"])
+        ArchFile(space, arch, {**archfile.meta, **(meta or {}), **summary}).save(
+            out / FILE_NAMES["json"], with_space=True)  # a user's space YAML goes with it
         record("json")
     write_json_atomic(out / REPORT_FILE, report, default=float)
     return report

@@ -7,7 +7,7 @@ its outputs under its own folder of the workdir and, when it completes, a marker
 stage whose marker exists, and a stage interrupted midway resumes from what it left (the search
 replays its history.jsonl, training resumes from its orbax checkpoints)::
 
-    W/search/    history.jsonl, best.json, summary.json        (nas search)
+    W/search/    history.jsonl, best_arch.json, summary.json   (nas search, every strategy)
     W/retrain/<arch_id>/   arch.json, checkpoints/, metrics.jsonl, tb/, result.json
     W/distill/student/ (and teacher/ for an 'arch:' teacher)   same layout
     W/export/    arch.json, model.npk, orbax/, model.stablehlo, model.onnx, export.json
@@ -30,34 +30,11 @@ from typing import Any, Callable, Mapping
 
 from nas.config import LoadedConfig, SearchConfig
 from nas.errors import NasInputError
+from nas.report import write_report
 from nas.space import resolve_space
-
-STAGES = ("search", "retrain", "distill", "export")
-STAGE_DIR = "stages"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Writes JSON to `path` atomically (temporary file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(tmp, path)
-
-
-def stage_marker(workdir: Path, stage: str) -> Path:
-    """Returns the path of a stage's completion marker."""
-    return workdir / STAGE_DIR / f"{stage}.json"
-
-
-def read_marker(workdir: Path, stage: str) -> dict | None:
-    """Returns a finished stage's result, or None when the stage has not completed."""
-    path = stage_marker(workdir, stage)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise NasInputError("unreadable stage marker; delete it to rerun the stage", str(path)) from None
+from nas.stages import STAGES, read_marker, stage_marker, write_json_atomic
+from nas.strategies import registry
+from nas.strategies.outputs import HISTORY_FILE, candidate_records
 
 
 def _train_settings(config: SearchConfig, *overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,9 +172,7 @@ class Pipeline:
     @property
     def one_shot(self) -> bool:
         """Whether the strategy trains a supernet (fbnet, proxyless, single_path)."""
-        from nas import strategies
-
-        return self.config.strategy.name in getattr(strategies, "ONE_SHOT_PARAMS", {})
+        return registry.entry(self.config.strategy.name, self.loaded.source).family == "one_shot"
 
     def search(self) -> dict:
         """Stage 1: the architecture search (resumable through its history or checkpoints)."""
@@ -228,7 +203,7 @@ class Pipeline:
         if marker.get("one_shot"):
             return marker["candidates"][:self.config.retrain.top_k]
 
-        records = History(self.workdir / "search" / "history.jsonl").load()
+        records = candidate_records(History(self.workdir / "search" / HISTORY_FILE).load())
         ok = [r for r in records if r["status"] == "ok" and r.get("reward") is not None]
         ok.sort(key=lambda r: r["reward"], reverse=True)
         seen, top = set(), []
@@ -388,8 +363,6 @@ class Pipeline:
         results["retrain"] = self.run_stage("retrain", self.retrain)
         results["distill"] = self.run_stage("distill", lambda: self.distill(results["retrain"]))
         results["export"] = self.run_stage("export", lambda: self.export(results["distill"]))
-        from nas.report import write_report
-
         report = write_report(self.workdir, self.objective)
         claim.release()
         return {"workdir": str(self.workdir), "seconds": round(time.time() - start, 2),

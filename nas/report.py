@@ -1,6 +1,6 @@
 """Reports of a pipeline workdir: terminal table, Pareto plots, TensorBoard logs, report.md.
 
-Everything is read back from the workdir's files (search/history.jsonl, the stage markers,
+Everything is read back from the workdir's files (search/history.jsonl's candidates, the stage markers,
 export/export.json), so a report can be rebuilt at any time, also of a partial run.
 
 Example:
@@ -16,7 +16,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from nas.history import History
 from nas.pareto import plot_front
+from nas.stages import read_marker
+from nas.strategies.outputs import HISTORY_FILE, candidate_records
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -24,17 +27,15 @@ TB_DIR = "tb"
 
 
 def stage_result(workdir: Path, stage: str) -> dict | None:
-    from nas.pipeline import read_marker
-
+    """Returns a finished stage's result (its marker), or None when it has not completed."""
     return read_marker(workdir, stage)
 
 
 def load_history(workdir: Path) -> list[dict]:
-    """Returns the search's history records (empty if there is none)."""
-    from nas.history import History
-
-    path = workdir / "search" / "history.jsonl"
-    return History(path).load() if path.exists() else []
+    """Returns the search's candidate records (empty if there is none; the epoch records of a
+    one-shot search are not candidates, see :mod:`nas.strategies.outputs`)."""
+    path = workdir / "search" / HISTORY_FILE
+    return candidate_records(History(path).load()) if path.exists() else []
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:

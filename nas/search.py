@@ -1,8 +1,10 @@
 """The search entry point :func:`run_search` for every strategy, and the sample-based loop.
 
-One-shot strategies (fbnet, proxyless, single_path) are handed to their supernet loop
-(:func:`run_oneshot_config`), against the config's ``objective.metric`` (latency from the table,
-or an exact cost table of params / MACs / BOPs / size / energy, :mod:`nas.cost_table`).
+The strategy registry (:mod:`nas.strategies.registry`) says each name's family. One-shot
+strategies (fbnet, proxyless, single_path) are handed to their driver
+(:func:`nas.strategies.oneshot_driver.run_oneshot_config`), against the config's
+``objective.metric`` (latency from the table, or an exact cost table of params / MACs / BOPs /
+size / energy, :mod:`nas.cost_table`).
 Sample-based ones run ask -> executor.map(evaluate) -> tell -> history.jsonl, each candidate
 trained from scratch or, with ``evaluation.mode: supernet``, scored on a trained supernet
 (:mod:`nas.weight_sharing`); each record says which (``scored_by``).
@@ -14,15 +16,16 @@ training it, so the strategy's state (RL controller, evolution population) is re
 nothing is evaluated twice. The budget counts distinct candidates in the history; a candidate the
 strategy proposes again is answered from the history for free.
 
-Outputs in the workdir: ``search.json`` (the config and its fingerprint; a different config is
-refused), ``history.jsonl``, ``best.json`` (the best Arch as an arch file, its metrics in meta),
-``summary.json``.
+Outputs in the workdir (the same files as every strategy's, :mod:`nas.strategies.outputs`):
+``search.json`` (the config and its fingerprint; a different config is refused),
+``history.jsonl`` (``kind: "candidate"`` records), ``best_arch.json`` (the best Arch as an arch
+file, its metrics in meta), ``summary.json``. A ``best.json`` left by an older version is not
+read (best_arch.json is rebuilt from the history at the end of every run).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -30,19 +33,19 @@ from typing import Any, Callable, Mapping
 
 from nas.archfile import ArchFile
 from nas.config import LoadedConfig, SearchConfig
-from nas.errors import NasInputError
 from nas.evaluate import CandidateEvaluator
 from nas.executor import Outcome, make_executor
 from nas.history import History, make_record
 from nas.objective import MnasObjective
 from nas.space import Space, resolve_space
-from nas.strategies import ONE_SHOT_PARAMS, Observation, make_strategy
-from nas.workdir import claim_workdir, write_json_atomic
+from nas.strategies.base import Observation
+from nas.strategies.oneshot_driver import OneShotSearchResult, run_oneshot_config
+from nas.strategies.outputs import (BEST_ARCH_FILE, CANDIDATE, HISTORY_FILE, candidate_records,
+                                    write_summary)
+from nas.strategies.registry import entry, make_strategy
+from nas.workdir import claim_workdir
 
-HISTORY_FILE = "history.jsonl"
 CONFIG_FILE = "search.json"
-BEST_FILE = "best.json"
-SUMMARY_FILE = "summary.json"
 MAX_PROPOSALS_PER_CANDIDATE = 20  # stop if a strategy keeps proposing evaluated candidates
 
 
@@ -51,12 +54,13 @@ class SearchResult:
     """What a search produced.
 
     Attributes:
-        records: every history record (evaluation order).
+        records: every candidate record of the history (evaluation order).
         best: the ok record with the highest reward, or None.
         best_feasible: the ok record with the highest accuracy that meets the target, or None.
         new: candidates evaluated by this run (the rest came from the history).
         proposals: proposals asked in this run, replayed ones included.
         workdir: the workdir.
+        strategy: the strategy's name.
     """
 
     records: list[dict]
@@ -65,13 +69,24 @@ class SearchResult:
     new: int
     proposals: int
     workdir: str
+    strategy: str = ""
 
     def summary(self) -> dict[str, Any]:
-        """Returns the JSON-able summary written to summary.json and printed by --json."""
+        """Returns the JSON-able summary written to summary.json and printed by --json.
+
+        Returns:
+            The common fields of every search summary (strategy, family, workdir, best_arch,
+            arch_id, arch: of the best candidate, None when none is ok) and candidates, new,
+            proposals, statuses, best, best_feasible.
+        """
         statuses: dict[str, int] = {}
         for r in self.records:
             statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-        return {"workdir": self.workdir, "candidates": len(self.records), "new": self.new,
+        best = self.best or {}
+        return {"strategy": self.strategy, "family": "sample", "workdir": self.workdir,
+                "best_arch": str(Path(self.workdir) / BEST_ARCH_FILE) if self.best else None,
+                "arch_id": best.get("arch_id"), "arch": best.get("arch"),
+                "candidates": len(self.records), "new": self.new,
                 "proposals": self.proposals, "statuses": statuses, "best": _brief(self.best),
                 "best_feasible": _brief(self.best_feasible)}
 
@@ -82,10 +97,6 @@ def _brief(record: dict | None) -> dict | None:
         return None
     return {k: record.get(k) for k in ("arch_id", "reward", "accuracy", "test_accuracy",
                                         "latency_ms", "cost", "arch")}
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    write_json_atomic(path, data)  # temp + fsync + os.replace; a full disk is one error line
 
 
 def _record(n: int, space: Space, arch: Mapping, outcome: Outcome, objective: MnasObjective) -> dict:
@@ -99,6 +110,7 @@ def _record(n: int, space: Space, arch: Mapping, outcome: Outcome, objective: Mn
     record = make_record(n, arch_id, arch, status, outcome.value, reward, outcome.seconds,
                          outcome.attempts, error)
     record["scored_by"] = (outcome.value or {}).get("scored_by", "train")
+    record["kind"] = CANDIDATE
     return record
 
 
@@ -134,9 +146,10 @@ def run_search(loaded: LoadedConfig, workdir: str | os.PathLike, *,
                progress: bool = False) -> "SearchResult | OneShotSearchResult":
     """Runs (or resumes) the search a config describes, whatever its strategy.
 
-    Sample-based strategies (random, evolution, rl) run the ask/tell loop below; one-shot ones
-    (fbnet, proxyless, single_path) train their supernet and derive an Arch
-    (:func:`run_oneshot_config`). Both results have ``summary()``.
+    The registry entry's family decides: 'sample' strategies (random, evolution, rl) run the
+    ask/tell loop below; 'one_shot' ones (fbnet, proxyless, single_path) train their supernet
+    and derive an Arch (:func:`nas.strategies.oneshot_driver.run_oneshot_config`). Both results
+    have ``summary()``, and both write best_arch.json, summary.json and history.jsonl.
 
     Args:
         loaded: the validated config (:func:`nas.config.load_config`).
@@ -149,14 +162,14 @@ def run_search(loaded: LoadedConfig, workdir: str | os.PathLike, *,
         progress: show a progress bar on stderr.
 
     Returns:
-        The SearchResult (also written to summary.json and best.json), or for a one-shot
+        The SearchResult (also written to summary.json and best_arch.json), or for a one-shot
         strategy the :class:`OneShotSearchResult`.
 
     Raises:
         NasInputError: bad config, or a workdir holding a search with another config.
     """
     config = loaded.config
-    if config.strategy.name in ONE_SHOT_PARAMS:
+    if entry(config.strategy.name, loaded.source).family == "one_shot":
         if evaluate is not None or executor is not None:
             raise ValueError("evaluate and executor apply to sample-based strategies only")
         return run_oneshot_config(loaded, workdir, progress)
@@ -166,7 +179,7 @@ def run_search(loaded: LoadedConfig, workdir: str | os.PathLike, *,
         evaluate = default_evaluator(loaded, space)
     claim = claim_workdir(workdir, config)  # flock on the workdir, held for this search
     history = History(workdir / HISTORY_FILE)
-    records = history.load()
+    records = candidate_records(history.load())
     cache = {r["arch_id"]: r for r in records}
     objective = config.objective.build()
     strategy = make_strategy(config.strategy.name, space, config.strategy.params)
@@ -209,109 +222,19 @@ def run_search(loaded: LoadedConfig, workdir: str | os.PathLike, *,
         bar.close()
         if own_executor and executor is not None:
             executor.close()
-    records = history.load()
+    records = candidate_records(history.load())
     best, feasible = best_records(records, objective)
-    result = SearchResult(records, best, feasible, new, proposals, str(workdir))
-    _write_json_atomic(workdir / SUMMARY_FILE, result.summary())
-    if best is not None:
+    result = SearchResult(records, best, feasible, new, proposals, str(workdir),
+                          config.strategy.name)
+    if best is not None:  # before the summary that names it
         meta = {k: best.get(k) for k in ("arch_id", "reward", "accuracy", "val_accuracy",
                                          "test_accuracy", "latency_ms", "cost")}
         meta["source"] = f"nas search ({config.strategy.name}), {workdir}"
-        ArchFile(space, best["arch"], meta).save(workdir / BEST_FILE)
+        meta["strategy"] = config.strategy.name
+        ArchFile(space, best["arch"], meta).save(workdir / BEST_ARCH_FILE)
+    write_summary(workdir, result.summary())
     claim.release()
     return result
-
-
-@dataclasses.dataclass
-class OneShotSearchResult:
-    """What a one-shot search (fbnet, proxyless, single_path) produced.
-
-    Attributes:
-        data: the JSON-able summary (workdir, strategy, arch, arch_id, cost metric, predicted
-            cost and latency, target and whether it is met, search seconds, distribution).
-    """
-
-    data: dict[str, Any]
-
-    def summary(self) -> dict[str, Any]:
-        """Returns the summary printed by ``nas search --json``."""
-        return dict(self.data)
-
-
-#: objective.metric -> the single_path ``cost`` of the same quantity (a constant factor apart).
-SINGLE_PATH_COST = {"params": "params", "macs": "macs", "bops": "bops", "size_bytes": "size_bits",
-                    "energy_mj": "energy_pj"}
-
-
-def run_oneshot_config(loaded: LoadedConfig, workdir: str | os.PathLike,
-                       progress: bool = False) -> OneShotSearchResult:
-    """Runs (or resumes) a one-shot search against the config's objective metric.
-
-    fbnet / proxyless differentiate the expected latency (latency_ms, from the latency table) or
-    the expected cost of another metric (an exact :func:`nas.cost_table.cost_table`);
-    single_path gets the matching ``cost`` unless its params set one.
-
-    Args:
-        loaded: a config whose strategy is fbnet, proxyless or single_path.
-        workdir: output folder (resumed when it holds this search's checkpoints).
-        progress: show a progress bar.
-
-    Returns:
-        The OneShotSearchResult.
-    """
-    config = loaded.config
-    name, metric = config.strategy.name, config.objective.metric
-    if name == "single_path":
-        from nas.strategies.single_path import run_single_path
-
-        if metric in SINGLE_PATH_COST and "cost" not in config.strategy.params:
-            strategy = config.strategy.model_copy(update={"params": {
-                **config.strategy.params, "cost": SINGLE_PATH_COST[metric]}})
-            loaded = dataclasses.replace(loaded, config=config.model_copy(update={"strategy": strategy}))
-        return OneShotSearchResult(run_single_path(loaded, workdir, progress=progress))
-    from nas.cost_table import objective_table
-    from nas.data import load_data
-    from nas.latency.table import LatencyTable
-    from nas.strategies import parse_params
-    from nas.strategies.oneshot_loop import BEST_ARCH_FILE, RESULT_FILE, run_oneshot
-
-    space = resolve_space(config.space, loaded.source)
-    params = parse_params(name, config.strategy.params, loaded.source)
-    if progress:
-        params = params.model_copy(update={"progress": True})
-    table = objective_table(space, metric, loaded.latency_table)
-    latency = table if metric == "latency_ms" else (
-        LatencyTable.load(loaded.latency_table, space) if loaded.latency_table else None)
-    data = load_data(config.data, space, seed=config.seed)
-    wd = Path(workdir).resolve()
-    with claim_workdir(wd, config):  # flock + search.json, held for the search
-        result = run_oneshot(space, data, name, params, table, wd, config.seed)
-        cost = result["predicted_latency_ms"]  # the table's prediction: in the metric's unit
-        lat = None if latency is None else float(latency.predict(result["arch"]))
-        if metric != "latency_ms":
-            _relabel_cost(wd / BEST_ARCH_FILE, wd / RESULT_FILE, space, metric, cost, lat, latency)
-    target = config.objective.target
-    return OneShotSearchResult({
-        "workdir": str(wd), "strategy": result["strategy"], "arch": result["arch"],
-        "arch_id": result["arch_id"], "cost_metric": metric, "predicted_cost": cost,
-        "target": target, "meets_target": None if target is None or cost is None else cost <= target,
-        "predicted_latency_ms": lat, "target_ms": target if metric == "latency_ms" else None,
-        "search_seconds": round(result["search_seconds"], 2),
-        "distribution": result["distribution"], "best_arch": str(wd / BEST_ARCH_FILE)})
-
-
-def _relabel_cost(best_path: Path, result_path: Path, space: Space, metric: str, cost: float,
-                  latency_ms: float | None, latency: Any) -> None:
-    """Rewrites best_arch.json / result.json of a cost-metric search: the table's prediction
-    is the metric, not a latency."""
-    from nas.archfile import load_arch
-
-    fields = {"cost_metric": metric, "predicted_cost": cost, "predicted_latency_ms": latency_ms,
-              "latency_table": getattr(latency, "source", None)}
-    best = load_arch(best_path, space)
-    ArchFile(space, best.arch, {**best.meta, **fields}).save(best_path)
-    if result_path.exists():
-        write_json_atomic(result_path, {**json.loads(result_path.read_text()), **fields})
 
 
 def _executor_for(config: SearchConfig):

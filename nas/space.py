@@ -76,6 +76,7 @@ class Space:
             NasInputError: the definition is malformed (the message names the field).
         """
         self.source = source
+        self.file: Path | None = None  # the YAML file it was read from (set by from_yaml)
         check_plain_tree(definition, source)
         self.definition = json.loads(json.dumps(definition))  # plain, JSON-able copy
         self._parse(definition)
@@ -83,13 +84,14 @@ class Space:
     # ----------------------------------------------------------------------------- loading
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "Space":
-        """Reads a space from a YAML file (safe loader).
+        """Reads a space from a YAML file (safe loader); ``file`` is set to its resolved path.
 
         Raises:
             NasInputError: the file is missing, not YAML, or not a valid space.
         """
-        data = read_yaml_file(path, "space file")
-        return cls(data, str(Path(path)))
+        space = cls(read_yaml_file(path, "space file"), str(Path(path)))
+        space.file = Path(path).resolve()
+        return space
 
     @classmethod
     def by_name(cls, name: str) -> "Space":
@@ -103,12 +105,11 @@ class Space:
                                 "YAML path", field="space")
         if name.endswith((".yaml", ".yml")) or os.sep in name:
             return cls.from_yaml(name)
-        path = spaces_dir() / f"{name}.yaml"
         if name not in shipped_space_names():
             raise NasInputError(
                 f"unknown space {name!r}; shipped spaces: {shipped_space_names()} (or give a YAML path)",
                 field="space")
-        return cls.from_yaml(path)
+        return cls.from_yaml(spaces_dir() / f"{name}.yaml")
 
     @classmethod
     def from_dict(cls, definition: Mapping[str, Any], source: str | None = None) -> "Space":
@@ -391,9 +392,7 @@ class Space:
 
     @staticmethod
     def _rng(rng: Any) -> np.random.Generator:
-        if isinstance(rng, np.random.Generator):
-            return rng
-        return np.random.default_rng(rng)
+        return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
     def sample(self, rng: Any = None) -> Arch:
         """Samples an Arch uniformly over every decision.

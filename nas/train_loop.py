@@ -101,7 +101,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                  on_epoch_end: Callable[[int, dict], None] | None = None,
                  meta: Mapping[str, Any] | None = None,
                  epoch_metrics: Callable[[TrainState], Mapping[str, float]] | None = None,
-                 tx: Any = None) -> dict[str, Any]:
+                 tx: Any = None, result_file: str | None = RESULT_FILE) -> dict[str, Any]:
     """Trains `params` with `loss_fn` for ``config.epochs`` epochs, resuming if possible.
 
     Args:
@@ -121,6 +121,8 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
             (metrics.jsonl, TensorBoard), e.g. a supernet's decisions and expected latency.
         tx: the optimizer's direction transform (default :func:`nas.train.make_optimizer` of
             `config`), e.g. one with its own rule for architecture parameters.
+        result_file: the file name of the result summary in the work directory (None: not
+            written, e.g. a search that writes its own summary.json).
 
     Returns:
         The result dict (see :func:`nas.train.train_arch`).
@@ -227,8 +229,8 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
         "params": count_params(state.params["model"]), "epochs": config.epochs,
         "steps": int(state.step), "arch_id": arch_id, "space": space.name,
         "data": data.name, "history": history, **(meta or {})}
-    if wd is not None:
-        _write_json(wd / RESULT_FILE, result)
+    if wd is not None and result_file:
+        _write_json(wd / result_file, result)
     result["state"] = state
     return result
 

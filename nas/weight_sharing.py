@@ -33,10 +33,10 @@ import numpy as np
 
 from nas.errors import NasInputError
 from nas.space import Space, resolve_space
+from nas.strategies import registry
 
 SCORED_BY = "supernet"
 SEARCH_RECORD = "search.json"
-ONE_SHOT = ("fbnet", "proxyless")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Supernet:
         space: its Space.
         data: its data spec.
         seed: its seed (data splits).
-        strategy: 'fbnet' or 'proxyless'.
+        strategy: a registry name whose supernet is 'paths' (fbnet, proxyless).
         net: the :class:`nas.supernet.network.SuperNet`.
         weights: the full weight tree (``net.init`` structure) with the trained leaves.
         epochs: epochs the supernet was trained (from the checkpoint's meta).
@@ -90,9 +90,10 @@ def load_supernet(workdir: str | Path) -> Supernet:
     except (OSError, ValueError, KeyError, TypeError):
         raise NasInputError(f"{record} is not a search record; give the --workdir of a finished "
                             "'nas search' with strategy fbnet or proxyless", None, field) from None
-    if strategy not in ONE_SHOT:
+    trainable_with = registry.names(supernet="paths")  # SuperNet checkpoints, one weight set per path
+    if strategy not in trainable_with:
         raise NasInputError(f"{wd} holds a {strategy!r} search; the fast path needs a supernet "
-                            f"trained with strategy {' or '.join(ONE_SHOT)}", None, field)
+                            f"trained with strategy {' or '.join(trainable_with)}", None, field)
     space = resolve_space(config["space"], str(record))
     net = SuperNet(space)
     full = net.init(jax.random.PRNGKey(0))

@@ -92,7 +92,7 @@ def test_sample_based_search_killed_twice_ends_as_an_uninterrupted_run(tmp_path,
                         classmethod(lambda cls, space, **kw: SyntheticEvaluator()))
     assert main(["search", str(cfg), "--workdir", str(tmp_path / "whole"), "--json"]) == 0
     whole = History(tmp_path / "whole" / "history.jsonl").load()
-    best_whole = json.loads((tmp_path / "whole" / "best.json").read_text())["arch"]
+    best_whole = json.loads((tmp_path / "whole" / "best_arch.json").read_text())["arch"]
 
     rng = random.Random(f"crash-{strategy}")
     wd = tmp_path / "split"
@@ -110,7 +110,7 @@ def test_sample_based_search_killed_twice_ends_as_an_uninterrupted_run(tmp_path,
     assert len(ids) == len(set(ids)) == SEARCH["budget"]  # no duplicate, no lost record
     assert ids == [r["arch_id"] for r in whole]  # the same search as without the crashes
     assert [r["n"] for r in records] == list(range(SEARCH["budget"]))
-    assert json.loads((wd / "best.json").read_text())["arch"] == best_whole
+    assert json.loads((wd / "best_arch.json").read_text())["arch"] == best_whole
     assert summary["best"]["arch"] == best_whole and summary["candidates"] == SEARCH["budget"]
 
 
@@ -173,8 +173,8 @@ def test_one_shot_search_killed_midway_ends_as_an_uninterrupted_run(tmp_path, ca
     best = json.loads((wd / "best_arch.json").read_text())
     assert best["arch"] == whole["arch"]
     if strategy != "single_path":  # fbnet, proxyless: the final architecture logits
-        alpha = json.loads((tmp_path / "whole" / "result.json").read_text())["alpha"]
-        again = json.loads((wd / "result.json").read_text())["alpha"]
+        alpha = json.loads((tmp_path / "whole" / "summary.json").read_text())["alpha"]
+        again = json.loads((wd / "summary.json").read_text())["alpha"]
         for label in alpha:
             assert again[label] == pytest.approx(alpha[label], rel=1e-5, abs=1e-7), label
 

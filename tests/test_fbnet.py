@@ -10,7 +10,8 @@ import optax
 from nas.data import Dataset
 from nas.space import Space
 from nas.strategies.oneshot_base import OneShotParams
-from nas.strategies.oneshot_loop import _make_steps, make_strategy, run_oneshot
+from nas.strategies import make_strategy
+from nas.strategies.oneshot_loop import make_steps, run_oneshot
 from nas.supernet.gates import derive, init_arch_params
 from nas.supernet.network import SuperNet
 from nas.supernet.synthetic import KERNEL_TASK_SPACE, macs_latency_table, pair_distance_task
@@ -25,9 +26,9 @@ def test_huge_latency_weight_derives_the_minimum_latency_arch():
     net = SuperNet(space)
     # FBNet's own loss CE * a * log(LAT) ** b with a large b: the latency term dominates
     params = OneShotParams(objective="fbnet", fbnet_beta=20.0, arch_lr=0.1)
-    strategy = make_strategy("fbnet", net, params, table)
+    strategy = make_strategy("fbnet", net.space, params, net=net, table=table)
     full = net.init(jax.random.PRNGKey(0))
-    _, arch_step = _make_steps(strategy, make_optimizer(TrainConfig()), optax.adam(params.arch_lr))
+    _, arch_step = make_steps(strategy, make_optimizer(TrainConfig()), optax.adam(params.arch_lr))
     alpha = init_arch_params(space)
     state = optax.adam(params.arch_lr).init(alpha)
     rng = np.random.default_rng(0)
@@ -76,5 +77,5 @@ def test_config_errors_are_one_line_naming_the_field():
     assert "allowed fields" in e.value.message
     space = Space.from_dict(SMALL)
     with pytest.raises(NasInputError) as e:
-        make_strategy("fbnet", SuperNet(space), OneShotParams(), None)  # FBNet's loss needs a table
+        make_strategy("fbnet", space, OneShotParams(), table=None)  # FBNet's loss needs a table
     assert e.value.field == "latency_table"

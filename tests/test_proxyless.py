@@ -9,7 +9,8 @@ import numpy as np
 from nas.data import Dataset
 from nas.space import Space
 from nas.strategies.oneshot_base import OneShotParams
-from nas.strategies.oneshot_loop import make_strategy, run_oneshot, _make_steps
+from nas.strategies import make_strategy
+from nas.strategies.oneshot_loop import make_steps, run_oneshot
 from nas.supernet.gates import derive, init_arch_params, sample_indices
 from nas.supernet.network import SuperNet, trainable
 from nas.supernet.synthetic import KERNEL_TASK_SPACE, macs_latency_table, pair_distance_task
@@ -35,7 +36,7 @@ def test_weight_step_executes_only_the_sampled_path():
     space = Space.from_dict(SMALL)
     executed = []
     net = SuperNet(space, on_path=lambda slot, event: executed.append((int(slot), event)))
-    strategy = make_strategy("proxyless", net, OneShotParams(objective="none"), None)
+    strategy = make_strategy("proxyless", net.space, OneShotParams(objective="none"), net=net)
     full = net.init(jax.random.PRNGKey(0))
     alpha = init_arch_params(space)
     batch = {"x": jnp.ones((4, 8, 8, 1)), "y": jnp.zeros(4, jnp.int32), "mask": jnp.ones(4)}
@@ -102,11 +103,11 @@ def test_huge_latency_weight_derives_the_minimum_latency_arch():
     table = macs_latency_table(space)
     net = SuperNet(space)
     params = OneShotParams(objective="proxyless", lam=1e4, arch_lr=0.1)
-    strategy = make_strategy("proxyless", net, params, table)
+    strategy = make_strategy("proxyless", net.space, params, net=net, table=table)
     full = net.init(jax.random.PRNGKey(0))
     import optax
     from nas.train import TrainConfig, make_optimizer
-    _, arch_step = _make_steps(strategy, make_optimizer(TrainConfig()), optax.adam(params.arch_lr))
+    _, arch_step = make_steps(strategy, make_optimizer(TrainConfig()), optax.adam(params.arch_lr))
     alpha = init_arch_params(space)
     state = optax.adam(params.arch_lr).init(alpha)
     rng = np.random.default_rng(0)

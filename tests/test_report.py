@@ -10,6 +10,7 @@ from nas.pareto import pareto_front
 from nas.pipeline import stage_marker, write_json_atomic
 from nas.report import candidates_table, write_report
 from nas.space import Space
+from nas.strategies.outputs import epoch_record, write_epoch_record
 
 
 def test_pareto_front_examples():
@@ -95,6 +96,9 @@ def test_report_of_a_one_shot_run_names_the_strategy_and_derived_arch(tmp_path):
               "workdir": "x"} for n, (i, a) in enumerate(zip(ids, archs))]
     write_json_atomic(stage_marker(tmp_path, "retrain"),
                       {"candidates": cands, "winner": ids[1], "seconds": 2.0})
+    for epoch in (1, 2):  # the search's history holds epoch records, which are not candidates
+        write_epoch_record(tmp_path / "search" / "history.jsonl", epoch_record(
+            "single_path", space, epoch, archs[0], {"val_accuracy": 0.5}, predicted_cost=1.0))
     info = write_report(tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert (f"Search: single_path (one-shot), derived Arch `{ids[0]}`, predicted latency 0.0412 ms; "

@@ -50,7 +50,7 @@ def test_search_fills_the_budget_with_distinct_candidates(tmp_path, strategy):
     assert [r["n"] for r in records] == list(range(12))
     assert {r["arch_id"] for r in records} == set(ev.calls)
     assert result.best["reward"] == max(r["reward"] for r in records)
-    best = json.loads((tmp_path / "best.json").read_text())
+    best = json.loads((tmp_path / "best_arch.json").read_text())
     assert SPACE.arch_id(best["arch"]) == result.best["arch_id"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["candidates"] == 12 and summary["statuses"] == {"ok": 12}
@@ -110,7 +110,7 @@ def test_cli_search_json(tmp_path, monkeypatch, capsys):
     assert summary["candidates"] == 5 and summary["new"] == 5
     assert main(["search", str(cfg), "--workdir", str(tmp_path / "w"), "--budget", "6"]) == 0
     out = capsys.readouterr().out
-    assert "6 candidates" in out and "1 evaluated now" in out and "best.json" in out
+    assert "6 candidates" in out and "1 evaluated now" in out and "best_arch.json" in out
 
 
 # -------------------------------------------------- library entry point for one-shot strategies
@@ -148,7 +148,7 @@ def test_run_search_runs_one_shot_strategies_against_a_cost_metric(tmp_path, str
 
 
 def test_run_search_gives_single_path_the_objective_metric(tmp_path, monkeypatch):
-    import nas.strategies.single_path as sp
+    import nas.strategies.single_path_run as sp
 
     seen = []
     monkeypatch.setattr(sp, "run_single_path",
@@ -161,3 +161,17 @@ def test_run_search_gives_single_path_the_objective_metric(tmp_path, monkeypatch
                 "objective": {"metric": "bops"}}
     run_search(parse_config(explicit, "s.yaml"), tmp_path)
     assert seen[-1].config.strategy.params["cost"] == "macs"  # the strategy's own setting wins
+
+
+def test_a_history_written_before_record_kinds_still_resumes(tmp_path):
+    """Records without a ``kind`` (written by older runs) count as candidates: a resume over
+    them evaluates nothing."""
+    run_search(_config("evolution", budget=4), tmp_path, evaluate=SyntheticEvaluator())
+    path = tmp_path / "history.jsonl"
+    old = [{k: v for k, v in r.items() if k != "kind"} for r in History(path).load()]
+    assert len(old) == 4 and all("kind" not in r for r in old)
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+    again = SyntheticEvaluator()
+    result = run_search(_config("evolution", budget=4), tmp_path, evaluate=again)
+    assert again.calls == [] and len(result.records) == 4
+    assert json.loads((tmp_path / "summary.json").read_text())["arch_id"] == result.best["arch_id"]

@@ -86,7 +86,8 @@ def test_fbnet_with_a_huge_size_weight_derives_the_smallest_arch():
     import optax
 
     from nas.strategies.oneshot_base import OneShotParams
-    from nas.strategies.oneshot_loop import _make_steps, make_strategy
+    from nas.strategies import make_strategy
+    from nas.strategies.oneshot_loop import make_steps
     from nas.supernet.gates import derive, init_arch_params
     from nas.supernet.network import SuperNet
     from nas.train import TrainConfig, make_optimizer
@@ -96,9 +97,9 @@ def test_fbnet_with_a_huge_size_weight_derives_the_smallest_arch():
     table = cost_table(space, "size_bytes")
     net = SuperNet(space)
     params = OneShotParams(objective="fbnet", fbnet_beta=20.0, arch_lr=0.1, latency_scale=1.0)
-    strategy = make_strategy("fbnet", net, params, table)
+    strategy = make_strategy("fbnet", net.space, params, net=net, table=table)
     full = net.init(jax.random.PRNGKey(0))
-    _, arch_step = _make_steps(strategy, make_optimizer(TrainConfig()), optax.adam(params.arch_lr))
+    _, arch_step = make_steps(strategy, make_optimizer(TrainConfig()), optax.adam(params.arch_lr))
     alpha = init_arch_params(space)
     state = optax.adam(params.arch_lr).init(alpha)
     rng = np.random.default_rng(0)

@@ -10,7 +10,9 @@ import pytest
 from nas.data import load_data
 from nas.errors import NasInputError
 from nas.single_path.cost import SlotCosts
-from nas.strategies.single_path import SinglePathParams, SinglePathSetup, parse_params, search
+from nas.strategies import parse_params
+from nas.strategies.single_path import SinglePathParams
+from nas.strategies.single_path_run import SinglePathSetup, search
 from nas.train import TrainConfig
 
 from single_path_helpers import fake_table, small_space
@@ -100,9 +102,9 @@ def test_warmup_must_leave_epochs_for_the_thresholds(tmp_path, capsys):
 
 def test_bad_strategy_params_name_the_field():
     with pytest.raises(NasInputError, match="strategy.params.lam"):
-        parse_params({"lam": -1})
+        parse_params("single_path", {"lam": -1})
     with pytest.raises(NasInputError, match="strategy.params.temperature"):
-        parse_params({"temperature": 1})
+        parse_params("single_path", {"temperature": 1})
 
 
 def test_cli_search_writes_best_arch_and_child_weights_and_resumes(tmp_path, capsys):

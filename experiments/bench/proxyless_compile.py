@@ -29,16 +29,17 @@ def _one(space_name: str, pick: str, batch: int, steps: int) -> dict:
 
     from nas.space import Space
     from nas.strategies.oneshot_base import OneShotParams
-    from nas.strategies.oneshot_loop import _make_steps, make_strategy
+    from nas.strategies import make_strategy
+    from nas.strategies.oneshot_loop import make_steps
     from nas.supernet.gates import init_arch_params
     from nas.supernet.network import SuperNet, trainable
     from nas.train import TrainConfig, make_optimizer
 
     space = Space.by_name(space_name)
     net = SuperNet(space, pick=pick)
-    strategy = make_strategy("proxyless", net, OneShotParams(objective="none"), None)
+    strategy = make_strategy("proxyless", net.space, OneShotParams(objective="none"), net=net)
     tx = make_optimizer(TrainConfig())
-    weight_step, _ = _make_steps(strategy, tx, optax.adam(0.1))
+    weight_step, _ = make_steps(strategy, tx, optax.adam(0.1))
     full = net.init(jax.random.PRNGKey(0))
     trained = trainable(full)
     opt_state = tx.init(trained)

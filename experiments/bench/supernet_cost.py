@@ -42,7 +42,7 @@ from nas.metrics import arch_metrics  # noqa: E402
 from nas.model import build_model, init_variables  # noqa: E402
 from nas.space import Space  # noqa: E402
 from nas.strategies.oneshot_base import OneShotParams  # noqa: E402
-from nas.strategies.oneshot_loop import make_strategy  # noqa: E402
+from nas.strategies import make_strategy  # noqa: E402
 from nas.supernet.gates import init_arch_params  # noqa: E402
 from nas.supernet.network import SuperNet, trainable  # noqa: E402
 from nas.supernet.synthetic import macs_latency_table  # noqa: E402
@@ -96,8 +96,8 @@ def _child(space: Space, n: int):
 def _supernet(name: str, which: str):
     def build(space: Space, n: int):
         net = SuperNet(space)
-        strategy = make_strategy(name, net, OneShotParams(objective="proxyless", lam=1.0),
-                                 macs_latency_table(space))
+        strategy = make_strategy(name, space, OneShotParams(objective="proxyless", lam=1.0),
+                                 net=net, table=macs_latency_table(space))
         full = net.init(jax.random.PRNGKey(0))
         alpha = init_arch_params(space)
         batch = _batch(space, n)

@@ -7,6 +7,7 @@ import json
 
 from nas.archfile import load_arch
 from nas.metrics import arch_metrics
+from nas.space_files import add_space_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,12 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     summary.add_argument("path", help="arch JSON file, e.g. search_spaces/published/mobilenet_v2.json")
     summary.add_argument("--json", action="store_true", help="print one JSON object")
     summary.add_argument("--layers", action="store_true", help="include per-layer costs")
+    add_space_option(summary)
     summary.set_defaults(func=_summary)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 
 def _summary(args: argparse.Namespace) -> int:
-    af = load_arch(args.path)
+    af = load_arch(args.path, args.space)
     metrics = arch_metrics(af.space, af.arch)
     layers = metrics.pop("layers")
     if args.json:

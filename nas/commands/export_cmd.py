@@ -6,6 +6,7 @@ import argparse
 import json
 
 from nas.errors import NasInputError
+from nas.space_files import add_space_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="store weight-only quantized layers' ONNX weights as int8 (smaller file; "
                         "onnxruntime then dequantizes them at every call, which is slower)")
     p.add_argument("--json", action="store_true", help="print the export report as one JSON line")
+    add_space_option(p)
     p.set_defaults(func=_export)
 
 
@@ -64,7 +66,7 @@ def _export(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     if args.calibration < 0:
         raise NasInputError(f"{args.calibration} is not allowed; expected >= 0", field="--calibration")
-    af = load_arch(args.arch)
+    af = load_arch(args.arch, args.space)
     trained_af, _, variables, _ = load_trained(args.ckpt)
     mine, theirs = af.space.arch_id(af.arch), trained_af.space.arch_id(trained_af.arch)
     if mine != theirs:

@@ -144,7 +144,7 @@ def _show(args: argparse.Namespace) -> int:
             "provenance": d["provenance"], "complete": d.get("complete", False),
             "entries": len(d["entries"]), "calibration": table.model}
     if args.arch:
-        af = load_arch(args.arch)
+        af = load_arch(args.arch, table.space)
         if af.space.name != table.space.name:
             raise NasInputError(f"arch is of space {af.space.name!r}, the table measures "
                                 f"{table.space.name!r}", args.arch, "space")

@@ -16,10 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """
     p = sub.add_parser(
         "search", help="run or resume an architecture search from a YAML config",
-        description="Run the search a YAML config describes (strategy: random, evolution, rl). "
-                    "Every evaluated candidate is appended to WORKDIR/history.jsonl; running the "
-                    "same command again resumes without evaluating anything twice. The best "
-                    "Arch is written to WORKDIR/best.json.",
+        description="Run the search a YAML config describes (strategy: random, evolution, rl, "
+                    "fbnet, proxyless or single_path). Every strategy writes WORKDIR/"
+                    "best_arch.json (the best Arch), WORKDIR/summary.json and WORKDIR/"
+                    "history.jsonl (sample-based: one record per evaluated candidate; one-shot: "
+                    "one per supernet epoch, with the Arch derived after it); running the same "
+                    "command again resumes without evaluating anything twice.",
         epilog="Example: nas search experiments/digits_rl.yaml --workdir runs/rl")
     p.add_argument("config", help="experiment config (YAML), e.g. experiments/digits_rl.yaml")
     p.add_argument("--workdir", help="output folder (resumed if it holds a search); required "
@@ -58,18 +60,13 @@ def _search_validated(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     """Runs the validated search of ``args.loaded`` (any strategy) and prints its summary."""
-    from nas.search import run_search
-    from nas.strategies import ONE_SHOT_PARAMS
+    from nas.search import run_search  # here, not at the top: `nas --help` imports no JAX
+    from nas.strategies.oneshot_driver import print_summary as print_oneshot_summary
 
-    name = args.loaded.config.strategy.name
     summary = run_search(args.loaded, args.workdir, progress=not args.json).summary()
     if args.json:
         print(json.dumps(summary, default=str))
-    elif name == "single_path":
-        from nas.strategies.single_path import print_summary
-        print_summary(summary)
-    elif name in ONE_SHOT_PARAMS:
-        from nas.strategies.oneshot_loop import print_oneshot_summary
+    elif summary.get("family") == "one_shot":
         print_oneshot_summary(summary)
     else:
         _print_summary(summary)
@@ -90,5 +87,5 @@ def _print_summary(summary: dict) -> None:
         test_text = f", test {test:.4f}" if test is not None else ""
         print(f"  {title}: {rec['arch_id']} reward {rec['reward']:.4f}, val accuracy "
               f"{rec['accuracy']:.4f}{test_text}{lat_text}")
-    if summary["best"] is not None:
-        print(f"  best Arch: {summary['workdir']}/best.json")
+    if summary["best_arch"] is not None:
+        print(f"  best Arch: {summary['best_arch']}")

@@ -1,10 +1,15 @@
-"""``nas space show|sample|list``: inspect search spaces."""
+"""``nas space show|sample|list``: inspect search spaces.
+
+``nas space sample my_space.yaml`` records the space file and its fingerprint in the Arch it
+prints (see :mod:`nas.space_files`), so every command reading the arch file finds the space again.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from nas.archfile import ArchFile
 from nas.space import Space, shipped_space_names
 
 
@@ -24,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sample = ssub.add_parser("sample", help="print a random Arch of a space as JSON")
     sample.add_argument("name", help="shipped space name or path to a YAML file")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--out", default=None, metavar="FILE",
+                        help="write the arch file here (a user's space file is then recorded "
+                             "relative to it; default: print it, recording the absolute path)")
     sample.set_defaults(func=_sample)
     lst = ssub.add_parser("list", help="list the shipped spaces")
     lst.set_defaults(func=_list)
@@ -46,7 +54,8 @@ def _show(args: argparse.Namespace) -> int:
     print(f"  stem  {stem.kernel}x{stem.kernel} conv s{stem.stride} -> {stem.cout} ch  "
           f"out {stem.out_hw[0]}x{stem.out_hw[1]}")
     for slot in space.slots:
-        knobs = ", ".join(f"{k}={list(v)}" for k, v in space._slot_decisions(slot))
+        knobs = ", ".join(f"{label[len(slot.prefix) + 1:]}={list(v)}"
+                          for label, v in space.decisions() if label.startswith(slot.prefix + "_"))
         print(f"  {slot.prefix:<7} {slot.cin:>4}->{slot.cout:<4} s{slot.stride} "
               f"in {slot.in_hw[0]}x{slot.in_hw[1]}  {knobs or '(fixed)'}")
     head = space.head_spec
@@ -58,8 +67,11 @@ def _show(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     space = Space.by_name(args.name)
     arch = space.sample(args.seed)
-    print(json.dumps({"space": space.name, "arch": arch, "meta": {"id": space.arch_id(arch),
-                                                                  "seed": args.seed}}, indent=2))
+    af = ArchFile(space, arch, {"id": space.arch_id(arch), "seed": args.seed})
+    if args.out:
+        af.save(args.out)
+    else:
+        print(json.dumps(af.to_dict(), indent=2))
     return 0
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from nas.errors import NasInputError
+from nas.space_files import add_space_option
 from nas.workdir import add_resume_flag, locked_command
 
 
@@ -37,6 +38,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", type=int, default=0, help="which fold is validation (0..K-1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    add_space_option(p)
     add_resume_flag(p)
 
 
@@ -102,7 +104,7 @@ def _train(args: argparse.Namespace) -> int:
     from nas.train import train_arch
 
     config = _config(args)
-    af = load_arch(args.arch)
+    af = load_arch(args.arch, args.space)
     data = _data(args, af.space)
     result = train_arch(af.space, af.arch, data, config, workdir=args.workdir)
     return _report(result, args.json)
@@ -117,7 +119,7 @@ def _distill(args: argparse.Namespace) -> int:
     dconfig = DistillConfig(temperature=args.temperature, kd_weight=args.kd_weight,
                             hint_weight=args.hint_weight, student_layer=args.student_layer,
                             teacher_layer=args.teacher_layer).validate()
-    af = load_arch(args.student)
+    af = load_arch(args.student, args.space)
     space = af.space
     teachers, ids = [], []
     for path in args.teacher:

@@ -1,9 +1,10 @@
 """Shared pieces of the one-shot (supernet) strategies: their parameters, objective and interface.
 
-A one-shot strategy is a small NamedTuple of pure functions (optax style):
-``weight_loss(trained, full, alpha, batch, rng, tau) -> (ce, accuracy)`` and
+A 'paths' one-shot strategy (fbnet, proxyless) is a small NamedTuple of pure functions (optax
+style): ``weight_loss(trained, full, alpha, batch, rng, tau) -> (ce, accuracy)`` and
 ``arch_grads(alpha, full, batch, rng, tau) -> (grads, metrics, aux)``, plus
 ``post_update(new_alpha, old_alpha, aux)``; :mod:`nas.strategies.oneshot_loop` alternates them.
+Build one with :func:`nas.strategies.registry.make_strategy`.
 
 Strategy parameters (``strategy.params`` of a search config)::
 
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import pydantic
 
+from nas.errors import NasInputError
 from nas.objective import fbnet_loss, proxyless_loss
 from nas.train import cross_entropy
 
@@ -121,6 +123,30 @@ def make_objective(params: OneShotParams, default: str) -> Callable[[Any, Any], 
         aim = params.target * (1.0 - params.target_margin)
         return lambda ce, lat: hinge_latency_loss(ce, lat, aim, params.lam)
     return lambda ce, lat: ce
+
+
+def objective_and_cost(name: str, params: OneShotParams, default: str,
+                       table: Any) -> tuple[Callable[[Any, Any], Any], Callable[[Any], Any]]:
+    """Returns ``(objective(ce, cost) -> loss, cost(probabilities) -> expected cost)``.
+
+    Args:
+        name: the strategy's name (named in errors).
+        params: the search parameters.
+        default: the strategy's own objective kind (used when ``params.objective`` is None).
+        table: anything with ``expected(probs)`` (LatencyTable, cost table), or None.
+
+    Raises:
+        NasInputError: the objective has a cost term but there is no table.
+    """
+    kind = params.objective or default
+    uses_cost = kind in ("fbnet", "hinge") or (kind == "proxyless" and (params.lam > 0 or params.target))
+    if table is None:
+        if uses_cost:
+            raise NasInputError(f"strategy {name!r} with objective {kind!r} needs a latency table; "
+                                "set latency_table or strategy.params.objective: none",
+                                field="latency_table")
+        return make_objective(params, default), lambda probs: jnp.ones((), jnp.float32)
+    return make_objective(params, default), table.expected
 
 
 def hinge_latency_loss(ce: Any, latency: Any, target: float, lam: float) -> Any:

@@ -6,9 +6,12 @@ architecture logits, Adam). The Gumbel temperature follows ``tau0 * tau_decay **
 
 A run with a work directory writes ``checkpoints/`` (orbax: weights, both optimizer states and
 the logits; resumed from the newest), ``metrics.jsonl`` (one record per epoch: losses, expected
-latency, per-label entropy), TensorBoard files under ``tb/``, and at the end ``best_arch.json``
-(the derived Arch with its predicted latency, metrics and final per-label distribution) and
-``result.json``. Restarted on the same directory with the same settings it resumes.
+latency, per-label entropy), ``history.jsonl`` (one ``kind: "epoch"`` record per epoch: the
+Arch derived after it and its predicted cost, see :mod:`nas.strategies.outputs`), TensorBoard
+files under ``tb/``, and at the end ``best_arch.json`` (the derived Arch with its predicted cost
+and latency, metrics and final per-label distribution) and ``summary.json`` (the result without
+the per-epoch history: arch, distribution, entropy, alpha, ...). Restarted on the same directory
+with the same settings it resumes.
 
 Example:
     >>> result = run_oneshot(space, data, "fbnet", OneShotParams(epochs=8), table, "runs/fb")
@@ -20,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,55 +33,21 @@ import numpy as np
 import optax
 
 from nas.archfile import ArchFile
+from nas.checkpoint import Checkpointer, read_json_lines, write_json_lines
 from nas.data import Dataset, epoch_rng, stratified_split, train_batches
 from nas.errors import NasInputError
-from nas.space import Space, resolve_space
-from nas.strategies.fbnet import fbnet_strategy
-from nas.strategies.oneshot_base import OneShotParams, OneShotStrategy, make_objective
-from nas.strategies.proxyless import proxyless_strategy
+from nas.metrics import arch_metrics
+from nas.space import Space
+from nas.strategies.oneshot_base import OneShotParams, OneShotStrategy
+from nas.strategies.outputs import (BEST_ARCH_FILE, HISTORY_FILE, epoch_record,
+                                    write_epoch_record, write_summary)
+from nas.strategies.registry import entry, make_strategy
 from nas.supernet.gates import (derive, distribution, entropy, init_arch_params, probabilities,
                                 temperature)
 from nas.supernet.network import SuperNet, merge_trainable, trainable
 from nas.train import TrainConfig, make_optimizer, make_schedule
 
-ONE_SHOT = {"fbnet": (fbnet_strategy, "fbnet"), "proxyless": (proxyless_strategy, "proxyless")}
-BEST_ARCH_FILE = "best_arch.json"
 METRICS_FILE = "metrics.jsonl"
-RESULT_FILE = "result.json"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=float)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def make_strategy(name: str, net: SuperNet, params: OneShotParams, table: Any) -> OneShotStrategy:
-    """Builds a one-shot strategy ('fbnet' | 'proxyless') over a supernet and a latency table.
-
-    Args:
-        name: strategy name.
-        net: the supernet.
-        params: search parameters (objective settings).
-        table: a LatencyTable (anything with ``expected(probs)``), or None for no latency term.
-    """
-    if name not in ONE_SHOT:
-        raise NasInputError(f"unknown one-shot strategy {name!r}; choose one of {sorted(ONE_SHOT)}",
-                            field="strategy.name")
-    factory, default_objective = ONE_SHOT[name]
-    kind = params.objective or default_objective
-    uses_latency = kind in ("fbnet", "hinge") or (kind == "proxyless" and (params.lam > 0 or params.target))
-    if table is None:
-        if uses_latency:
-            raise NasInputError(f"strategy {name!r} with objective {kind!r} needs a latency table; "
-                                "set latency_table or strategy.params.objective: none",
-                                field="latency_table")
-        cost = lambda probs: jnp.ones((), jnp.float32)  # noqa: E731
-    else:
-        cost = table.expected
-    return factory(net, make_objective(params, default_objective), cost)
 
 
 def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:
@@ -89,7 +57,19 @@ def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:
     return "oneshot-" + hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
-def _make_steps(strategy: OneShotStrategy, tx, arch_tx):
+def make_steps(strategy: OneShotStrategy, tx: Any, arch_tx: Any) -> tuple[Any, Any]:
+    """Returns the jitted ``(weight_step, arch_step)`` of a one-shot strategy.
+
+    Args:
+        strategy: the OneShotStrategy (:func:`nas.strategies.registry.make_strategy`).
+        tx: the weights' optax transform (its updates are scaled by the step's learning rate).
+        arch_tx: the architecture logits' optax optimizer.
+
+    Returns:
+        ``weight_step(trained, opt_state, full, alpha, batch, key, lr, tau) -> (trained,
+        opt_state, metrics)`` and ``arch_step(alpha, arch_state, full, batch, key, tau) ->
+        (alpha, arch_state, metrics)``.
+    """
     def weight_step(trained, opt_state, full, alpha, batch, key, lr, tau):
         grad_fn = jax.value_and_grad(strategy.weight_loss, has_aux=True)
         (ce, acc), grads = grad_fn(trained, full, alpha, batch, key, tau)
@@ -114,7 +94,8 @@ def _mean(records: list[dict]) -> dict[str, float]:
 
 def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, table: Any = None,
                 workdir: str | os.PathLike | None = None, seed: int = 0,
-                net: SuperNet | None = None) -> dict[str, Any]:
+                net: SuperNet | None = None, *, cost_metric: str = "latency_ms",
+                latency: Any = None) -> dict[str, Any]:
     """Runs a one-shot search and derives its Arch.
 
     Args:
@@ -126,17 +107,24 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
         workdir: output and resume directory (None: nothing written).
         seed: seed of initialization, splits, batches and sampling.
         net: a prebuilt supernet (default: ``SuperNet(space)``).
+        cost_metric: the metric `table` predicts ('latency_ms', or a cost table's metric such
+            as 'params').
+        latency: a LatencyTable for the predicted latency when `table` is a cost table.
 
     Returns:
-        {"arch", "arch_id", "predicted_latency_ms", "distribution", "entropy", "history",
-        "search_seconds", "alpha"}.
+        {"strategy", "arch", "arch_id", "cost_metric", "predicted_cost",
+        "predicted_latency_ms", "distribution", "entropy", "history", "search_seconds",
+        "seed", "params", "alpha"}.
     """
     expected = (*space.resolution, space.in_channels)
     if tuple(data.image_shape) != expected:
         raise NasInputError(f"data images are {data.image_shape}, the space {space.name!r} "
                             f"expects {expected}", data.name)
     net = net or SuperNet(space, params.depthwise_impl)
-    strategy = make_strategy(name, net, params, table)
+    strategy = make_strategy(name, space, params, net=net, table=table)
+    if latency is None and cost_metric == "latency_ms":
+        latency = table
+    predict = _predictor(space, name, table, cost_metric, latency)
     w_idx, a_idx = stratified_split(data.y_train, (params.arch_fraction,), seed)
     xw, yw, xa, ya = data.x_train[w_idx], data.y_train[w_idx], data.x_train[a_idx], data.y_train[a_idx]
     batch = min(params.batch_size, len(yw), len(ya))
@@ -159,8 +147,6 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
     wd = Path(workdir).absolute() if workdir is not None else None
     ckpt = None
     if wd is not None:
-        from nas.checkpoint import Checkpointer, read_json_lines
-
         wd.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(wd, _run_id(space, name, params, seed))
         got = ckpt.restore(trained, {"step": jnp.zeros((), jnp.int32), "opt_state": opt_state,
@@ -174,7 +160,7 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
             history = [r for r in read_json_lines(wd / METRICS_FILE) if r["epoch"] < start_epoch] \
                 if (wd / METRICS_FILE).exists() else []
 
-    weight_step, arch_step = _make_steps(strategy, tx, arch_tx)
+    weight_step, arch_step = make_steps(strategy, tx, arch_tx)
     base = jax.random.PRNGKey(seed + 1)
     writer = _tensorboard(wd)
     bar = _progress(params, start_epoch)
@@ -200,9 +186,8 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
             history.append(record)
             _log(writer, record)
             if wd is not None:
-                from nas.checkpoint import write_json_lines
-
                 write_json_lines(wd / METRICS_FILE, history)
+                write_epoch_record(wd / HISTORY_FILE, predict(epoch + 1, derive(space, alpha), record))
                 if (epoch + 1) % params.checkpoint_every == 0 or epoch + 1 == params.epochs:
                     ckpt.save(step, trained, {"step": jnp.asarray(step, jnp.int32),
                                               "opt_state": opt_state,
@@ -219,7 +204,7 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
             writer.close()
         if ckpt is not None:
             ckpt.close()
-    return _finish(space, name, params, table, alpha, history, elapsed, wd, seed)
+    return _finish(space, name, params, alpha, history, elapsed, wd, seed, predict, latency)
 
 
 def _epoch_record(space, epoch, tau, alpha, table, w_metrics, a_metrics, elapsed) -> dict:
@@ -234,23 +219,40 @@ def _epoch_record(space, epoch, tau, alpha, table, w_metrics, a_metrics, elapsed
     return record
 
 
-def _finish(space, name, params, table, alpha, history, elapsed, wd, seed) -> dict[str, Any]:
-    from nas.metrics import arch_metrics
+def _predictor(space: Space, name: str, table: Any, cost_metric: str, latency: Any):
+    """Returns ``predict(epoch, arch, metrics) -> epoch record`` with the Arch's predicted cost
+    (from `table`, in `cost_metric` units) and latency (from `latency`)."""
 
+    def predict(epoch: int, arch: dict, metrics: Mapping[str, Any]) -> dict:
+        return epoch_record(
+            name, space, epoch, arch, metrics, cost_metric=cost_metric,
+            predicted_cost=float(table.predict(arch)) if table is not None else None,
+            predicted_latency_ms=float(latency.predict(arch)) if latency is not None else None)
+
+    return predict
+
+
+def _finish(space, name, params, alpha, history, elapsed, wd, seed, predict,
+            latency) -> dict[str, Any]:
     arch = derive(space, alpha)
-    result = {"strategy": name, "arch": arch, "arch_id": space.arch_id(arch),
+    final = predict(len(history), arch, {})
+    result = {"strategy": name, "family": entry(name).family, "arch": arch,
+              "arch_id": space.arch_id(arch), "cost_metric": final["cost_metric"],
+              "predicted_cost": final["predicted_cost"],
+              "predicted_latency_ms": final["predicted_latency_ms"],
               "distribution": distribution(space, alpha), "entropy": entropy(alpha),
               "history": history, "search_seconds": elapsed, "seed": seed,
               "params": params.model_dump(),
-              "predicted_latency_ms": float(table.predict(arch)) if table is not None else None,
               "alpha": {k: np.asarray(v).tolist() for k, v in alpha.items()}}
     if wd is not None:
         meta = {"source": f"nas search ({name})", "strategy": name,
+                "cost_metric": result["cost_metric"], "predicted_cost": result["predicted_cost"],
                 "predicted_latency_ms": result["predicted_latency_ms"],
                 "metrics": arch_metrics(space, arch), "distribution": result["distribution"],
-                "search_seconds": elapsed, "latency_table": getattr(table, "source", None)}
+                "search_seconds": elapsed, "latency_table": getattr(latency, "source", None)}
         ArchFile(space, arch, meta).save(wd / BEST_ARCH_FILE)
-        _write_json(wd / RESULT_FILE, {k: v for k, v in result.items() if k != "history"})
+        write_summary(wd, {**{k: v for k, v in result.items() if k != "history"},
+                           "workdir": str(wd), "best_arch": str(wd / BEST_ARCH_FILE)})
     return result
 
 
@@ -279,50 +281,3 @@ def _progress(params: OneShotParams, start_epoch: int):
     from tqdm import tqdm
 
     return tqdm(total=params.epochs, initial=start_epoch, unit="epoch", dynamic_ncols=True)
-
-
-def run_oneshot_search(loaded: Any, workdir: str | os.PathLike, progress: bool = False) -> dict[str, Any]:
-    """Runs (or resumes) the one-shot search a config describes (``nas search`` entry point).
-
-    Args:
-        loaded: a :class:`nas.config.LoadedConfig` whose strategy is 'fbnet' or 'proxyless'.
-        workdir: output folder (resumed when it holds this search's checkpoints).
-        progress: show a progress bar.
-
-    Returns:
-        The JSON-able summary: workdir, strategy, arch, arch_id, predicted latency, target and
-        whether it is met, search seconds, final per-label distribution.
-    """
-    from nas.data import load_data
-    from nas.latency.table import LatencyTable
-    from nas.workdir import claim_workdir
-    from nas.strategies import parse_params
-
-    config = loaded.config
-    space = resolve_space(config.space, loaded.source)
-    params = parse_params(config.strategy.name, config.strategy.params, loaded.source)
-    if progress:
-        params = params.model_copy(update={"progress": True})
-    table = LatencyTable.load(loaded.latency_table, space) if loaded.latency_table else None
-    data = load_data(config.data, space, seed=config.seed)
-    wd = Path(workdir).resolve()
-    with claim_workdir(wd, config):
-        result = run_oneshot(space, data, config.strategy.name, params, table, wd, config.seed)
-    target = config.objective.target if config.objective.metric == "latency_ms" else None
-    lat = result["predicted_latency_ms"]
-    return {"workdir": str(wd), "strategy": result["strategy"], "arch": result["arch"],
-            "arch_id": result["arch_id"], "predicted_latency_ms": lat, "target_ms": target,
-            "meets_target": None if target is None or lat is None else lat <= target,
-            "search_seconds": round(result["search_seconds"], 2),
-            "distribution": result["distribution"], "best_arch": str(wd / BEST_ARCH_FILE)}
-
-
-def print_oneshot_summary(summary: Mapping[str, Any]) -> None:
-    """Prints a one-shot search summary for people."""
-    lat = summary["predicted_latency_ms"]
-    lat_text = "" if lat is None else f", predicted latency {lat:.4f} ms"
-    if summary["target_ms"] is not None:
-        lat_text += f" (target {summary['target_ms']} ms: {'met' if summary['meets_target'] else 'NOT met'})"
-    print(f"{summary['strategy']}: derived Arch {summary['arch_id']}{lat_text}; search "
-          f"{summary['search_seconds']:.1f} s; workdir {summary['workdir']}")
-    print(f"  best Arch: {summary['best_arch']}")

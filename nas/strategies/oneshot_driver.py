@@ -1,0 +1,135 @@
+"""The driver of the one-shot family: a config -> its supernet trained -> the derived Arch.
+
+:func:`run_oneshot_config` runs every ``family: "one_shot"`` strategy of the registry against
+the config's ``objective.metric``. The registry entry's ``supernet`` picks the trainer:
+``"paths"`` (fbnet, proxyless: :func:`nas.strategies.oneshot_loop.run_oneshot`, differentiating
+the expected latency from the latency table, or the expected cost of another metric from an
+exact :func:`nas.cost_table.objective_table`) or ``"superkernel"`` (single_path:
+:func:`nas.strategies.single_path_run.run_single_path`, with the metric's per-layer ``cost``
+unless its params set one). Both write ``best_arch.json``, ``summary.json`` and epoch records in
+``history.jsonl`` (:mod:`nas.strategies.outputs`).
+
+Example:
+    >>> summary = run_oneshot_config(load_config("experiments/digits_fbnet.yaml"), "runs/fb").summary()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from nas.config import LoadedConfig
+from nas.cost_table import objective_table
+from nas.data import load_data
+from nas.latency.table import LatencyTable
+from nas.space import resolve_space
+from nas.strategies import single_path_run
+from nas.strategies.oneshot_loop import run_oneshot
+from nas.strategies.outputs import BEST_ARCH_FILE, write_summary
+from nas.strategies.registry import entry
+from nas.workdir import claim_workdir
+
+#: objective.metric -> the single_path ``cost`` of the same quantity (a constant factor apart).
+SINGLE_PATH_COST = {"params": "params", "macs": "macs", "bops": "bops", "size_bytes": "size_bits",
+                    "energy_mj": "energy_pj"}
+
+
+@dataclasses.dataclass
+class OneShotSearchResult:
+    """What a one-shot search (fbnet, proxyless, single_path) produced.
+
+    Attributes:
+        data: the JSON-able summary (also in summary.json): workdir, strategy, family, arch,
+            arch_id, best_arch, cost metric, predicted cost and latency, target and whether it
+            is met, search seconds, and the strategy's own fields (distribution, alpha, ...).
+    """
+
+    data: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """Returns the summary printed by ``nas search --json``."""
+        return dict(self.data)
+
+
+def run_oneshot_config(loaded: LoadedConfig, workdir: str | os.PathLike,
+                       progress: bool = False) -> OneShotSearchResult:
+    """Runs (or resumes) a one-shot search against the config's objective metric.
+
+    Args:
+        loaded: a config whose strategy is of the one-shot family.
+        workdir: output folder (resumed when it holds this search's checkpoints).
+        progress: show a progress bar.
+
+    Returns:
+        The OneShotSearchResult.
+    """
+    config = loaded.config
+    strategy = entry(config.strategy.name, loaded.source)
+    metric = config.objective.metric
+    if strategy.supernet == "superkernel":
+        if metric in SINGLE_PATH_COST and "cost" not in config.strategy.params:
+            section = config.strategy.model_copy(update={"params": {
+                **config.strategy.params, "cost": SINGLE_PATH_COST[metric]}})
+            loaded = dataclasses.replace(loaded, config=config.model_copy(update={"strategy": section}))
+        return OneShotSearchResult(single_path_run.run_single_path(loaded, workdir, progress=progress))
+    return OneShotSearchResult(run_paths_config(loaded, workdir, progress))
+
+
+def run_paths_config(loaded: LoadedConfig, workdir: str | os.PathLike,
+                     progress: bool = False) -> dict[str, Any]:
+    """Runs (or resumes) a 'paths' one-shot search (fbnet, proxyless) of a config.
+
+    Args:
+        loaded: the config.
+        workdir: output folder.
+        progress: show a progress bar.
+
+    Returns:
+        The summary (also written to summary.json).
+    """
+    config = loaded.config
+    name, metric = config.strategy.name, config.objective.metric
+    space = resolve_space(config.space, loaded.source)
+    params = entry(name, loaded.source).parse_params(config.strategy.params, loaded.source)
+    if progress:
+        params = params.model_copy(update={"progress": True})
+    table = objective_table(space, metric, loaded.latency_table)
+    latency = table if metric == "latency_ms" else (
+        LatencyTable.load(loaded.latency_table, space) if loaded.latency_table else None)
+    data = load_data(config.data, space, seed=config.seed)
+    wd = Path(workdir).resolve()
+    with claim_workdir(wd, config):  # flock + search.json, held for the search
+        result = run_oneshot(space, data, name, params, table, wd, config.seed,
+                             cost_metric=metric, latency=latency)
+        cost = result["predicted_cost"]
+        target = config.objective.target
+        summary = {k: v for k, v in result.items() if k != "history"}
+        summary.update({
+            "workdir": str(wd), "target": target,
+            "meets_target": None if target is None or cost is None else cost <= target,
+            "target_ms": target if metric == "latency_ms" else None,
+            "search_seconds": round(result["search_seconds"], 2),
+            "best_arch": str(wd / BEST_ARCH_FILE)})
+        write_summary(wd, summary)
+    return summary
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+    """Prints a one-shot search summary for people (any one-shot strategy)."""
+    lat = summary.get("predicted_latency_ms")
+    text = "" if lat is None else f", predicted latency {lat:.4f} ms"
+    if summary.get("target_ms") is not None:
+        text += f" (target {summary['target_ms']} ms: {'met' if summary['meets_target'] else 'NOT met'})"
+    cost, metric = summary.get("predicted_cost"), summary.get("cost_metric")
+    if cost is not None and metric not in (None, "latency_ms"):
+        text += f", {metric} {cost:.4g}"
+    accuracy = summary.get("val_accuracy")
+    if accuracy is not None:
+        text += f"; supernet val accuracy {accuracy:.4f}"
+    print(f"{summary['strategy']}: derived Arch {summary['arch_id']}{text}; search "
+          f"{summary['search_seconds']:.1f} s; workdir {summary['workdir']}")
+    child = summary.get("child")
+    extra = f"  (its weights, cut from the superkernel: {child})" if child else ""
+    print(f"  best Arch: {summary['best_arch']}{extra}")

@@ -1,0 +1,197 @@
+"""The one strategy registry: config name -> (family, parameter model, factory).
+
+Every place that lists, validates or dispatches strategy names asks this module (``nas search``,
+``nas run``, config validation, the weight-sharing fast path); nothing else keeps a list of
+names. Two families:
+
+* ``"sample"`` (random, evolution, rl): ``factory(space, params) -> Strategy``, the ask/tell
+  protocol of :mod:`nas.strategies.base`, run by the ask/tell loop of :mod:`nas.search`.
+* ``"one_shot"`` (fbnet, proxyless, single_path): train a supernet and derive an Arch, run by
+  :mod:`nas.strategies.oneshot_driver`. ``supernet`` says which: ``"paths"`` (a
+  :class:`~nas.supernet.network.SuperNet` with one weight set per path, whose checkpoint the
+  weight-sharing fast path can score candidates on; ``factory(net, objective, cost) ->
+  OneShotStrategy``) or ``"superkernel"`` (the Single-Path superkernel network;
+  ``factory(net, space, costs, params, target, label_smoothing) -> loss_fn``).
+
+Example:
+    >>> from nas.strategies import registry
+    >>> registry.entry("fbnet").family
+    'one_shot'
+    >>> registry.names("sample")
+    ['evolution', 'random', 'rl']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal, Mapping
+
+import pydantic
+
+from nas.errors import NasInputError
+from nas.space import Space
+from nas.strategies.evolution import EvolutionParams, regularized_evolution
+from nas.strategies.fbnet import fbnet_strategy
+from nas.strategies.oneshot_base import OneShotParams, objective_and_cost
+from nas.strategies.proxyless import proxyless_strategy
+from nas.strategies.random import RandomParams, random_search
+from nas.strategies.rl import RLParams, reinforce
+from nas.strategies.single_path import SinglePathParams, make_loss
+from nas.supernet.network import SuperNet
+
+Family = Literal["sample", "one_shot"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyEntry:
+    """One registered strategy.
+
+    Attributes:
+        name: the config name (``strategy.name``).
+        family: 'sample' (ask/tell) or 'one_shot' (supernet training, then derive).
+        params: the pydantic model of ``strategy.params``.
+        factory: builds the strategy (signature per family, see the module docstring).
+        supernet: one-shot only: 'paths' (SuperNet) or 'superkernel' (Single-Path); None for
+            sample-based strategies.
+        default_objective: 'paths' one-shot only: the loss form used when
+            ``params.objective`` is unset ('fbnet' or 'proxyless').
+        summary: one line for help texts.
+    """
+
+    name: str
+    family: Family
+    params: type[pydantic.BaseModel]
+    factory: Callable[..., Any]
+    supernet: Literal["paths", "superkernel"] | None = None
+    default_objective: str | None = None
+    summary: str = ""
+
+    def parse_params(self, params: Mapping[str, Any] | None,
+                     source: str | None = None) -> pydantic.BaseModel:
+        """Validates this strategy's ``strategy.params``.
+
+        Args:
+            params: the mapping from the config (None = all defaults).
+            source: the config file, named in errors.
+
+        Returns:
+            The validated parameter model.
+
+        Raises:
+            NasInputError: unknown field or bad value (names ``strategy.params.FIELD``).
+        """
+        try:
+            return self.params.model_validate(dict(params or {}))
+        except pydantic.ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            field = "strategy.params" + (f".{loc}" if loc else "")
+            if err["type"] == "extra_forbidden":
+                message = f"unknown field; allowed fields: {sorted(self.params.model_fields)}"
+            else:
+                got = err.get("input")
+                message = (f"{got!r} is not allowed; " if not isinstance(got, (dict, list)) else "") \
+                    + err["msg"].lower()
+            raise NasInputError(message, source, field) from None
+
+
+REGISTRY: dict[str, StrategyEntry] = {e.name: e for e in (
+    StrategyEntry("random", "sample", RandomParams, random_search,
+                  summary="uniform random sampling (the baseline)"),
+    StrategyEntry("evolution", "sample", EvolutionParams, regularized_evolution,
+                  summary="regularized (aging) evolution"),
+    StrategyEntry("rl", "sample", RLParams, reinforce,
+                  summary="MnasNet's REINFORCE controller"),
+    StrategyEntry("fbnet", "one_shot", OneShotParams, fbnet_strategy, supernet="paths",
+                  default_objective="fbnet", summary="FBNet: Gumbel-softmax supernet"),
+    StrategyEntry("proxyless", "one_shot", OneShotParams, proxyless_strategy, supernet="paths",
+                  default_objective="proxyless", summary="ProxylessNAS: binarized paths"),
+    StrategyEntry("single_path", "one_shot", SinglePathParams, make_loss, supernet="superkernel",
+                  summary="Single-Path NAS: one superkernel, learned thresholds"),
+)}
+
+
+def names(family: Family | None = None, supernet: str | None = None) -> list[str]:
+    """Returns the registered strategy names (sorted), optionally of one family or supernet.
+
+    Args:
+        family: 'sample', 'one_shot' or None (all).
+        supernet: 'paths', 'superkernel' or None (any).
+
+    Returns:
+        The sorted names.
+    """
+    return sorted(n for n, e in REGISTRY.items() if (family is None or e.family == family)
+                  and (supernet is None or e.supernet == supernet))
+
+
+def entry(name: str, source: str | None = None) -> StrategyEntry:
+    """Returns the registry entry of a strategy name.
+
+    Args:
+        name: ``strategy.name`` of a config.
+        source: the config file, named in errors.
+
+    Returns:
+        The StrategyEntry.
+
+    Raises:
+        NasInputError: unknown name (lists the registered ones).
+    """
+    if name not in REGISTRY:
+        raise NasInputError(f"unknown strategy {name!r}; choose one of {names()}", source,
+                            "strategy.name")
+    return REGISTRY[name]
+
+
+def parse_params(name: str, params: Mapping[str, Any] | None,
+                 source: str | None = None) -> pydantic.BaseModel:
+    """Validates any strategy's parameters.
+
+    Args:
+        name: strategy name.
+        params: the ``strategy.params`` mapping from the config.
+        source: the config file, named in errors.
+
+    Returns:
+        The validated parameter model.
+
+    Raises:
+        NasInputError: unknown strategy or a bad parameter (names the field).
+    """
+    return entry(name, source).parse_params(params, source)
+
+
+def make_strategy(name: str, space: Space,
+                  params: Mapping[str, Any] | pydantic.BaseModel | None = None, *,
+                  net: Any = None, table: Any = None) -> Any:
+    """Builds a strategy from its config name.
+
+    Args:
+        name: a registered name ('random', 'evolution', 'rl', 'fbnet', 'proxyless').
+        space: the search space.
+        params: the strategy's parameters (mapping or validated model).
+        net: 'paths' one-shot only: a prebuilt SuperNet (default ``SuperNet(space)``).
+        table: 'paths' one-shot only: the cost table of the objective (a LatencyTable or a
+            :mod:`nas.cost_table` table), or None for no cost term.
+
+    Returns:
+        A :class:`~nas.strategies.base.Strategy` (sample) or a
+        :class:`~nas.strategies.oneshot_base.OneShotStrategy` ('paths' one-shot).
+
+    Raises:
+        NasInputError: unknown name, bad parameters, a cost objective without a table, or
+            single_path (its loss needs the config's cost model: run it with ``run_search``).
+    """
+    e = entry(name)
+    if not isinstance(params, pydantic.BaseModel):
+        params = e.parse_params(params)
+    if e.family == "sample":
+        return e.factory(space, params)
+    if e.supernet == "paths":
+        net = net if net is not None else SuperNet(space, params.depthwise_impl)
+        objective, cost = objective_and_cost(name, params, e.default_objective, table)
+        return e.factory(net, objective, cost)
+    raise NasInputError(f"strategy {name!r} is built from a whole config (its cost model and "
+                        "target); run it with nas.search.run_search or 'nas search'",
+                        field="strategy.name")

@@ -1,0 +1,245 @@
+"""The Single-Path NAS run: a config -> the superkernel trained -> the derived Arch and outputs.
+
+The strategy (parameters, loss) is :mod:`nas.strategies.single_path`; this module resolves a
+config into a :class:`SinglePathSetup`, trains the superkernel network with the shared trainer
+(:func:`nas.train_loop.run_training`) and writes the outputs every search writes
+(:mod:`nas.strategies.outputs`):
+
+* ``best_arch.json``: the derived Arch (meta: cost, predicted latency, target, feasibility,
+  supernet accuracy, thresholds and gates);
+* ``summary.json``: the summary ``nas search --json`` prints;
+* ``history.jsonl``: one ``kind: "epoch"`` record per epoch (the Arch the gates select after
+  it, its cost and predicted latency, the epoch's metrics);
+
+plus the trainer's files (``arch.json`` = the superkernel's largest Arch, orbax checkpoints,
+``metrics.jsonl``, ``tb/``) and ``child/`` (the derived Arch's weights cut out of the
+superkernel, a 'nas train' work directory ``load_trained`` reads). Running again on the same
+directory resumes.
+
+Example:
+    >>> summary = run_single_path(load_config("experiments/digits_single_path.yaml"), "runs/sp")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nas.archfile import ArchFile
+from nas.checkpoint import Checkpointer, write_arch
+from nas.config import train_config
+from nas.data import load_data
+from nas.errors import NasInputError
+from nas.latency.table import LatencyTable
+from nas.single_path.cost import SlotCosts
+from nas.single_path.export import derive_arch, derive_levels, export_child, gate_values
+from nas.single_path.gates import slot_gates
+from nas.single_path.network import SinglePathNetwork, init_single_path
+from nas.single_path.plan import max_arch, space_plan
+from nas.single_path.threshold_opt import search_optimizer
+from nas.space import resolve_space
+from nas.strategies.outputs import (BEST_ARCH_FILE, HISTORY_FILE, epoch_record,
+                                    write_epoch_record, write_summary)
+from nas.strategies.registry import entry
+from nas.strategies.single_path import SinglePathParams, decision_metrics
+from nas.train_loop import run_training
+from nas.workdir import claim_workdir
+
+CHILD_DIR = "child"
+NAME = "single_path"
+
+
+@dataclasses.dataclass
+class SinglePathSetup:
+    """Everything a single-path run needs, resolved from a config.
+
+    Attributes:
+        space, data, table (LatencyTable or None), costs (SlotCosts), params, target (in the
+        cost's unit, or None), train (TrainConfig).
+    """
+
+    space: Any
+    data: Any
+    table: Any
+    costs: Any
+    params: SinglePathParams
+    target: float | None
+    train: Any
+
+
+def setup_from_config(loaded: Any) -> SinglePathSetup:
+    """Resolves space, data, latency table, costs and trainer settings of a loaded config.
+
+    Args:
+        loaded: :func:`nas.config.load_config`'s result (strategy single_path).
+
+    Returns:
+        The SinglePathSetup.
+
+    Raises:
+        NasInputError: a bad setting (space not nestable, cost latency without a table...).
+    """
+    config = loaded.config
+    params = entry(NAME).parse_params(config.strategy.params, loaded.source)
+    space = resolve_space(config.space, loaded.source)
+    space_plan(space)
+    table = LatencyTable.load(loaded.latency_table, space) if loaded.latency_table else None
+    objective = config.objective
+    if params.cost == "latency":
+        if table is None:
+            raise NasInputError("cost latency needs a latency table; set latency_table: PATH or "
+                                "strategy.params.cost: bops", loaded.source, "latency_table")
+        if objective.target is not None and objective.metric != "latency_ms":
+            raise NasInputError(f"single_path with cost latency needs metric latency_ms, not "
+                                f"{objective.metric!r}", loaded.source, "objective.metric")
+        costs = SlotCosts.from_table(space, table)
+    else:
+        if objective.target is not None:
+            raise NasInputError("a target is only supported with cost: latency; remove "
+                                "objective.target or set strategy.params.cost: latency",
+                                loaded.source, "objective.target")
+        costs = SlotCosts.from_metric(space, params.cost)
+    train = train_config(config)
+    if params.warmup_epochs >= train.epochs:
+        raise NasInputError(f"warmup_epochs {params.warmup_epochs} leaves no epoch to train the "
+                            f"thresholds; use fewer than train.epochs ({train.epochs})",
+                            loaded.source, "strategy.params.warmup_epochs")
+    data = load_data(config.data, space)
+    return SinglePathSetup(space, data, table, costs, params, objective.target, train)
+
+
+def gates_of(space: Any, model_params: Mapping[str, Any]) -> list:
+    """Returns the relaxed gates of every slot of the superkernel's parameters."""
+    return [slot_gates(plan, model_params[plan.prefix]) for plan in space_plan(space)]
+
+
+def cost_metric(setup: SinglePathSetup) -> str:
+    """Returns the objective metric name of the setup's cost ('latency_ms' for cost latency)."""
+    return "latency_ms" if setup.params.cost == "latency" else setup.params.cost
+
+
+def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: bool = False,
+           seed: int = 0) -> dict[str, Any]:
+    """Trains the superkernel network and derives the Arch.
+
+    Args:
+        setup: the resolved settings.
+        workdir: output/resume folder, or None (nothing written).
+        progress: show the trainer's progress bar.
+        seed: initialization seed.
+
+    Returns:
+        {"arch", "arch_id", "cost", "predicted_latency_ms", "target", "feasible",
+        "val_accuracy", "test_accuracy" (of the superkernel with its gates), "search_seconds",
+        "levels", "gates", "variables", "history"}.
+    """
+    space, train = setup.space, dataclasses.replace(setup.train, progress=progress)
+    net = SinglePathNetwork(space, depthwise_impl=train.depthwise_impl)
+    variables = init_single_path(net, jax.random.PRNGKey(seed))
+    loss_fn = entry(NAME).factory(net, space, setup.costs, setup.params, setup.target,
+                                  train.label_smoothing)
+    container = ArchFile(space, max_arch(space, space_plan(space)),
+                         {"strategy": NAME, "note": "the superkernel's largest Arch"})
+    meta = {"strategy": NAME, "lam": setup.params.lam, "cost": setup.params.cost,
+            "margin": setup.params.margin, "target": setup.target,
+            "warmup_epochs": setup.params.warmup_epochs}
+    steps_per_epoch = len(setup.data.y_train) // min(train.batch_size, len(setup.data.y_train))
+    tx = search_optimizer(train, int(round(setup.params.warmup_epochs * steps_per_epoch)))
+    wd = Path(workdir).absolute() if workdir is not None else None
+    derived: dict[str, Any] = {}
+
+    def epoch_metrics(state) -> dict[str, float]:
+        derived["arch"] = derive_arch(space, state.params["model"])
+        return decision_metrics(space, setup.costs, state.params["model"])
+
+    def on_epoch_end(epoch: int, record: Mapping[str, Any]) -> None:
+        if wd is None:
+            return
+        arch = derived["arch"]
+        write_epoch_record(wd / HISTORY_FILE, epoch_record(
+            NAME, space, epoch, arch, record, predicted_cost=record.get("cost"),
+            cost_metric=cost_metric(setup),
+            predicted_latency_ms=setup.table.predict(arch) if setup.table is not None else None))
+
+    t0 = time.perf_counter()
+    result = run_training(model=net, params={"model": variables["params"]},
+                          batch_stats=variables["batch_stats"], loss_fn=loss_fn, data=setup.data,
+                          config=train, workdir=workdir, archfile=container, meta=meta,
+                          consts={"lam": jnp.float32(setup.params.lam)}, tx=tx,
+                          epoch_metrics=epoch_metrics, on_epoch_end=on_epoch_end,
+                          result_file=None)
+    seconds = time.perf_counter() - t0
+    state = result["state"]
+    final = {"params": state.params["model"], "batch_stats": state.batch_stats}
+    arch = derive_arch(space, final["params"])
+    gates = [jax.device_get(g) for g in gates_of(space, final["params"])]
+    cost = float(setup.costs.expected(gates))
+    predicted = setup.table.predict(arch) if setup.table is not None else None
+    out = {
+        "arch": arch, "arch_id": space.arch_id(arch), "cost": cost, "cost_unit": setup.costs.unit,
+        "predicted_latency_ms": predicted, "target": setup.target,
+        "feasible": None if setup.target is None or predicted is None else predicted <= setup.target,
+        "val_accuracy": result["val_accuracy"], "test_accuracy": result["test_accuracy"],
+        "search_seconds": round(seconds, 3), "train_seconds": result.get("train_seconds"),
+        "levels": derive_levels(space, final["params"]), "gates": gate_values(space, final["params"]),
+        "history": result["history"], "variables": final, "lam": setup.params.lam,
+    }
+    if wd is not None:
+        _write_outputs(wd, space, out, export_child(space, final))
+    return out
+
+
+def _write_outputs(wd: Path, space: Any, out: Mapping[str, Any], child: tuple) -> None:
+    """Writes best_arch.json and child/ (summary.json is written by :func:`run_single_path`)."""
+    meta = {k: out[k] for k in ("arch_id", "cost", "cost_unit", "predicted_latency_ms", "target",
+                                "feasible", "val_accuracy", "test_accuracy", "search_seconds",
+                                "levels", "gates", "lam")}
+    meta["source"] = f"nas search (single_path), {wd}"
+    meta["strategy"] = NAME
+    meta["note"] = "val/test accuracy: the superkernel network with these gates (not retrained)"
+    ArchFile(space, out["arch"], meta).save(wd / BEST_ARCH_FILE)
+    arch, variables = child
+    child_dir = wd / CHILD_DIR
+    if child_dir.exists():
+        shutil.rmtree(child_dir)
+    child_dir.mkdir(parents=True)
+    write_arch(child_dir, ArchFile(space, arch, {"source": f"cut from the superkernel in {wd}"}))
+    ckpt = Checkpointer(child_dir, space.arch_id(arch))
+    try:
+        ckpt.save(0, jax.device_get(variables), {"step": np.zeros((), np.int32)},
+                  {"epoch": 0, "source": "single_path export"})
+    finally:
+        ckpt.close()
+
+
+def run_single_path(loaded: Any, workdir: str | os.PathLike, progress: bool = False) -> dict[str, Any]:
+    """Runs (or resumes) ``strategy: single_path`` of a loaded config (the ``nas search`` entry).
+
+    Args:
+        loaded: :func:`nas.config.load_config`'s result.
+        workdir: output folder.
+        progress: show a progress bar.
+
+    Returns:
+        The summary dict (also in ``workdir/summary.json``).
+    """
+    setup = setup_from_config(loaded)
+    with claim_workdir(workdir, loaded.config):  # flock + search.json, held for the search
+        out = search(setup, workdir, progress=progress, seed=loaded.config.seed)
+        wd = Path(workdir).absolute()
+        summary = {k: v for k, v in out.items() if k not in ("variables", "history", "levels", "gates")}
+        summary.update(strategy=NAME, family=entry(NAME).family, workdir=str(wd),
+                       best_arch=str(wd / BEST_ARCH_FILE), cost_metric=cost_metric(setup),
+                       predicted_cost=out["cost"],
+                       target_ms=setup.target if setup.costs.unit == "ms" else None,
+                       meets_target=out["feasible"], child=str(wd / CHILD_DIR))
+        write_summary(wd, summary)
+    return summary
