@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,16 @@ def test_every_shipped_smoke_config_is_derived_from_its_full_config(smoke_file):
     full = load_config(EXPERIMENTS / full_file).config
     assert from_file.model_dump() == from_flag.model_dump()
     assert from_file.model_dump() != full.model_dump()
+
+
+def test_cli_smoke_flag_reaches_the_config(tmp_path):
+    full = write(tmp_path / "full.yaml", {"space": "tiny", "budget": 24,
+                                          "strategy": {"name": "random"}})
+    ok = subprocess.run([sys.executable, "-m", "nas.cli", "search", str(full), "--check"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run([sys.executable, "-m", "nas.cli", "search", str(full), "--check",
+                              "--smoke"], capture_output=True, text=True)
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "smoke" in lines[0] and "no smoke variant" in lines[0]

@@ -23,7 +23,9 @@ The config is a search config (space, data, seed, budget, strategy, objective,
 latency_table, train, executor) plus the optional sections retrain (top_k, train),
 distill (enabled, teacher, train, teacher_train, temperature, kd_weight, hint_weight)
 and export (formats, calibration, measure_latency, onnx_int8_weights); the shipped
-experiments/digits_*_smoke.yaml files comment every field they set.
+experiments/digits_<strategy>.yaml files comment every field they set. A config may
+start from another (extends: PATH) and carry a smoke: section of overrides that
+--smoke applies (experiments/digits_<strategy>_smoke.yaml: extends + smoke: true).
 
 Outputs, all under WORKDIR:
   search/  retrain/<arch_id>/  distill/     each stage's files (checkpoints, metrics)
@@ -59,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="train on an existing Ray cluster (sets executor.kind: ray)")
     p.add_argument("--budget", type=int, help="override the config's search budget")
+    p.add_argument("--smoke", action="store_true",
+                   help="apply the config's smoke: overrides (a run of minutes; see extends:/smoke: in README)")
     add_resume_flag(p)
     p.set_defaults(func=_run_validated)
 
@@ -75,7 +79,7 @@ def _run_validated(args: argparse.Namespace) -> int:
     """Validates the config and flags before the workdir is locked (bad input creates nothing)."""
     from nas.config import apply_cli_overrides, load_config
 
-    args.loaded = load_config(args.config)
+    args.loaded = load_config(args.config, smoke=args.smoke)
     apply_cli_overrides(args.loaded.config, args.ray_address, args.budget)
     return locked_command("nas run", _run)(args)
 

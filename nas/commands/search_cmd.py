@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="train candidates on an existing Ray cluster (sets executor.kind: ray)")
     p.add_argument("--budget", type=int, help="override the config's candidate budget")
+    p.add_argument("--smoke", action="store_true",
+                   help="apply the config's smoke: overrides (a run of minutes; see extends:/smoke: in README)")
     add_resume_flag(p)
     p.set_defaults(func=_search_validated)
 
@@ -44,7 +46,7 @@ def _search_validated(args: argparse.Namespace) -> int:
     from nas.config import apply_cli_overrides, check_inputs, load_config
     from nas.errors import NasInputError
 
-    loaded = load_config(args.config)
+    loaded = load_config(args.config, smoke=args.smoke)
     if args.check:
         summary = check_inputs(loaded)
         print(json.dumps(summary) if args.json else f"{args.config}: ok ({json.dumps(summary)})")
