@@ -1,7 +1,8 @@
-"""Cost metrics of a network, computed from its BlockSpecs alone (no tracing, no JAX).
+"""Cost metrics of a network, computed from its BlockSpecs alone (no tracing, no compute).
 
-Every layer is broken into its primitive ops (:class:`Op`: convolutions, the classifier) following
-the block semantics of :mod:`nas.spec`; the metrics are sums over those ops:
+Every layer is broken into its primitive ops (:class:`Op`: convolutions, the classifier), read
+from the layer's op program (:func:`nas.blocks.program.program`, the one definition of each
+block); the metrics are sums over those ops:
 
 - ``params``: conv/dense weights, plus BatchNorm scale and bias (2 per channel), plus the biases
   of the SE convs and of the classifier (other convs have no bias: BatchNorm follows them).
@@ -26,6 +27,7 @@ import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
+from nas.blocks.program import Conv, Dense, program
 from nas.spec import BlockSpec
 
 # Energy per operation, 45 nm CMOS at 0.9 V, in picojoules. Source: M. Horowitz, "Computing's
@@ -94,62 +96,40 @@ class Op:
         return self.out_hw[0] * self.out_hw[1] * self.cout
 
 
-def _pointwise(spec: BlockSpec, name: str, cin: int, cout: int, hw: tuple[int, int],
-               batchnorm: bool = True) -> list[Op]:
-    """Returns the op(s) of one 1x1 conv of a block: grouped, or rank-factorized into two.
-
-    A factorized conv is cin->r->cout (two ungrouped 1x1 convs, no BatchNorm between them).
-    """
-    r = spec.rank_channels(cin, cout)
-    if r is None:
-        return [Op(name, cin, cout, 1, spec.groups, hw, hw, batchnorm=batchnorm)]
-    return [Op(f"{name}_u", cin, r, 1, 1, hw, hw),
-            Op(f"{name}_v", r, cout, 1, 1, hw, hw, batchnorm=batchnorm)]
-
-
-def _squeeze_excite(spec: BlockSpec, channels: int) -> list[Op]:
-    """Returns the two 1x1 convs (with bias) of the SE module on `channels` channels, if any."""
-    se = spec.se_channels
-    if not se:
-        return []
-    one = (1, 1)
-    return [Op("se_reduce", channels, se, 1, 1, one, one, bias=True),
-            Op("se_expand", se, channels, 1, 1, one, one, bias=True)]
+def _conv_ops(conv: Conv) -> list[Op]:
+    """Returns the op(s) of one program conv: one, or a factorized conv's two 1x1 factors
+    (cin->r->cout, no BatchNorm between them)."""
+    name = conv.name.replace("/", "_")
+    hw, out = conv.in_shape[:2], conv.out_shape[:2]
+    if conv.rank is None:
+        return [Op(name, conv.cin, conv.cout, conv.kernel, conv.groups, hw, out, bias=conv.bias,
+                   batchnorm=conv.bn is not None)]
+    return [Op(f"{name}_u", conv.cin, conv.rank, 1, 1, hw, out),
+            Op(f"{name}_v", conv.rank, conv.cout, 1, 1, out, out, bias=conv.bias,
+               batchnorm=conv.bn is not None)]
 
 
 def layer_ops(spec: BlockSpec) -> list[Op]:
-    """Returns the primitive ops of one layer, in execution order.
+    """Returns the primitive ops of one layer, in execution order: the convs and the dense
+    classifier of its :func:`nas.blocks.program.program` (elementwise ops, pools and
+    quantizers cost no parameters and are not counted).
 
     Args:
         spec: the layer (stem, mbconv, dwsep, skip or head).
 
     Returns:
-        The list of :class:`Op` (empty for 'skip').
+        The list of :class:`Op` (empty for 'skip'), named after the Flax submodules ('conv',
+        'expand' or 'expand_u' + 'expand_v', 'dw', 'se_reduce', 'se_expand', 'project',
+        'classifier').
     """
-    hw, out = spec.in_hw, spec.out_hw
-    if spec.op == "stem":
-        return [Op("conv", spec.cin, spec.cout, spec.kernel, 1, hw, out, batchnorm=True)]
-    if spec.op == "skip":
-        return []
-    if spec.op == "mbconv":
-        mid = spec.mid_channels
-        return (_pointwise(spec, "expand", spec.cin, mid, hw)
-                + [Op("depthwise", mid, mid, spec.kernel, mid, hw, out, batchnorm=True)]
-                + _squeeze_excite(spec, mid)
-                + _pointwise(spec, "project", mid, spec.cout, out))
-    if spec.op == "dwsep":
-        c = spec.cin
-        return ([Op("depthwise", c, c, spec.kernel, c, hw, out, batchnorm=True)]
-                + _squeeze_excite(spec, c)
-                + _pointwise(spec, "pointwise", c, spec.cout, out))
-    if spec.op == "head":
-        ops, features = [], spec.cin
-        if spec.hidden:
-            ops.append(Op("conv", spec.cin, spec.hidden, 1, 1, hw, hw, batchnorm=True))
-            features = spec.hidden
-        one = (1, 1)
-        return ops + [Op("classifier", features, spec.cout, 1, 1, one, one, bias=True)]
-    raise ValueError(f"unknown op {spec.op!r}")
+    ops: list[Op] = []
+    one = (1, 1)
+    for op in program(spec):
+        if isinstance(op, Conv):
+            ops += _conv_ops(op)
+        elif isinstance(op, Dense):
+            ops.append(Op(op.name, op.cin, op.cout, 1, 1, one, one, bias=True))
+    return ops
 
 
 def mac_energy_pj(bits_w: int, bits_a: int) -> float:

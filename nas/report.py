@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from nas.history import History
 from nas.pareto import plot_front
+from nas.safe_write import write_atomic
 from nas.stages import read_marker
 from nas.strategies.outputs import HISTORY_FILE, candidate_records
 
@@ -249,9 +250,7 @@ def write_report(workdir: str | os.PathLike, objective: Any = None) -> dict[str,
                "run in its own tb/)."]
     text = "\n".join(md) + "\n"
     tb = write_tensorboard(workdir, history, retrain, text)
-    tmp = workdir / (REPORT_FILE + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, workdir / REPORT_FILE)
+    write_atomic(workdir / REPORT_FILE, text)
     win = None if winner is None else {k: winner.get(k) for k in (
         "arch_id", "val_accuracy", "test_accuracy", "latency_ms", "params")}
     return {"report_md": str(workdir / REPORT_FILE), "plots": plots, "tensorboard": tb,

@@ -9,7 +9,7 @@ from jax import lax
 
 from nas.blocks.activations import activation
 from nas.blocks.convs import channel_shuffle, pointwise
-from nas.blocks.layers import MBConv, SqueezeExcite
+from nas.blocks.layers import DWSep, MBConv
 from nas.blocks.prune import slice_mbconv_variables
 from nas.metrics import layer_costs
 from nas.model import init_variables, variable_shapes
@@ -104,10 +104,16 @@ def test_activations_and_squeeze_excite_gate():
     np.testing.assert_allclose(activation("swish")(x), x / (1 + np.exp(-x)), rtol=1e-5)
     with pytest.raises(ValueError, match="unknown activation"):
         activation("gelu")
-    # SE at zero weights: reduce -> 0 -> act -> 0, expand bias 0 -> gate sigmoid(0) = 0.5
-    spec = BlockSpec("dwsep", cin=8, cout=8, stride=1, in_hw=(4, 4), se_ratio=0.25)
-    se = SqueezeExcite(2, spec)
-    y = jnp.ones((1, 4, 4, 8))
-    v = jax.tree.map(jnp.zeros_like, init_variables(se, jax.random.key(0), y.shape))
-    np.testing.assert_allclose(se.apply(v, y), 0.5 * y)
+    # SE at zero weights: reduce -> 0 -> act -> 0, expand bias 0 -> gate sigmoid(0) = 0.5, so a
+    # block whose SE has zero weights computes half of the block without SE (the project conv
+    # and a fresh BatchNorm are linear, no residual)
+    spec = BlockSpec("dwsep", cin=8, cout=8, stride=1, in_hw=(4, 4), se_ratio=0.25, residual=False)
+    plain = BlockSpec("dwsep", cin=8, cout=8, stride=1, in_hw=(4, 4), residual=False)
     assert spec.se_channels == 2
+    y = jax.random.normal(jax.random.key(1), (1, 4, 4, 8))
+    v = init_variables(DWSep(spec), jax.random.key(0), y.shape)
+    assert v["params"]["se"]["reduce"]["kernel"].shape == (1, 1, 8, 2)
+    v["params"]["se"] = jax.tree.map(jnp.zeros_like, v["params"]["se"])
+    without = {k: {n: t for n, t in tree.items() if n != "se"} for k, tree in v.items()}
+    np.testing.assert_allclose(DWSep(spec).apply(v, y), 0.5 * DWSep(plain).apply(without, y),
+                               rtol=1e-5, atol=1e-6)

@@ -1,5 +1,11 @@
 """The blocks of a network, each built from one BlockSpec: stem, MBConv, DWSep, skip, head.
 
+Every block is a :class:`ProgramBlock`: it interprets the op program of its spec
+(:func:`nas.blocks.program.program`, where each block is defined once), with its layers given
+as constructors (``conv``, ``pointwise``, ``depthwise``, ``dense``, ``norm``: the Flax idiom,
+so quantized, pruned or masked layers plug in). The classes :class:`Stem`, :class:`MBConv`,
+:class:`DWSep`, :class:`Skip` and :class:`Head` are names for it, by op.
+
 Quantized, pruned and factorized variants are knobs of the spec, not separate classes:
 ``bits_w`` fake-quantizes every conv's weights (per output channel, learned steps), ``bits_a``
 the block's activations at the points of :mod:`nas.blocks.act_points` (``q_<point>``
@@ -12,10 +18,13 @@ Every block sows its output as ``intermediates/<block>/features`` (read with
 ``mutable=["intermediates"]`` for hint losses). Param names inside a block: ``expand``,
 ``expand_bn``, ``dw``, ``dw_bn``, ``se/reduce``, ``se/expand``, ``project``, ``project_bn``;
 stem ``conv``, ``bn``; head ``conv``, ``bn``, ``classifier``; activation quantizers ``q_input``,
-``q_expand_out``, ... (one per point).
+``q_expand_out``, ... (one per point; ``se/q_se_*`` inside the SE).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -23,7 +32,11 @@ import jax.numpy as jnp
 
 from nas.blocks.act_points import activation_points, runs_int8
 from nas.blocks.activations import activation
-from nas.blocks.convs import Conv, Dense, DepthwiseConv, PointwiseConv, channel_shuffle
+from nas.blocks.convs import Conv as ConvLayer
+from nas.blocks.convs import Dense as DenseLayer
+from nas.blocks.convs import DepthwiseConv, PointwiseConv, channel_shuffle
+from nas.blocks.program import (INPUT, Act, Add, Conv, Dense, Dropout, Mul, Op, Pool, Quantize,
+                                Shuffle, output_of, program)
 from nas.blocks.quant import ActQuant, deployed_bias
 from nas.spec import BlockSpec
 
@@ -108,182 +121,156 @@ def batch_norm_on_grid(y: jax.Array, bn: nn.BatchNorm, conv: nn.Module, points: 
     return y * mult + deployed_bias(folded, step * jnp.abs(conv.output_step() * mult))
 
 
-def point_act(y: jax.Array, act: str, points: ActPoints, pre_act: str) -> jax.Array:
-    """The pre-activation point `pre_act` (non-saturating activations only), then `act`."""
-    return activation(act)(points(pre_act, y))
+def _scope(op: Op) -> str:
+    """The submodule path an op's variables live under ('' = the block itself, 'se')."""
+    path = op.name if isinstance(op, (Conv, Dense)) else getattr(op, "module", "")
+    return path.rpartition("/")[0]
 
 
-class SqueezeExcite(nn.Module):
-    """Squeeze-excite: global pool, 1x1 conv (bias) to `channels`, act, 1x1 conv (bias) back,
-    sigmoid gate on the input; quantized at the ``se_*`` points of the block's spec.
+def _segments(ops: Sequence[Op]) -> list[tuple[str, list[Op]]]:
+    """Splits a program into runs of consecutive ops under one submodule path; ops without
+    variables (act, pool, mul, ...) join the run they sit in."""
+    segments: list[tuple[str, list[Op]]] = []
+    for op in ops:
+        scope = _scope(op)
+        has_vars = isinstance(op, (Conv, Dense, Quantize))
+        if segments and (not has_vars or segments[-1][0] == scope):
+            segments[-1][1].append(op)
+        else:
+            segments.append((scope if has_vars else "", [op]))
+    return segments
 
-    Attributes:
-        channels: squeeze channels.
-        spec: the enclosing block's spec (activation, bit-widths, points).
-    """
 
-    channels: int
-    spec: BlockSpec
+def _run_ops(block: "ProgramBlock", ops: Sequence[Op], env: dict[str, jax.Array],
+             points: ActPoints, train: bool) -> None:
+    """Runs `ops` in order, reading and writing tensors in `env`. A function, not a method:
+    modules it creates belong to the module being called (the block, or a :class:`_Scope`)."""
+    for op in ops:
+        env[op.out] = _run_op(block, op, env, points, train)
+
+
+def _run_op(block: "ProgramBlock", op: Op, env: Mapping[str, jax.Array], points: ActPoints,
+            train: bool) -> jax.Array:
+    x = env[op.x]
+    if isinstance(op, Quantize):
+        return points(op.point, x)
+    if isinstance(op, Conv):
+        return _run_conv(block, op, x, points, train)
+    if isinstance(op, Act):
+        return jax.nn.sigmoid(x) if op.fn == "sigmoid" else activation(op.fn)(x)
+    if isinstance(op, Shuffle):
+        return channel_shuffle(x, op.groups)
+    if isinstance(op, Pool):
+        return jnp.mean(x, axis=(1, 2), keepdims=len(op.out_shape) == 3)
+    if isinstance(op, Mul):
+        return x * env[op.y]
+    if isinstance(op, Add):
+        return x + env[op.y]
+    if isinstance(op, Dropout):
+        return nn.Dropout(op.rate, deterministic=not train)(x)
+    if isinstance(op, Dense):
+        return block.dense(op.cout, bits_w=op.bits_w, name=op.name)(x, train)
+    raise ValueError(f"unknown program op {op!r}")
+
+
+def _run_conv(block: "ProgramBlock", op: Conv, x: jax.Array, points: ActPoints, train: bool
+              ) -> jax.Array:
+    """A conv of the block's constructors, then its BatchNorm (on the int8 grid at inference)."""
+    name = op.name.rpartition("/")[2]
+    if op.kind == "full":
+        conv = block.conv(op.cout, op.kernel, op.stride, bits_w=op.bits_w, name=name)
+        y = conv(x, train)
+    elif op.kind == "depthwise":
+        conv = block.depthwise(op.kernel, op.stride, bits_w=op.bits_w, impl=block.depthwise_impl,
+                               name=name)
+        y = conv(x, train)
+    else:
+        mid = points.module(op.mid.point) if op.mid is not None else None
+        conv = block.pointwise(op.cout, groups=op.groups, rank=op.rank, use_bias=op.bias,
+                               bits_w=op.bits_w, mid_quant=mid, name=name)
+        y = conv(x, train, points.kernel_input_step(op.input_point) if op.bias else None)
+    if op.bn is None:
+        return y
+    return batch_norm_on_grid(y, block.norm(train, op.bn), conv, points, op.input_point)
+
+
+class _Scope(nn.Module):
+    """A submodule (e.g. 'se') holding the variables of the ops run inside it."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, points: ActPoints | None = None) -> jax.Array:
-        """Args: x [N, H, W, C] (already quantized); train; the block's points.
-        Returns: x * gate, same shape."""
-        points = points or ActPoints(self.spec, train)
-        bits_w = self.spec.bits_w
-        s = points("se_pool", jnp.mean(x, axis=(1, 2), keepdims=True))
-        s = PointwiseConv(self.channels, use_bias=True, bits_w=bits_w, name="reduce")(
-            s, train, points.kernel_input_step("se_pool"))
-        s = points("se_act", point_act(s, self.spec.act, points, "se_reduce_pre_act"))
-        s = PointwiseConv(x.shape[-1], use_bias=True, bits_w=bits_w, name="expand")(
-            s, train, points.kernel_input_step("se_act"))
-        gate = points("se_gate", jax.nn.sigmoid(points("se_expand_out", s)))
-        return points("se_out", x * gate)
+    def __call__(self, run: Callable[[], None]) -> None:
+        run()
 
 
-def _pointwise_bn(x, train, points: ActPoints, spec: BlockSpec, features: int, groups: int,
-                  rank: int | None, name: str, input_point: str, bn_name: str | None = None
-                  ) -> jax.Array:
-    """A (grouped or factorized) 1x1 conv ``name`` and its BatchNorm (``<name>_bn``)."""
-    conv = PointwiseConv(features, groups=groups, rank=rank, bits_w=spec.bits_w,
-                         mid_quant=points.module(f"{name}_u"), name=name)
-    y = conv(x, train)
-    if rank is not None:
-        input_point = f"{name}_u"
-    bn = batch_norm(train, bn_name or f"{name}_bn")
-    return batch_norm_on_grid(y, bn, conv, points, input_point)
+class ProgramBlock(nn.Module):
+    """A block of :mod:`nas.blocks`: interprets the op program of its BlockSpec
+    (:func:`nas.blocks.program.program`) op by op, with the layers given as constructors.
 
-
-def _depthwise_bn(x, train, points: ActPoints, spec: BlockSpec, impl: str, input_point: str):
-    """The kxk depthwise conv ``dw``, its BatchNorm, the activation and the ``dw_out`` point."""
-    conv = DepthwiseConv(spec.kernel, spec.stride, bits_w=spec.bits_w, impl=impl, name="dw")
-    y = batch_norm_on_grid(conv(x, train), batch_norm(train, "dw_bn"), conv, points, input_point)
-    return points("dw_out", point_act(y, spec.act, points, "dw_pre_act"))
-
-
-def _se_project(y, x, train, points: ActPoints, spec: BlockSpec, mid: int, block: nn.Module):
-    """[SE ->] 1x1 project -> BN [-> + input]: the common end of MBConv and DWSep."""
-    project_input = "dw_out"
-    if spec.se_channels:
-        y = SqueezeExcite(spec.se_channels, spec, name="se")(y, train, points)
-        project_input = "se_out"
-    y = _pointwise_bn(y, train, points, spec, spec.cout, spec.groups,
-                      spec.rank_channels(mid, spec.cout), "project", project_input)
-    if spec.has_residual:
-        y = points("project_out", y) + x
-    block.sow("intermediates", "features", y)
-    return y
-
-
-class MBConv(nn.Module):
-    """Inverted bottleneck: 1x1 expand -> BN -> act -> [shuffle] -> kxk depthwise -> BN -> act
-    -> [SE] -> 1x1 project -> BN -> (+ input); activations quantized at the spec's points.
+    Every op makes the Linen module its program names (``conv``, ``expand``, ``dw``,
+    ``se/reduce``, ..., BatchNorm ``<bn>``, quantizers ``q_<point>``), so the params tree is
+    :func:`nas.blocks.program.param_shapes`. The output is sown as ``intermediates/features``
+    (except a classifier's logits).
 
     Attributes:
-        spec: the block's BlockSpec (op 'mbconv').
+        spec: the block's BlockSpec.
         depthwise_impl: 'auto' | 'shift' | 'xla'.
+        conv: constructor of dense kxk convs (:class:`Conv`'s signature).
+        pointwise: constructor of 1x1 convs (:class:`PointwiseConv`'s).
+        depthwise: constructor of depthwise convs (:class:`DepthwiseConv`'s).
+        dense: constructor of the classifier (:class:`Dense`'s).
+        norm: ``norm(train, name)`` -> the BatchNorm after a conv.
     """
 
     spec: BlockSpec
     depthwise_impl: str = "auto"
+    conv: Callable[..., nn.Module] = ConvLayer
+    pointwise: Callable[..., nn.Module] = PointwiseConv
+    depthwise: Callable[..., nn.Module] = DepthwiseConv
+    dense: Callable[..., nn.Module] = DenseLayer
+    norm: Callable[[bool, str], nn.Module] = batch_norm
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Args: x [N, H, W, cin]; train. Returns: [N, H', W', cout]."""
-        s = self.spec
-        points = ActPoints(s, train)
-        mid = s.mid_channels
-        x = points("input", x)
-        y = _pointwise_bn(x, train, points, s, mid, s.groups, s.rank_channels(s.cin, mid),
-                          "expand", "input")
-        y = point_act(y, s.act, points, "expand_pre_act")
-        y = points("expand_out", channel_shuffle(y, s.groups))
-        y = _depthwise_bn(y, train, points, s, self.depthwise_impl, "expand_out")
-        return _se_project(y, x, train, points, s, mid, self)
-
-
-class DWSep(nn.Module):
-    """Depthwise separable: kxk depthwise -> BN -> act -> [SE] -> 1x1 pointwise -> BN (+ input);
-    activations quantized at the spec's points.
-
-    Attributes:
-        spec: the block's BlockSpec (op 'dwsep').
-        depthwise_impl: 'auto' | 'shift' | 'xla'.
-    """
-
-    spec: BlockSpec
-    depthwise_impl: str = "auto"
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Args: x [N, H, W, cin]; train. Returns: [N, H', W', cout]."""
-        s = self.spec
-        points = ActPoints(s, train)
-        x = points("input", x)
-        y = _depthwise_bn(x, train, points, s, self.depthwise_impl, "input")
-        return _se_project(y, x, train, points, s, s.cin, self)
-
-
-class Skip(nn.Module):
-    """Identity layer (op 'skip'); sows its output like every block.
-
-    Attributes:
-        spec: the block's BlockSpec (op 'skip').
-    """
-
-    spec: BlockSpec
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Returns `x` unchanged."""
-        self.sow("intermediates", "features", x)
-        return x
-
-
-class Stem(nn.Module):
-    """kxk conv (stride s) -> BN -> act; the input image quantized at the ``input`` point.
-
-    Attributes:
-        spec: the stem's BlockSpec (op 'stem').
-    """
-
-    spec: BlockSpec
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Args: x [N, H, W, C] images; train. Returns: [N, H', W', cout]."""
-        s = self.spec
-        points = ActPoints(s, train)
-        conv = Conv(s.cout, s.kernel, s.stride, bits_w=s.bits_w, name="conv")
-        y = batch_norm_on_grid(conv(points("input", x), train), batch_norm(train, "bn"), conv,
-                               points, "input")
-        y = point_act(y, s.act, points, "conv_pre_act")
-        self.sow("intermediates", "features", y)
+        """Args: x [N, H, W, cin]; train. Returns: [N, H', W', cout], or logits [N, cout]."""
+        ops = program(self.spec)
+        points = ActPoints(self.spec, train)
+        env = {INPUT: x}
+        scopes: dict[str, _Scope] = {}
+        for scope, run in _segments(ops):
+            if not scope:
+                _run_ops(self, run, env, points, train)
+                continue
+            if scope not in scopes:
+                scopes[scope] = _Scope(name=scope)
+            scopes[scope](functools.partial(_run_ops, self, run, env, points, train))
+        y = env[output_of(ops)]
+        if not (ops and isinstance(ops[-1], Dense)):
+            self.sow("intermediates", "features", y)
         return y
 
 
-class Head(nn.Module):
-    """[1x1 conv to hidden -> BN -> act] -> global average pool -> dropout -> dense (bias).
+class Stem(ProgramBlock):
+    """kxk conv (stride s) -> BN -> act; the input image quantized at the ``input`` point."""
 
-    Attributes:
-        spec: the head's BlockSpec (op 'head'; cout = number of classes).
-    """
 
-    spec: BlockSpec
+class MBConv(ProgramBlock):
+    """Inverted bottleneck: 1x1 expand -> BN -> act -> [shuffle] -> kxk depthwise -> BN -> act
+    -> [SE] -> 1x1 project -> BN -> (+ input); activations quantized at the spec's points."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """Args: x [N, H, W, cin]; train (dropout uses the 'dropout' rng). Returns: logits [N, cout]."""
-        s = self.spec
-        points = ActPoints(s, train)
-        if s.hidden:
-            x = _pointwise_bn(points("input", x), train, points, s, s.hidden, 1, None, "conv",
-                              "input", bn_name="bn")
-            x = points("head_act", point_act(x, s.act, points, "conv_pre_act"))
-        x = points("pool", jnp.mean(x, axis=(1, 2)))
-        if s.dropout > 0:
-            x = nn.Dropout(s.dropout, deterministic=not train)(x)
-        return Dense(s.cout, bits_w=s.bits_w, name="classifier")(x, train)
+
+class DWSep(ProgramBlock):
+    """Depthwise separable: kxk depthwise -> BN -> act -> [SE] -> 1x1 pointwise -> BN (+ input)."""
+
+
+class Skip(ProgramBlock):
+    """Identity layer (op 'skip'); sows its output like every block."""
+
+
+class Head(ProgramBlock):
+    """[1x1 conv to hidden -> BN -> act] -> global average pool -> dropout -> dense (bias)."""
+
+
+BLOCKS = {"stem": Stem, "mbconv": MBConv, "dwsep": DWSep, "skip": Skip, "head": Head}
 
 
 def make_block(spec: BlockSpec, name: str, depthwise_impl: str = "auto") -> nn.Module:
@@ -297,14 +284,6 @@ def make_block(spec: BlockSpec, name: str, depthwise_impl: str = "auto") -> nn.M
     Raises:
         ValueError: unknown op.
     """
-    if spec.op == "mbconv":
-        return MBConv(spec, depthwise_impl, name=name)
-    if spec.op == "dwsep":
-        return DWSep(spec, depthwise_impl, name=name)
-    if spec.op == "skip":
-        return Skip(spec, name=name)
-    if spec.op == "stem":
-        return Stem(spec, name=name)
-    if spec.op == "head":
-        return Head(spec, name=name)
-    raise ValueError(f"unknown block op {spec.op!r}")
+    if spec.op not in BLOCKS:
+        raise ValueError(f"unknown block op {spec.op!r}")
+    return BLOCKS[spec.op](spec, depthwise_impl, name=name)

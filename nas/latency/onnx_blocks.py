@@ -1,7 +1,8 @@
 """ONNX graphs of BlockSpecs, written with ``onnx.helper``: one block, or a whole network.
 
-Each layer follows the block semantics of :mod:`nas.blocks` (BatchNorm folded into the conv before
-it, so convs get a bias), in NCHW layout:
+Each layer is its op program (:func:`nas.blocks.program.program`, the one definition of every
+block), written op by op (BatchNorm folded into the conv before it, so convs get a bias), in
+NCHW layout:
 
 - ``stem``: kxk Conv (stride) -> act.
 - ``mbconv``: 1x1 expand Conv -> act [-> channel shuffle if groups > 1] -> kxk depthwise Conv
@@ -60,6 +61,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from nas.blocks.act_points import activation_points
+from nas.blocks.program import (INPUT, Act, Add, Conv, Dense, Dropout, Mul, Op, Pool, Quantize,
+                                Shuffle, output_of, program)
 from nas.blocks.quant import act_grid, weight_grid
 from nas.latency.onnx_graph import INT8_BITS, ActQuantParams, GraphBuilder
 from nas.spec import BlockSpec
@@ -253,28 +256,25 @@ def _conv(lw: _Layer, x: str, w: np.ndarray | _Quantized, mult: np.ndarray | Non
     return g.node("Conv", inputs, hint, **attrs)
 
 
-def _conv_role(lw: _Layer, x: str, role: str, *, cin: int, cout: int, kernel: int, stride: int,
-               group: int, in_hw: tuple[int, int], bn: str | None, rank: int | None = None,
-               has_bias: bool = False) -> str:
-    """Emits the conv `role` (BatchNorm role `bn` folded in), factorized when `rank`: u, the
-    ``<role>_u`` point, v."""
-    mult, bias = lw.folded_bn(bn, cout) if bn else (None, None)
-    if has_bias:
-        bias = lw.array(role, "bias", (cout,), "small")
-    if rank is not None:
-        u = lw.kernel(role, "kernel_u", (1, 1, cin, rank))
-        v = lw.kernel(role, "kernel_v", (1, 1, rank, cout))
-        mid = _conv(lw, x, u, None, None, stride=stride, group=1, in_hw=in_hw, hint=role + "_u")
-        mid = lw.at(f"{role}_u", mid)
-        out_hw = (-(-in_hw[0] // stride), -(-in_hw[1] // stride))
-        return _conv(lw, mid, v, mult, bias, stride=1, group=1, in_hw=out_hw, hint=role)
-    w = lw.kernel(role, "kernel", (kernel, kernel, cin // group, cout))
-    return _conv(lw, x, w, mult, bias, stride=stride, group=group, in_hw=in_hw, hint=role)
-
-
-def _bn_act(lw: _Layer, y: str, act: str, pre_act: str) -> str:
-    """The activation after a (BatchNorm-folded) conv, with its pre-activation point if any."""
-    return _act(lw.g, lw.at(pre_act, y), act)
+def _emit_conv(lw: _Layer, x: str, op: Conv) -> str:
+    """Emits the conv `op` (its BatchNorm folded in), factorized when it has a rank: u, the
+    factor point, v."""
+    mult, bias = lw.folded_bn(op.bn, op.cout) if op.bn else (None, None)
+    if op.bias:
+        bias = lw.array(op.name, "bias", (op.cout,), "small")
+    in_hw, shapes = op.in_shape[:2], op.kernel_shapes()
+    if op.rank is not None:
+        u = lw.kernel(op.name, "kernel_u", shapes["kernel_u"])
+        v = lw.kernel(op.name, "kernel_v", shapes["kernel_v"])
+        mid = _conv(lw, x, u, None, None, stride=op.stride, group=1, in_hw=in_hw,
+                    hint=op.name + "_u")
+        if op.mid is not None:
+            mid = lw.at(op.mid.point, mid, op.mid.range_key)
+        return _conv(lw, mid, v, mult, bias, stride=1, group=1, in_hw=op.out_shape[:2],
+                     hint=op.name)
+    w = lw.kernel(op.name, "kernel", shapes["kernel"])
+    return _conv(lw, x, w, mult, bias, stride=op.stride, group=op.groups, in_hw=in_hw,
+                 hint=op.name)
 
 
 def _shuffle(g: GraphBuilder, x: str, channels: int, groups: int, hw: tuple[int, int]) -> str:
@@ -286,22 +286,46 @@ def _shuffle(g: GraphBuilder, x: str, channels: int, groups: int, hw: tuple[int,
     return g.node("Reshape", [y, merged], "shuffled")
 
 
-def _se(lw: _Layer, x: str, spec: BlockSpec, channels: int) -> str:
-    g, se, act = lw.g, spec.se_channels, spec.act
-    pooled = lw.at("se_pool", g.node("GlobalAveragePool", [x], "se_pool"), act)
-    h = _conv_role(lw, pooled, "se/reduce", cin=channels, cout=se, kernel=1, stride=1, group=1,
-                   in_hw=(1, 1), bn=None, has_bias=True)
-    h = lw.at("se_act", _bn_act(lw, h, act, "se_reduce_pre_act"), act)
-    h = _conv_role(lw, h, "se/expand", cin=se, cout=channels, kernel=1, stride=1, group=1,
-                   in_hw=(1, 1), bn=None, has_bias=True)
-    gate = lw.at("se_gate", g.node("Sigmoid", [lw.at("se_expand_out", h)]), "sigmoid")
-    return lw.at("se_out", g.node("Mul", [x, gate], "se_mul"), act)
+def _emit_dense(lw: _Layer, x: str, op: Dense) -> str:
+    """Flatten -> Gemm (float logits; a quantized classifier as the float values of its grid:
+    onnxruntime turns DequantizeLinear -> Gemm into MatMulNBits, which quantizes its input on
+    the fly, not what was trained)."""
+    g = lw.g
+    flat = g.node("Flatten", [x], "flat", axis=1)
+    w = lw.kernel(op.name, "kernel", (op.cin, op.cout))
+    b = lw.array(op.name, "bias", (op.cout,), "small")
+    if isinstance(w, _Quantized):
+        w = (w.q * w.scale).astype(np.float32)
+    return g.node("Gemm", [flat, g.const(w, "fc_w"), g.const(b, "fc_b")], "logits")
+
+
+def _emit_op(lw: _Layer, op: Op, env: Mapping[str, str]) -> str:
+    """Emits one program op reading its inputs from `env`; returns its output tensor."""
+    g, x = lw.g, env[op.x]
+    if isinstance(op, Quantize):
+        return lw.at(op.point, x, op.range_key)
+    if isinstance(op, Conv):
+        return _emit_conv(lw, x, op)
+    if isinstance(op, Act):
+        return g.node("Sigmoid", [x]) if op.fn == "sigmoid" else _act(g, x, op.fn)
+    if isinstance(op, Shuffle):
+        return _shuffle(g, x, op.shape[-1], op.groups, op.shape[:2])
+    if isinstance(op, Pool):
+        return g.node("GlobalAveragePool", [x], op.name)
+    if isinstance(op, (Mul, Add)):
+        return g.node(type(op).__name__, [x, env[op.y]], op.name)
+    if isinstance(op, Dropout):
+        return x
+    if isinstance(op, Dense):
+        return _emit_dense(lw, x, op)
+    raise ValueError(f"cannot export op {op!r}")
 
 
 def emit_layer(g: GraphBuilder, x: str, spec: BlockSpec, int8: bool,
                weights: LayerWeights | None = None, name: str = "", int8_weights: bool = False
                ) -> str:
-    """Appends one layer to the graph.
+    """Appends one layer to the graph: the ops of its program (:func:`nas.blocks.program.program`
+    at the activation bit-width the graph quantizes at), one after the other.
 
     Args:
         g: the graph being built.
@@ -317,58 +341,13 @@ def emit_layer(g: GraphBuilder, x: str, spec: BlockSpec, int8: bool,
     """
     g.layer = name
     lw = _Layer(g, spec, int8, weights, int8_weights)
-    if spec.op == "skip":
+    ops = program(dataclasses.replace(spec, bits_a=lw.bits_a))
+    if not ops:  # skip: an Identity, so that the layer has an output tensor of its own
         return g.node("Identity", [x], "skip")
-    if spec.op == "stem":
-        inp = lw.at("input", x)
-        y = _conv_role(lw, inp, "conv", cin=spec.cin, cout=spec.cout, kernel=spec.kernel,
-                       stride=spec.stride, group=1, in_hw=spec.in_hw, bn="bn")
-        return _bn_act(lw, y, spec.act, "conv_pre_act")
-    if spec.op == "head":
-        return _emit_head(lw, x, spec)
-    if spec.op not in ("mbconv", "dwsep"):
-        raise ValueError(f"cannot export op {spec.op!r}")
-    inp = lw.at("input", x)
-    hw, out_hw = spec.in_hw, spec.out_hw
-    y, ch = inp, spec.cin
-    if spec.op == "mbconv":
-        ch = spec.mid_channels
-        y = _conv_role(lw, y, "expand", cin=spec.cin, cout=ch, kernel=1, stride=1,
-                       group=spec.groups if spec.rank is None else 1, in_hw=hw, bn="expand_bn",
-                       rank=spec.rank_channels(spec.cin, ch))
-        y = _bn_act(lw, y, spec.act, "expand_pre_act")
-        if spec.groups > 1 and spec.rank is None:
-            y = _shuffle(g, y, ch, spec.groups, hw)
-        y = lw.at("expand_out", y, spec.act)
-    y = _conv_role(lw, y, "dw", cin=ch, cout=ch, kernel=spec.kernel, stride=spec.stride,
-                   group=ch, in_hw=hw, bn="dw_bn")
-    y = lw.at("dw_out", _bn_act(lw, y, spec.act, "dw_pre_act"), spec.act)
-    if spec.se_channels:
-        y = _se(lw, y, spec, ch)
-    y = _conv_role(lw, y, "project", cin=ch, cout=spec.cout, kernel=1, stride=1,
-                   group=spec.groups if spec.rank is None else 1, in_hw=out_hw, bn="project_bn",
-                   rank=spec.rank_channels(ch, spec.cout))
-    if spec.has_residual:
-        y = g.node("Add", [lw.at("project_out", y), inp], "residual")
-    return y
-
-
-def _emit_head(lw: _Layer, x: str, spec: BlockSpec) -> str:
-    g, ch = lw.g, spec.cin
-    if spec.hidden:
-        x = _conv_role(lw, lw.at("input", x), "conv", cin=spec.cin, cout=spec.hidden, kernel=1,
-                       stride=1, group=1, in_hw=spec.in_hw, bn="bn")
-        x = lw.at("head_act", _bn_act(lw, x, spec.act, "conv_pre_act"), spec.act)
-        ch = spec.hidden
-    pooled = lw.at("pool", g.node("GlobalAveragePool", [x], "pool"), spec.act if spec.hidden else None)
-    flat = g.node("Flatten", [pooled], "flat", axis=1)
-    w = lw.kernel("classifier", "kernel", (ch, spec.cout))
-    b = lw.array("classifier", "bias", (spec.cout,), "small")
-    if isinstance(w, _Quantized):
-        # The float values of the grid: onnxruntime turns DequantizeLinear -> Gemm into
-        # MatMulNBits, which quantizes its input on the fly (not what was trained).
-        w = (w.q * w.scale).astype(np.float32)
-    return g.node("Gemm", [flat, g.const(w, "fc_w"), g.const(b, "fc_b")], "logits")
+    env = {INPUT: x}
+    for op in ops:
+        env[op.out] = _emit_op(lw, op, env)
+    return env[output_of(ops)]
 
 
 def _model(g: GraphBuilder, inp: str, out: str, in_shape: Sequence[int], out_shape: Sequence[int],
