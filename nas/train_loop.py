@@ -1,6 +1,9 @@
-"""The epoch loop shared by training and distillation: batches, checkpoints, logs, resume.
+"""The one epoch loop: training, distillation and supernets; batches, checkpoints, logs, resume.
 
-Used through :func:`nas.train.train_arch` and :func:`nas.distill.distill_arch`. A run with a
+Used through :func:`nas.train.train_arch`, :func:`nas.distill.distill_arch`, the Single-Path
+search (:mod:`nas.strategies.single_path_run`) and the 'paths' one-shot searches
+(:mod:`nas.strategies.oneshot_loop`: its own ``train_step`` = the strategy's weight step, and
+an ``arch_step`` hook run after each epoch's weight pass). A run with a
 work directory writes ``arch.json``, orbax checkpoints, ``metrics.jsonl`` (one record per
 epoch), TensorBoard event files under ``tb/`` and ``result.json``; started again on the same
 directory it resumes from the newest readable checkpoint and ends with the same parameters as
@@ -25,7 +28,7 @@ from nas.checkpoint import (ARCH_FILE, Checkpointer, read_json_lines, write_arch
 from nas.data import Dataset, epoch_rng, prefetch, train_batches
 from nas.errors import NasInputError
 from nas.safe_write import append_line, write_atomic
-from nas.train import (NonFiniteLossError, TrainConfig, TrainState, count_params, evaluate,
+from nas.train_step import (NonFiniteLossError, TrainConfig, TrainState, count_params, evaluate,
                        make_eval_step, make_optimizer, make_schedule, make_train_step)
 
 #: Config fields that may change between a run and its resumption.
@@ -53,10 +56,13 @@ def check_workdir(workdir: Path, archfile: ArchFile) -> None:
                             str(workdir))
 
 
-def _check_config(saved: Mapping[str, Any], config: TrainConfig, workdir: Path) -> None:
+def _check_config(saved: Mapping[str, Any], config: TrainConfig, workdir: Path,
+                  extend_epochs: bool = False) -> None:
     now = config.to_dict()
     for key, value in (saved or {}).items():
         if key in RESUMABLE_CHANGES or key not in now:
+            continue
+        if extend_epochs and key == "epochs" and now[key] >= value:
             continue
         if now[key] != value:
             raise NasInputError(f"resuming a run trained with {key}={value!r}, now {now[key]!r}; "
@@ -101,7 +107,11 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                  on_epoch_end: Callable[[int, dict], None] | None = None,
                  meta: Mapping[str, Any] | None = None,
                  epoch_metrics: Callable[[TrainState], Mapping[str, float]] | None = None,
-                 tx: Any = None, result_file: str | None = RESULT_FILE) -> dict[str, Any]:
+                 tx: Any = None, result_file: str | None = RESULT_FILE,
+                 train_step: Callable | None = None, opt_state: Any = None,
+                 arch_step: Callable[[TrainState, int], tuple[TrainState, Mapping[str, float]]]
+                 | None = None, evaluate_model: bool = True,
+                 extend_epochs: bool = False) -> dict[str, Any]:
     """Trains `params` with `loss_fn` for ``config.epochs`` epochs, resuming if possible.
 
     Args:
@@ -123,6 +133,16 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
             `config`), e.g. one with its own rule for architecture parameters.
         result_file: the file name of the result summary in the work directory (None: not
             written, e.g. a search that writes its own summary.json).
+        train_step: ``step(state, batch, key, lr, consts) -> (state, metrics)`` replacing
+            :func:`nas.train.make_train_step` of `loss_fn` (metrics must hold loss_sum, correct
+            and count), e.g. a one-shot strategy's weight step.
+        opt_state: the initial optimizer state (default ``tx.init(params)``).
+        arch_step: hook ``(state, epoch) -> (state, metrics)`` run after each epoch's weight
+            pass (epoch 0-based), before evaluation and the checkpoint: a one-shot strategy's
+            architecture pass; its metrics join the epoch's record.
+        evaluate_model: evaluate `model` on the validation split after each epoch and on
+            validation and test at the end (False: no evaluation, accuracies are None).
+        extend_epochs: a resumed run may have more ``config.epochs`` than the saved one.
 
     Returns:
         The result dict (see :func:`nas.train.train_arch`).
@@ -138,7 +158,8 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
     tx = make_optimizer(config) if tx is None else tx
     schedule = make_schedule(config, steps_per_epoch)
     lrs = np.asarray(schedule(jnp.arange(config.epochs * steps_per_epoch + 1)), np.float32)
-    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params))
+    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
+                       tx.init(params) if opt_state is None else opt_state)
     arch_id = space.arch_id(arch)
     run_meta = {"config": config.to_dict(), "space": space.name, **(meta or {})}
 
@@ -154,7 +175,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                            quarantine=True)
         if got is not None:
             model_item, train_item, saved = got
-            _check_config(saved.get("config"), config, wd)
+            _check_config(saved.get("config"), config, wd, extend_epochs)
             for key, value in (meta or {}).items():
                 if saved.get(key) != value:
                     raise NasInputError(f"resuming a run with other {key} settings "
@@ -167,9 +188,9 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
         if not (wd / ARCH_FILE).exists():
             write_arch(wd, archfile)
 
-    train_step = make_train_step(loss_fn, tx)
+    train_step = make_train_step(loss_fn, tx) if train_step is None else train_step
     step_key = jax.random.PRNGKey(config.seed)
-    eval_step = make_eval_step(model)
+    eval_step = make_eval_step(model) if evaluate_model else None
     writer = _tensorboard(wd)
     bar = _progress(config, start_epoch)
     augment = data.augment_fn()
@@ -187,12 +208,17 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                 step_losses.append(m["loss_sum"])
                 totals = m if totals is None else jax.tree_util.tree_map(jnp.add, totals, m)
             check_finite(step_losses, epoch + 1, first_step, arch_id)  # before any checkpoint
+            hook_metrics = {}
+            if arch_step is not None:
+                state, hook_metrics = arch_step(state, epoch)
             record = {"epoch": epoch + 1, "step": int(state.step), **_epoch_metrics(totals)}
             seconds = time.perf_counter() - t0
-            val = evaluate(eval_step, _variables(state), data.x_val, data.y_val,
-                           config.eval_batch_size)
-            record.update(val_accuracy=val["accuracy"], val_loss=val["loss"],
-                          lr=float(lrs[max(int(state.step) - 1, 0)]), seconds=round(seconds, 3))
+            record.update({k: float(v) for k, v in hook_metrics.items()})
+            if eval_step is not None:
+                val = evaluate(eval_step, _variables(state), data.x_val, data.y_val,
+                               config.eval_batch_size)
+                record.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
+            record.update(lr=float(lrs[max(int(state.step) - 1, 0)]), seconds=round(seconds, 3))
             if epoch_metrics is not None:
                 record.update({k: float(v) for k, v in epoch_metrics(state).items()})
             history.append(record)
@@ -209,12 +235,16 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                 writer.flush()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{val['accuracy']:.3f}")
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}",
+                                val=f"{record.get('val_accuracy', float('nan')):.3f}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
-        test = evaluate(eval_step, _variables(state), data.x_test, data.y_test,
-                        config.eval_batch_size)
-        val = evaluate(eval_step, _variables(state), data.x_val, data.y_val, config.eval_batch_size)
+        test = val = {"accuracy": None, "loss": None}
+        if eval_step is not None:
+            test = evaluate(eval_step, _variables(state), data.x_test, data.y_test,
+                            config.eval_batch_size)
+            val = evaluate(eval_step, _variables(state), data.x_val, data.y_val,
+                           config.eval_batch_size)
     finally:
         if bar is not None:
             bar.close()

@@ -30,10 +30,17 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
+from nas.blocks.layers import BN_MOMENTUM
+from nas.checkpoint import Checkpointer
+from nas.data import load_data
 from nas.errors import NasInputError
+from nas.evaluate import CandidateEvaluator
+from nas.model import build_model, init_variables
 from nas.space import Space, resolve_space
 from nas.strategies import registry
+from nas.supernet.network import SuperNet, child_params, merge_trainable, trainable
 
 SCORED_BY = "supernet"
 SEARCH_RECORD = "search.json"
@@ -76,10 +83,6 @@ def load_supernet(workdir: str | Path) -> Supernet:
     Raises:
         NasInputError: not a one-shot search workdir, another strategy, or no checkpoint.
     """
-    import orbax.checkpoint as ocp
-
-    from nas.checkpoint import Checkpointer
-    from nas.supernet.network import SuperNet, merge_trainable, trainable
 
     wd = Path(workdir).expanduser().resolve()
     record = wd / SEARCH_RECORD
@@ -104,11 +107,14 @@ def load_supernet(workdir: str | Path) -> Supernet:
                             None, field)
     meta = manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     ckpt = Checkpointer(wd, meta["arch_id"])
-    got = ckpt.restore(trainable(full))
+    stats = {"stem": full["stem"]["batch_stats"], "head": full["head"]["batch_stats"]}
+    got = ckpt.restore({"params": trainable(full), "batch_stats": stats})  # run_training's layout
     ckpt.close()
-    trained, _, meta = got
+    model, _, meta = got
+    whole = merge_trainable({"stem": {"batch_stats": model["batch_stats"]["stem"]},
+                             "head": {"batch_stats": model["batch_stats"]["head"]}}, model["params"])
     return Supernet(str(wd), space, config.get("data", "digits"), int(config.get("seed", 0)),
-                    strategy, net, merge_trainable(full, trained), int(meta.get("epoch", -1)) + 1)
+                    strategy, net, whole, int(meta.get("epoch", 0)))
 
 
 def recalibrated_stats(old: Any, new: Any, momentum: float) -> Any:
@@ -139,8 +145,6 @@ def _supernet(workdir: str) -> Supernet:
 
 @functools.lru_cache(maxsize=2)
 def _data(spec: str, definition_json: str, seed: int):
-    from nas.data import load_data
-
     return load_data(spec, Space.from_dict(json.loads(definition_json)), seed=seed)
 
 
@@ -180,8 +184,6 @@ class SupernetScorer:
             {'accuracy' (= val_accuracy), 'val_accuracy', 'test_accuracy', 'train_seconds': 0,
             'score_seconds', 'scored_by': 'supernet', cost metrics, 'latency_ms' if known}.
         """
-        from nas.evaluate import CandidateEvaluator
-
         start = time.perf_counter()
         sn = self.load()
         arch = sn.space.validate(arch)
@@ -210,9 +212,6 @@ def path_accuracy(sn: Supernet, arch: Mapping[str, Any], data: Any, calibration_
     Returns:
         {"val": accuracy, "test": accuracy or None when the data has no test split}.
     """
-    from nas.blocks.layers import BN_MOMENTUM
-    from nas.model import build_model, init_variables
-    from nas.supernet.network import child_params
 
     model = build_model(sn.space, arch)
     shape = (1, *sn.space.resolution, sn.space.in_channels)

@@ -5,17 +5,15 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from nas.data import Dataset
 from nas.space import Space
 from nas.strategies.oneshot_base import OneShotParams
 from nas.strategies import make_strategy
 from nas.strategies.oneshot_loop import make_steps, run_oneshot
-from nas.supernet.gates import derive, init_arch_params
+from nas.supernet.gates import derive
 from nas.supernet.network import SuperNet
 from nas.supernet.synthetic import KERNEL_TASK_SPACE, macs_latency_table, pair_distance_task
-from nas.train import TrainConfig, make_optimizer
 
 from test_supernet import SMALL
 
@@ -25,20 +23,19 @@ def test_huge_latency_weight_derives_the_minimum_latency_arch():
     table = macs_latency_table(space)
     net = SuperNet(space)
     # FBNet's own loss CE * a * log(LAT) ** b with a large b: the latency term dominates
-    params = OneShotParams(objective="fbnet", fbnet_beta=20.0, arch_lr=0.1)
+    params = OneShotParams(objective="fbnet", fbnet_beta=20.0, arch_lr=0.1, tau0=1.0)
     strategy = make_strategy("fbnet", net.space, params, net=net, table=table)
-    full = net.init(jax.random.PRNGKey(0))
-    _, arch_step = make_steps(strategy, make_optimizer(TrainConfig()), optax.adam(params.arch_lr))
-    alpha = init_arch_params(space)
-    state = optax.adam(params.arch_lr).init(alpha)
+    _, arch_step = make_steps(strategy)
+    state = strategy.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     for i in range(60):
         batch = {"x": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
                  "y": jnp.asarray(rng.integers(0, 10, 8), jnp.int32), "mask": jnp.ones(8)}
-        alpha, state, m = arch_step(alpha, state, full, batch, jax.random.PRNGKey(i), 1.0)
+        state, m = arch_step(state, batch, jax.random.PRNGKey(i), jnp.float32(0.0), jnp.float32(0.0))
     all_latencies = [table.predict(space.decode(list(ix)))
                      for ix in np.ndindex(*space.cardinalities())]
-    assert table.predict(derive(space, alpha)) == min(all_latencies)
+    assert strategy.derive(state) == derive(space, state.arch)
+    assert table.predict(strategy.derive(state)) == min(all_latencies)
 
 
 def test_no_latency_weight_picks_the_kernel_the_task_needs_and_resumes(tmp_path):
@@ -47,10 +44,10 @@ def test_no_latency_weight_picks_the_kernel_the_task_needs_and_resumes(tmp_path)
     data = Dataset("pairs", x[:1000], y[:1000], x[1000:1250], y[1000:1250], x[1250:], y[1250:], 2)
     params = dict(warmup_epochs=2, objective="none", arch_lr=0.05, weight_lr=0.01, batch_size=50)
     first = run_oneshot(space, data, "fbnet", OneShotParams(epochs=4, **params), None, tmp_path)
-    assert [r["epoch"] for r in first["history"]] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in first["history"]] == [1, 2, 3, 4]
     result = run_oneshot(space, data, "fbnet", OneShotParams(epochs=8, **params), None, tmp_path)
-    # resumed: epochs 0-3 come from the checkpoint and metrics.jsonl, 4-7 are new
-    assert [r["epoch"] for r in result["history"]] == list(range(8))
+    # resumed with more epochs: epochs 1-4 come from the checkpoint and metrics.jsonl, 5-8 are new
+    assert [r["epoch"] for r in result["history"]] == list(range(1, 9))
     assert result["history"][3] == first["history"][3]
     assert np.allclose([r["temperature"] for r in result["history"]],
                        [5.0 * 0.956 ** e for e in range(8)])

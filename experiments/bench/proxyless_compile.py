@@ -25,35 +25,26 @@ def _one(space_name: str, pick: str, batch: int, steps: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
 
     from nas.space import Space
-    from nas.strategies.oneshot_base import OneShotParams
     from nas.strategies import make_strategy
-    from nas.strategies.oneshot_loop import make_steps
-    from nas.supernet.gates import init_arch_params
-    from nas.supernet.network import SuperNet, trainable
-    from nas.train import TrainConfig, make_optimizer
+    from nas.strategies.oneshot_base import OneShotParams
+    from nas.supernet.network import SuperNet
 
     space = Space.by_name(space_name)
     net = SuperNet(space, pick=pick)
     strategy = make_strategy("proxyless", net.space, OneShotParams(objective="none"), net=net)
-    tx = make_optimizer(TrainConfig())
-    weight_step, _ = make_steps(strategy, tx, optax.adam(0.1))
-    full = net.init(jax.random.PRNGKey(0))
-    trained = trainable(full)
-    opt_state = tx.init(trained)
-    alpha = init_arch_params(space)
+    weight_step = jax.jit(strategy.weight_step)
+    state = strategy.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     shape = (batch, *space.resolution, space.in_channels)
     b = {"x": jnp.asarray(rng.normal(size=shape), jnp.float32),
          "y": jnp.asarray(rng.integers(0, space.num_classes, batch), jnp.int32),
          "mask": jnp.ones(batch)}
-    args = (full, alpha, b)
+    lr, epoch = jnp.float32(1e-3), jnp.float32(0.0)
     c0 = time.process_time()
     t0 = time.perf_counter()
-    lowered = weight_step.lower(trained, opt_state, *args, jax.random.PRNGKey(0), jnp.float32(1e-3),
-                                jnp.float32(1.0))
+    lowered = weight_step.lower(state, b, jax.random.PRNGKey(0), lr, epoch)
     t_lower = time.perf_counter() - t0
     compiled = lowered.compile()
     t_compile = time.perf_counter() - t0 - t_lower
@@ -62,9 +53,8 @@ def _one(space_name: str, pick: str, batch: int, steps: int) -> dict:
     times = []
     for i in range(steps):
         t = time.perf_counter()
-        trained, opt_state, m = compiled(trained, opt_state, *args, jax.random.PRNGKey(i),
-                                         jnp.float32(1e-3), jnp.float32(1.0))
-        jax.block_until_ready(trained)
+        state, _ = compiled(state, b, jax.random.PRNGKey(i), lr, epoch)
+        jax.block_until_ready(state)
         times.append(time.perf_counter() - t)
     return {"pick": pick, "trace_lower_s": t_lower, "compile_s": t_compile,
             "trace_lower_compile_cpu_s": cpu_compile,

@@ -9,7 +9,8 @@ one-thread step pinned to one core is what other processes' load changes least).
 row's ratios to its base row (the child network it contains):
 
 * ``child``: the largest child network (the Arch of maximum MACs), plain training step;
-* ``fbnet_weight`` / ``fbnet_arch``: the Gumbel-softmax (all paths, masked knobs) steps;
+* ``fbnet_weight`` / ``fbnet_arch``: the Gumbel-softmax (all paths, masked knobs) steps
+  (supernet rows time the protocol's ``weight_step`` / ``arch_step``, optimizer update included);
 * ``proxyless_weight``: the single sampled path (``lax.switch``);
 * ``proxyless_arch``: two sampled paths per path decision, masked knobs;
 * ``single_path_child``: the largest Arch of the single-path superkernel (every ladder at its
@@ -31,7 +32,8 @@ import statistics
 import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
-                      "intra_op_parallelism_threads=1")
+                      "--xla_cpu_parallel_codegen_split_count=1")
+os.environ.setdefault("PJRT_NPROC", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -43,8 +45,7 @@ from nas.model import build_model, init_variables  # noqa: E402
 from nas.space import Space  # noqa: E402
 from nas.strategies.oneshot_base import OneShotParams  # noqa: E402
 from nas.strategies import make_strategy  # noqa: E402
-from nas.supernet.gates import init_arch_params  # noqa: E402
-from nas.supernet.network import SuperNet, trainable  # noqa: E402
+from nas.supernet.network import SuperNet  # noqa: E402
 from nas.supernet.synthetic import macs_latency_table  # noqa: E402
 from nas.train import cross_entropy  # noqa: E402
 
@@ -94,22 +95,15 @@ def _child(space: Space, n: int):
 
 
 def _supernet(name: str, which: str):
+    """A row timing one step of the one-shot protocol (weights or architecture, optimizer included)."""
     def build(space: Space, n: int):
         net = SuperNet(space)
         strategy = make_strategy(name, space, OneShotParams(objective="proxyless", lam=1.0),
                                  net=net, table=macs_latency_table(space))
-        full = net.init(jax.random.PRNGKey(0))
-        alpha = init_arch_params(space)
-        batch = _batch(space, n)
-        key = jax.random.PRNGKey(1)
-        if which == "weight":
-            def step(trained, full, alpha, batch, key):
-                return jax.grad(lambda t: strategy.weight_loss(t, full, alpha, batch, key, 1.0)[0])(trained)
-            return step, (trainable(full), full, alpha, batch, key)
-
-        def arch(alpha, full, batch, key):
-            return strategy.arch_grads(alpha, full, batch, key, 1.0)[0]
-        return arch, (alpha, full, batch, key)
+        state = strategy.init(jax.random.PRNGKey(0))
+        step = strategy.weight_step if which == "weight" else strategy.arch_step
+        return step, (state, _batch(space, n), jax.random.PRNGKey(1), jnp.float32(1e-3),
+                      jnp.float32(0.0))
     return build
 
 

@@ -17,19 +17,24 @@ from typing import Any, Callable
 
 import jax
 
-from nas.strategies.oneshot_base import OneShotStrategy, masked_ce
+from nas.strategies.oneshot_base import OneShotParams, masked_ce, paths_strategy
+from nas.strategies.protocol import OneShot
 from nas.supernet.gates import gumbel_softmax
 from nas.supernet.network import SuperNet, merge_trainable
 
 
 def fbnet_strategy(net: SuperNet, objective: Callable[[Any, Any], Any],
-                   cost: Callable[[Any], Any]) -> OneShotStrategy:
-    """Returns FBNet's weight and arch steps for a supernet.
+                   cost: Callable[[Any], Any], params: OneShotParams) -> OneShot:
+    """Returns FBNet (weight and arch steps on Gumbel-softmax gates) for a supernet.
 
     Args:
         net: the supernet.
         objective: ``objective(ce, lat) -> loss`` (see :func:`nas.strategies.oneshot_base.make_objective`).
         cost: ``cost(probabilities) -> expected latency`` (LatencyTable.expected).
+        params: the search parameters (optimizers, temperature).
+
+    Returns:
+        The one-shot protocol (:mod:`nas.strategies.protocol`).
     """
 
     def weight_loss(trained, full, alpha, batch, rng, tau):
@@ -51,4 +56,4 @@ def fbnet_strategy(net: SuperNet, objective: Callable[[Any, Any], Any],
         (loss, (ce, acc, lat)), grads = jax.value_and_grad(loss_fn, has_aux=True)(alpha)
         return grads, {"arch_loss": loss, "arch_ce": ce, "arch_acc": acc, "gumbel_latency": lat}, None
 
-    return OneShotStrategy("fbnet", "soft", weight_loss, arch_grads, lambda new, old, aux: new)
+    return paths_strategy("fbnet", net, params, weight_loss, arch_grads, lambda new, old, aux: new)

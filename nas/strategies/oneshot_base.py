@@ -1,10 +1,12 @@
-"""Shared pieces of the one-shot (supernet) strategies: their parameters, objective and interface.
+"""Shared pieces of the 'paths' one-shot strategies (fbnet, proxyless): parameters, objective,
+and :func:`paths_strategy`, which turns a strategy's two losses into the one-shot protocol.
 
-A 'paths' one-shot strategy (fbnet, proxyless) is a small NamedTuple of pure functions (optax
-style): ``weight_loss(trained, full, alpha, batch, rng, tau) -> (ce, accuracy)`` and
-``arch_grads(alpha, full, batch, rng, tau) -> (grads, metrics, aux)``, plus
-``post_update(new_alpha, old_alpha, aux)``; :mod:`nas.strategies.oneshot_loop` alternates them.
-Build one with :func:`nas.strategies.registry.make_strategy`.
+A 'paths' strategy defines ``weight_loss(trained, full, alpha, batch, rng, tau) -> (ce,
+accuracy)``, ``arch_grads(alpha, full, batch, rng, tau) -> (grads, metrics, aux)`` and
+``post_update(new_alpha, old_alpha, aux)``; :func:`paths_strategy` wraps them into a
+:class:`~nas.strategies.protocol.OneShot` (init / weight_step / arch_step / derive /
+distribution) with AdamW (cosine learning rate, given per step) on the supernet's weights and
+Adam on the logits. Build one with :func:`nas.strategies.registry.make_strategy`.
 
 Strategy parameters (``strategy.params`` of a search config)::
 
@@ -16,33 +18,20 @@ Strategy parameters (``strategy.params`` of a search config)::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
+import optax
 import pydantic
 
 from nas.errors import NasInputError
 from nas.objective import fbnet_loss, proxyless_loss
-from nas.train import cross_entropy
-
-
-class OneShotStrategy(NamedTuple):
-    """The steps of a one-shot strategy (see the module docstring).
-
-    Attributes:
-        name: 'fbnet' | 'proxyless'.
-        mode: the supernet mode of its weight step ('soft' or 'pick').
-        weight_loss: (trained, full, alpha, batch, rng, tau) -> (ce, accuracy).
-        arch_grads: (alpha, full, batch, rng, tau) -> (grads, metrics, aux).
-        post_update: (new_alpha, old_alpha, aux) -> alpha.
-    """
-
-    name: str
-    mode: str
-    weight_loss: Callable
-    arch_grads: Callable
-    post_update: Callable
+from nas.space import Space
+from nas.strategies.protocol import OneShot, OneShotState
+from nas.supernet import gates
+from nas.supernet.network import SuperNet, merge_trainable, trainable
+from nas.train import TrainConfig, cross_entropy, make_optimizer
 
 
 class OneShotParams(pydantic.BaseModel):
@@ -171,3 +160,81 @@ def masked_ce(logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
     acc = jnp.sum((jnp.argmax(logits, -1) == batch["y"]) * batch["mask"]) / jnp.maximum(
         jnp.sum(batch["mask"]), 1.0)
     return ce, acc
+
+
+def weight_optimizer(params: OneShotParams) -> optax.GradientTransformation:
+    """Returns the supernet weights' direction transform (AdamW, decay on kernels; no rate).
+
+    Args:
+        params: the search parameters (weight_lr, weight_decay).
+
+    Returns:
+        The optax transform whose updates the weight step scales by the scheduled rate.
+    """
+    return make_optimizer(TrainConfig(epochs=params.epochs, batch_size=params.batch_size,
+                                      learning_rate=params.weight_lr,
+                                      weight_decay=params.weight_decay))
+
+
+def full_weights(state: OneShotState) -> dict[str, Any]:
+    """Returns the supernet's whole weight tree (trained leaves and stem/head statistics).
+
+    Args:
+        state: a 'paths' strategy's OneShotState.
+
+    Returns:
+        The tree :meth:`nas.supernet.network.SuperNet.apply` takes.
+    """
+    stats = {"stem": {"batch_stats": state.stats["stem"]},
+             "head": {"batch_stats": state.stats["head"]}}
+    return merge_trainable(stats, state.weights)
+
+
+def paths_strategy(name: str, net: SuperNet, params: OneShotParams, weight_loss: Callable,
+                   arch_grads: Callable, post_update: Callable) -> OneShot:
+    """Returns the one-shot protocol of a 'paths' strategy from its losses.
+
+    Args:
+        name: the registry name.
+        net: the supernet.
+        params: the search parameters (optimizers, Gumbel temperature schedule).
+        weight_loss: ``(trained, full, alpha, batch, rng, tau) -> (ce, accuracy)``.
+        arch_grads: ``(alpha, full, batch, rng, tau) -> (grads, metrics, aux)``.
+        post_update: ``(new_alpha, old_alpha, aux) -> alpha``.
+
+    Returns:
+        The :class:`~nas.strategies.protocol.OneShot` (see :mod:`nas.strategies.protocol`).
+    """
+    space: Space = net.space
+    tx, arch_tx = weight_optimizer(params), optax.adam(params.arch_lr)
+
+    def tau_of(epoch):
+        return gates.temperature(jnp.asarray(epoch, jnp.float32), params.tau0, params.tau_decay)
+
+    def init(rng):
+        full = net.init(rng)
+        weights, alpha = trainable(full), gates.init_arch_params(space)
+        stats = {"stem": full["stem"]["batch_stats"], "head": full["head"]["batch_stats"]}
+        return OneShotState(weights, alpha, tx.init(weights), arch_tx.init(alpha), stats)
+
+    def weight_step(state, batch, rng, lr, epoch):
+        grad_fn = jax.value_and_grad(weight_loss, has_aux=True)
+        (ce, acc), grads = grad_fn(state.weights, full_weights(state), state.arch, batch, rng,
+                                   tau_of(epoch))
+        updates, opt = tx.update(grads, state.weight_opt, state.weights)
+        weights = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.weights, updates)
+        count = jnp.sum(batch["mask"])
+        return state._replace(weights=weights, weight_opt=opt), {
+            "loss_sum": ce * count, "correct": acc * count, "count": count}
+
+    def arch_step(state, batch, rng, lr, epoch):
+        del lr  # the logits follow Adam at params.arch_lr
+        grads, metrics, aux = arch_grads(state.arch, full_weights(state), batch, rng,
+                                         tau_of(epoch))
+        updates, arch_opt = arch_tx.update(grads, state.arch_opt, state.arch)
+        alpha = post_update(optax.apply_updates(state.arch, updates), state.arch, aux)
+        return state._replace(arch=alpha, arch_opt=arch_opt), metrics
+
+    return OneShot(name, init, weight_step, arch_step,
+                   lambda state: gates.derive(space, state.arch),
+                   lambda state: gates.distribution(space, state.arch))

@@ -1,17 +1,25 @@
-"""The one-shot search loop: alternate weight and architecture training of a supernet, derive.
+"""The one-shot driver of the 'paths' strategies: the protocol's steps run by the one trainer.
 
-Per epoch: a weight pass over 80% of the training split (the supernet's weights, AdamW with a
-cosine schedule), then, after ``warmup_epochs``, an arch pass over the held-out 20% (the
-architecture logits, Adam). The Gumbel temperature follows ``tau0 * tau_decay ** epoch``.
+It calls only the five functions of a :class:`~nas.strategies.protocol.OneShot` (fbnet,
+proxyless) and trains with :func:`nas.train_loop.run_training`: ``init`` builds the state;
+the trainer's weight pass runs ``weight_step`` over 80% of the training split (the supernet's
+weights, AdamW with a cosine schedule); its ``arch_step`` hook runs, after ``warmup_epochs``,
+``arch_step`` over the held-out 20% (the architecture logits, Adam); ``derive`` and
+``distribution`` after every epoch and at the end. The Gumbel temperature follows
+``tau0 * tau_decay ** epoch`` (computed by the strategy from the epoch it is given).
 
-A run with a work directory writes ``checkpoints/`` (orbax: weights, both optimizer states and
-the logits; resumed from the newest), ``metrics.jsonl`` (one record per epoch: losses, expected
-latency, per-label entropy), ``history.jsonl`` (one ``kind: "epoch"`` record per epoch: the
+A run with a work directory writes the trainer's files (``checkpoints/``: model item
+{"params": supernet weights, "batch_stats": stem/head statistics}, train item {"step",
+"opt_state": {"weights", "arch"}, "aux": {"arch": logits}}; ``metrics.jsonl``, one record per
+epoch (1-based): train loss/accuracy of the weight pass, arch-step losses, temperature,
+entropies, expected latency; ``arch.json``: a container Arch the checkpoints are keyed by),
+``history.jsonl`` (one ``kind: "epoch"`` record per epoch: the
 Arch derived after it and its predicted cost, see :mod:`nas.strategies.outputs`), TensorBoard
 files under ``tb/``, and at the end ``best_arch.json`` (the derived Arch with its predicted cost
 and latency, metrics and final per-label distribution) and ``summary.json`` (the result without
 the per-epoch history: arch, distribution, entropy, alpha, ...). Restarted on the same directory
-with the same settings it resumes.
+with the same settings it resumes; a rerun with more ``epochs`` (the only setting that may grow)
+continues training from the newest checkpoint.
 
 Example:
     >>> result = run_oneshot(space, data, "fbnet", OneShotParams(epochs=8), table, "runs/fb")
@@ -20,34 +28,31 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from nas.archfile import ArchFile
-from nas.checkpoint import Checkpointer, read_json_lines, write_json_lines
 from nas.data import Dataset, epoch_rng, stratified_split, train_batches
 from nas.errors import NasInputError
 from nas.metrics import arch_metrics
 from nas.space import Space
-from nas.strategies.oneshot_base import OneShotParams, OneShotStrategy
+from nas.strategies.oneshot_base import OneShotParams
 from nas.strategies.outputs import (BEST_ARCH_FILE, HISTORY_FILE, epoch_record,
                                     write_epoch_record, write_summary)
+from nas.strategies.protocol import OneShot, OneShotState
 from nas.strategies.registry import entry, make_strategy
-from nas.supernet.gates import (derive, distribution, entropy, init_arch_params, probabilities,
-                                temperature)
-from nas.supernet.network import SuperNet, merge_trainable, trainable
-from nas.train import TrainConfig, make_optimizer, make_schedule
-
-METRICS_FILE = "metrics.jsonl"
+from nas.supernet.gates import entropy, probabilities, temperature
+from nas.supernet.network import SuperNet
+from nas.train import TrainConfig, TrainState, make_schedule
+from nas.train_loop import run_training
 
 
 def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:
@@ -57,33 +62,18 @@ def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:
     return "oneshot-" + hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
-def make_steps(strategy: OneShotStrategy, tx: Any, arch_tx: Any) -> tuple[Any, Any]:
+def make_steps(strategy: OneShot) -> tuple[Any, Any]:
     """Returns the jitted ``(weight_step, arch_step)`` of a one-shot strategy.
 
     Args:
-        strategy: the OneShotStrategy (:func:`nas.strategies.registry.make_strategy`).
-        tx: the weights' optax transform (its updates are scaled by the step's learning rate).
-        arch_tx: the architecture logits' optax optimizer.
+        strategy: the :class:`~nas.strategies.protocol.OneShot`
+            (:func:`nas.strategies.registry.make_strategy`).
 
     Returns:
-        ``weight_step(trained, opt_state, full, alpha, batch, key, lr, tau) -> (trained,
-        opt_state, metrics)`` and ``arch_step(alpha, arch_state, full, batch, key, tau) ->
-        (alpha, arch_state, metrics)``.
+        ``weight_step(state, batch, key, lr, epoch) -> (state, metrics)`` and
+        ``arch_step(state, batch, key, lr, epoch) -> (state, metrics)``, compiled once.
     """
-    def weight_step(trained, opt_state, full, alpha, batch, key, lr, tau):
-        grad_fn = jax.value_and_grad(strategy.weight_loss, has_aux=True)
-        (ce, acc), grads = grad_fn(trained, full, alpha, batch, key, tau)
-        updates, opt_state = tx.update(grads, opt_state, trained)
-        trained = jax.tree_util.tree_map(lambda p, u: p - lr * u, trained, updates)
-        return trained, opt_state, {"weight_ce": ce, "weight_acc": acc}
-
-    def arch_step(alpha, arch_state, full, batch, key, tau):
-        grads, metrics, aux = strategy.arch_grads(alpha, full, batch, key, tau)
-        updates, arch_state = arch_tx.update(grads, arch_state, alpha)
-        new = optax.apply_updates(alpha, updates)
-        return strategy.post_update(new, alpha, aux), arch_state, metrics
-
-    return jax.jit(weight_step), jax.jit(arch_step)
+    return jax.jit(strategy.weight_step), jax.jit(strategy.arch_step)
 
 
 def _mean(records: list[dict]) -> dict[str, float]:
@@ -130,92 +120,97 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
     batch = min(params.batch_size, len(yw), len(ya))
     steps_per_epoch = len(yw) // batch
     tconf = TrainConfig(epochs=params.epochs, batch_size=batch, learning_rate=params.weight_lr,
-                        weight_decay=params.weight_decay, seed=seed)
-    tx, arch_tx = make_optimizer(tconf), optax.adam(params.arch_lr)
+                        weight_decay=params.weight_decay, seed=seed, progress=params.progress,
+                        checkpoint_every=params.checkpoint_every,
+                        depthwise_impl=params.depthwise_impl)
     lrs = np.asarray(make_schedule(tconf, steps_per_epoch)(
         jnp.arange(params.epochs * steps_per_epoch + 1)), np.float32)
 
-    full = net.init(jax.random.PRNGKey(seed))
-    trained = trainable(full)
-    opt_state = tx.init(trained)
-    alpha = init_arch_params(space)
-    arch_state = arch_tx.init(alpha)
-    step = 0
-    history: list[dict] = []
-    start_epoch, elapsed = 0, 0.0
-
-    wd = Path(workdir).absolute() if workdir is not None else None
-    ckpt = None
-    if wd is not None:
-        wd.mkdir(parents=True, exist_ok=True)
-        ckpt = Checkpointer(wd, _run_id(space, name, params, seed))
-        got = ckpt.restore(trained, {"step": jnp.zeros((), jnp.int32), "opt_state": opt_state,
-                                     "aux": {"alpha": alpha, "arch_state": arch_state}},
-                           quarantine=True)
-        if got is not None:
-            trained, train_item, meta = got
-            opt_state, step = train_item["opt_state"], int(train_item["step"])
-            alpha, arch_state = train_item["aux"]["alpha"], train_item["aux"]["arch_state"]
-            start_epoch, elapsed = int(meta["epoch"]) + 1, float(meta.get("search_seconds", 0.0))
-            history = [r for r in read_json_lines(wd / METRICS_FILE) if r["epoch"] < start_epoch] \
-                if (wd / METRICS_FILE).exists() else []
-
-    weight_step, arch_step = make_steps(strategy, tx, arch_tx)
+    container = ArchFile(space, space.decode([0] * len(space.labels())),
+                         {"strategy": name, "note": "a supernet search; its derived Arch is "
+                          "best_arch.json"})
+    weight_data = dataclasses.replace(data, x_train=xw, y_train=yw, augment=False)
+    state = strategy.init(jax.random.PRNGKey(seed))
     base = jax.random.PRNGKey(seed + 1)
-    writer = _tensorboard(wd)
-    bar = _progress(params, start_epoch)
-    try:
-        for epoch in range(start_epoch, params.epochs):
-            t0 = time.time()
-            tau = jnp.float32(temperature(epoch, params.tau0, params.tau_decay))
-            w_metrics, a_metrics = [], []
-            for b in train_batches(xw, yw, batch, epoch_rng(seed, epoch, 0)):
-                key = jax.random.fold_in(base, 2 * step)
-                trained, opt_state, m = weight_step(trained, opt_state, full, alpha, b, key,
-                                                    jnp.float32(lrs[step]), tau)
-                w_metrics.append(m)
-                step += 1
-            full = merge_trainable(full, trained)
-            if epoch >= params.warmup_epochs:
-                for i, b in enumerate(train_batches(xa, ya, batch, epoch_rng(seed, epoch, 1))):
-                    key = jax.random.fold_in(base, 2 * (step + i) + 1)
-                    alpha, arch_state, m = arch_step(alpha, arch_state, full, b, key, tau)
-                    a_metrics.append(m)
-            elapsed += time.time() - t0
-            record = _epoch_record(space, epoch, float(tau), alpha, table, w_metrics, a_metrics, elapsed)
-            history.append(record)
-            _log(writer, record)
-            if wd is not None:
-                write_json_lines(wd / METRICS_FILE, history)
-                write_epoch_record(wd / HISTORY_FILE, predict(epoch + 1, derive(space, alpha), record))
-                if (epoch + 1) % params.checkpoint_every == 0 or epoch + 1 == params.epochs:
-                    ckpt.save(step, trained, {"step": jnp.asarray(step, jnp.int32),
-                                              "opt_state": opt_state,
-                                              "aux": {"alpha": alpha, "arch_state": arch_state}},
-                              {"epoch": epoch, "search_seconds": elapsed, "strategy": name})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=round(record.get("arch_loss", record["weight_ce"]), 3),
-                                lat=record.get("expected_latency_ms"))
-    finally:
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-        if ckpt is not None:
-            ckpt.close()
-    return _finish(space, name, params, alpha, history, elapsed, wd, seed, predict, latency)
+    weight_step, arch_step = make_steps(strategy)
+    current: dict[str, OneShotState] = {}
+    wd = Path(workdir).absolute() if workdir is not None else None
+
+    @jax.jit
+    def train_step(ts, b, key, lr, consts=None):
+        del key, consts  # the one-shot keys: fold_in(seed + 1, 2 * step), as the arch pass's
+        epoch = (ts.step // steps_per_epoch).astype(jnp.float32)
+        new, m = weight_step(to_oneshot(ts), b, jax.random.fold_in(base, 2 * ts.step), lr, epoch)
+        return to_train(new, ts.step + 1), m
+
+    def arch_pass(ts, epoch: int):
+        state, metrics = to_oneshot(ts), []
+        if epoch >= params.warmup_epochs:
+            step = int(ts.step)
+            lr = jnp.float32(lrs[min(step, len(lrs) - 1)])
+            for i, b in enumerate(train_batches(xa, ya, batch, epoch_rng(seed, epoch, 1))):
+                key = jax.random.fold_in(base, 2 * (step + i) + 1)
+                state, m = arch_step(state, b, key, lr, jnp.float32(epoch))
+                metrics.append(m)
+        current["state"] = state
+        tau = float(temperature(epoch, params.tau0, params.tau_decay))
+        return to_train(state, ts.step), _arch_record(strategy, state, tau, table, metrics)
+
+    def on_epoch_end(epoch: int, record: Mapping[str, Any]) -> None:
+        if wd is not None:
+            write_epoch_record(wd / HISTORY_FILE, predict(epoch, strategy.derive(current["state"]),
+                                                          record))
+
+    result = run_training(
+        model=net, params={"model": state.weights, "arch": state.arch}, batch_stats=state.stats,
+        loss_fn=None, data=weight_data, config=tconf, workdir=wd, archfile=container,
+        meta={"strategy": name, "run_id": _run_id(space, name, params, seed)},
+        opt_state={"weights": state.weight_opt, "arch": state.arch_opt}, train_step=train_step,
+        arch_step=arch_pass, on_epoch_end=on_epoch_end, evaluate_model=False,
+        extend_epochs=True, result_file=None)
+    return _finish(space, strategy, params, to_oneshot(result["state"]), result["history"],
+                   float(result["train_seconds"]), wd, seed, predict, latency)
 
 
-def _epoch_record(space, epoch, tau, alpha, table, w_metrics, a_metrics, elapsed) -> dict:
-    record = {"epoch": epoch, "temperature": tau, **_mean(w_metrics), **_mean(a_metrics),
-              "search_seconds": elapsed}
+def to_oneshot(ts: TrainState) -> OneShotState:
+    """Returns the OneShotState held by the trainer's TrainState (see :func:`to_train`).
+
+    Args:
+        ts: the trainer's state (params {"model": weights, "arch": logits}, opt_state
+            {"weights", "arch"}, batch_stats = the strategy's stats).
+
+    Returns:
+        The strategy's state.
+    """
+    return OneShotState(ts.params["model"], ts.params["arch"], ts.opt_state["weights"],
+                        ts.opt_state["arch"], ts.batch_stats)
+
+
+def to_train(state: OneShotState, step: Any) -> TrainState:
+    """Returns the trainer's TrainState of a OneShotState (checkpointed by run_training).
+
+    Args:
+        state: the strategy's state.
+        step: the global weight-step count.
+
+    Returns:
+        The TrainState (see :func:`to_oneshot`).
+    """
+    return TrainState(jnp.asarray(step, jnp.int32), {"model": state.weights, "arch": state.arch},
+                      state.stats, {"weights": state.weight_opt, "arch": state.arch_opt})
+
+
+def _arch_record(strategy: OneShot, state: OneShotState, tau: float, table: Any,
+                 metrics: list[dict]) -> dict[str, float]:
+    """The epoch's architecture metrics: temperature, mean arch-step metrics, entropies, latency."""
+    alpha = state.arch
+    record = {"temperature": tau, **_mean(metrics)}
     ent = entropy(alpha)
     record["mean_entropy"] = float(np.mean(list(ent.values()))) if ent else 0.0
-    record["entropy"] = ent
+    record.update({f"entropy/{label}": value for label, value in ent.items()})
     if table is not None:
         record["expected_latency_ms"] = float(table.expected(probabilities(alpha)))
-        record["derived_latency_ms"] = float(table.predict(derive(space, alpha)))
+        record["derived_latency_ms"] = float(table.predict(strategy.derive(state)))
     return record
 
 
@@ -232,15 +227,16 @@ def _predictor(space: Space, name: str, table: Any, cost_metric: str, latency: A
     return predict
 
 
-def _finish(space, name, params, alpha, history, elapsed, wd, seed, predict,
+def _finish(space, strategy, params, state, history, elapsed, wd, seed, predict,
             latency) -> dict[str, Any]:
-    arch = derive(space, alpha)
+    name, alpha = strategy.name, state.arch
+    arch = strategy.derive(state)
     final = predict(len(history), arch, {})
     result = {"strategy": name, "family": entry(name).family, "arch": arch,
               "arch_id": space.arch_id(arch), "cost_metric": final["cost_metric"],
               "predicted_cost": final["predicted_cost"],
               "predicted_latency_ms": final["predicted_latency_ms"],
-              "distribution": distribution(space, alpha), "entropy": entropy(alpha),
+              "distribution": strategy.distribution(state), "entropy": entropy(alpha),
               "history": history, "search_seconds": elapsed, "seed": seed,
               "params": params.model_dump(),
               "alpha": {k: np.asarray(v).tolist() for k, v in alpha.items()}}
@@ -254,30 +250,3 @@ def _finish(space, name, params, alpha, history, elapsed, wd, seed, predict,
         write_summary(wd, {**{k: v for k, v in result.items() if k != "history"},
                            "workdir": str(wd), "best_arch": str(wd / BEST_ARCH_FILE)})
     return result
-
-
-def _tensorboard(wd: Path | None):
-    if wd is None:
-        return None
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter(logdir=str(wd / "tb"), flush_secs=30)
-
-
-def _log(writer, record: Mapping[str, Any]) -> None:
-    if writer is None:
-        return
-    epoch = record["epoch"]
-    for key, value in record.items():
-        if isinstance(value, (int, float)) and key != "epoch":
-            writer.add_scalar(f"search/{key}", value, epoch)
-    for label, value in record["entropy"].items():
-        writer.add_scalar(f"entropy/{label}", value, epoch)
-
-
-def _progress(params: OneShotParams, start_epoch: int):
-    if not params.progress:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=params.epochs, initial=start_epoch, unit="epoch", dynamic_ncols=True)

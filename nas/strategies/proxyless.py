@@ -21,19 +21,24 @@ from typing import Any, Callable
 
 import jax
 
-from nas.strategies.oneshot_base import OneShotStrategy, masked_ce
+from nas.strategies.oneshot_base import OneShotParams, masked_ce, paths_strategy
+from nas.strategies.protocol import OneShot
 from nas.supernet.gates import binary_gate_grad, probabilities, rescale_pair, sample_indices, sample_pairs
 from nas.supernet.network import SuperNet, merge_trainable
 
 
 def proxyless_strategy(net: SuperNet, objective: Callable[[Any, Any], Any],
-                       cost: Callable[[Any], Any]) -> OneShotStrategy:
-    """Returns ProxylessNAS's weight and arch steps for a supernet.
+                       cost: Callable[[Any], Any], params: OneShotParams) -> OneShot:
+    """Returns ProxylessNAS (one sampled path per weight step, binary-gate arch step).
 
     Args:
         net: the supernet.
         objective: ``objective(ce, lat) -> loss``.
         cost: ``cost(probabilities) -> expected latency``.
+        params: the search parameters (optimizers, temperature).
+
+    Returns:
+        The one-shot protocol (:mod:`nas.strategies.protocol`).
     """
 
     def weight_loss(trained, full, alpha, batch, rng, tau):
@@ -61,4 +66,4 @@ def proxyless_strategy(net: SuperNet, objective: Callable[[Any, Any], Any],
     def post_update(new, old, pairs):
         return rescale_pair(new, old, pairs)
 
-    return OneShotStrategy("proxyless", "pick", weight_loss, arch_grads, post_update)
+    return paths_strategy("proxyless", net, params, weight_loss, arch_grads, post_update)

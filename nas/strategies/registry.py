@@ -7,11 +7,13 @@ names. Two families:
 * ``"sample"`` (random, evolution, rl): ``factory(space, params) -> Strategy``, the ask/tell
   protocol of :mod:`nas.strategies.base`, run by the ask/tell loop of :mod:`nas.search`.
 * ``"one_shot"`` (fbnet, proxyless, single_path): train a supernet and derive an Arch, run by
-  :mod:`nas.strategies.oneshot_driver`. ``supernet`` says which: ``"paths"`` (a
+  :mod:`nas.strategies.oneshot_driver`. All three implement the one-shot protocol
+  :class:`~nas.strategies.protocol.OneShot` (init / weight_step / arch_step / derive /
+  distribution). ``supernet`` says which network: ``"paths"`` (a
   :class:`~nas.supernet.network.SuperNet` with one weight set per path, whose checkpoint the
-  weight-sharing fast path can score candidates on; ``factory(net, objective, cost) ->
-  OneShotStrategy``) or ``"superkernel"`` (the Single-Path superkernel network;
-  ``factory(net, space, costs, params, target, label_smoothing) -> loss_fn``).
+  weight-sharing fast path can score candidates on; ``factory(net, objective, cost, params)``)
+  or ``"superkernel"`` (the Single-Path superkernel network; ``factory(space, params, costs,
+  target, train, warmup_steps=...)``).
 
 Example:
     >>> from nas.strategies import registry
@@ -29,6 +31,7 @@ from typing import Any, Callable, Literal, Mapping
 import pydantic
 
 from nas.errors import NasInputError
+from nas.single_path.cost import SlotCosts
 from nas.space import Space
 from nas.strategies.evolution import EvolutionParams, regularized_evolution
 from nas.strategies.fbnet import fbnet_strategy
@@ -36,8 +39,9 @@ from nas.strategies.oneshot_base import OneShotParams, objective_and_cost
 from nas.strategies.proxyless import proxyless_strategy
 from nas.strategies.random import RandomParams, random_search
 from nas.strategies.rl import RLParams, reinforce
-from nas.strategies.single_path import SinglePathParams, make_loss
+from nas.strategies.single_path import SinglePathParams, single_path_strategy
 from nas.supernet.network import SuperNet
+from nas.train import TrainConfig
 
 Family = Literal["sample", "one_shot"]
 
@@ -106,7 +110,8 @@ REGISTRY: dict[str, StrategyEntry] = {e.name: e for e in (
                   default_objective="fbnet", summary="FBNet: Gumbel-softmax supernet"),
     StrategyEntry("proxyless", "one_shot", OneShotParams, proxyless_strategy, supernet="paths",
                   default_objective="proxyless", summary="ProxylessNAS: binarized paths"),
-    StrategyEntry("single_path", "one_shot", SinglePathParams, make_loss, supernet="superkernel",
+    StrategyEntry("single_path", "one_shot", SinglePathParams, single_path_strategy,
+                  supernet="superkernel",
                   summary="Single-Path NAS: one superkernel, learned thresholds"),
 )}
 
@@ -164,24 +169,29 @@ def parse_params(name: str, params: Mapping[str, Any] | None,
 
 def make_strategy(name: str, space: Space,
                   params: Mapping[str, Any] | pydantic.BaseModel | None = None, *,
-                  net: Any = None, table: Any = None) -> Any:
+                  net: Any = None, table: Any = None, target: float | None = None,
+                  train: TrainConfig | None = None, steps_per_epoch: int = 1) -> Any:
     """Builds a strategy from its config name.
 
     Args:
-        name: a registered name ('random', 'evolution', 'rl', 'fbnet', 'proxyless').
+        name: a registered name (:func:`names`).
         space: the search space.
         params: the strategy's parameters (mapping or validated model).
-        net: 'paths' one-shot only: a prebuilt SuperNet (default ``SuperNet(space)``).
-        table: 'paths' one-shot only: the cost table of the objective (a LatencyTable or a
-            :mod:`nas.cost_table` table), or None for no cost term.
+        net: one-shot only: a prebuilt network (default ``SuperNet(space)`` for 'paths',
+            ``SinglePathNetwork(space)`` for 'superkernel').
+        table: one-shot only: the cost table ('paths': a LatencyTable or a :mod:`nas.cost_table`
+            table for the objective; single_path with ``cost: latency``: the LatencyTable), or
+            None for no cost term.
+        target: single_path only: the cost target T (``objective.target``), or None.
+        train: single_path only: the trainer settings (default ``TrainConfig()``).
+        steps_per_epoch: single_path only: steps per epoch (turns ``warmup_epochs`` into steps).
 
     Returns:
         A :class:`~nas.strategies.base.Strategy` (sample) or a
-        :class:`~nas.strategies.oneshot_base.OneShotStrategy` ('paths' one-shot).
+        :class:`~nas.strategies.protocol.OneShot` (one-shot).
 
     Raises:
-        NasInputError: unknown name, bad parameters, a cost objective without a table, or
-            single_path (its loss needs the config's cost model: run it with ``run_search``).
+        NasInputError: unknown name, bad parameters, or a cost objective without a table.
     """
     e = entry(name)
     if not isinstance(params, pydantic.BaseModel):
@@ -191,7 +201,14 @@ def make_strategy(name: str, space: Space,
     if e.supernet == "paths":
         net = net if net is not None else SuperNet(space, params.depthwise_impl)
         objective, cost = objective_and_cost(name, params, e.default_objective, table)
-        return e.factory(net, objective, cost)
-    raise NasInputError(f"strategy {name!r} is built from a whole config (its cost model and "
-                        "target); run it with nas.search.run_search or 'nas search'",
-                        field="strategy.name")
+        return e.factory(net, objective, cost, params)
+    if params.cost == "latency":
+        if table is None:
+            raise NasInputError("single_path with cost latency needs a latency table; set "
+                                "latency_table or strategy.params.cost: bops",
+                                field="latency_table")
+        costs = SlotCosts.from_table(space, table)
+    else:
+        costs = SlotCosts.from_metric(space, params.cost)
+    return e.factory(space, params, costs, target, train, net=net,
+                     warmup_steps=int(round(params.warmup_epochs * steps_per_epoch)))

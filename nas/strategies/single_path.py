@@ -14,8 +14,10 @@ with the config's optimizer; the thresholds stay fixed for ``warmup_epochs`` and
 own rule (:mod:`nas.single_path.threshold_opt`: momentum over the RMS of all threshold
 gradients), so gates flip one after another, the cheapest trade first, instead of all at once.
 
-This module holds the strategy (its parameters and loss, the registry's factory); the run
-itself (config -> superkernel training -> derived Arch and outputs) is
+This module holds the strategy: its parameters, its loss and :func:`single_path_strategy`, the
+one-shot protocol (:mod:`nas.strategies.protocol`) whose architecture parameters are the
+thresholds ``t_<ladder>`` of every slot and whose weights are everything else. The run itself
+(config -> superkernel training -> derived Arch and outputs) is
 :mod:`nas.strategies.single_path_run`.
 """
 
@@ -29,8 +31,11 @@ import pydantic
 
 from nas.single_path.export import derive_arch
 from nas.single_path.gates import slot_gates
+from nas.single_path.network import SinglePathNetwork, init_single_path
 from nas.single_path.plan import space_plan
-from nas.train import batch_metrics, cross_entropy
+from nas.single_path.threshold_opt import scale_by_shared_rms
+from nas.strategies.protocol import OneShot, OneShotState, one_hot_distribution
+from nas.train import TrainConfig, batch_metrics, cross_entropy, make_optimizer
 
 
 class SinglePathParams(pydantic.BaseModel):
@@ -106,3 +111,90 @@ def decision_metrics(space: Any, costs: Any, model_params: Mapping[str, Any]) ->
     return out
 
 
+def split_thresholds(space: Any, model_params: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Splits superkernel params into (weights, thresholds).
+
+    Args:
+        space: the Space.
+        model_params: the single-path network's params.
+
+    Returns:
+        ``(weights, {slot prefix: {t_<ladder>: threshold}})``; :func:`merge_thresholds` undoes it.
+    """
+    weights, thresholds = dict(model_params), {}
+    for plan in space_plan(space):
+        slot = dict(model_params[plan.prefix])
+        thresholds[plan.prefix] = {f"t_{name}": slot.pop(f"t_{name}") for name in plan.ladders}
+        weights[plan.prefix] = slot
+    return weights, thresholds
+
+
+def merge_thresholds(weights: Mapping[str, Any], thresholds: Mapping[str, Any]) -> dict:
+    """Returns the superkernel params of (weights, thresholds) (see :func:`split_thresholds`)."""
+    out = dict(weights)
+    for prefix, ts in thresholds.items():
+        out[prefix] = {**weights[prefix], **ts}
+    return out
+
+
+def single_path_strategy(space: Any, params: SinglePathParams, costs: Any,
+                         target: float | None = None, train: TrainConfig | None = None, *,
+                         net: SinglePathNetwork | None = None, warmup_steps: int = 0) -> OneShot:
+    """Returns Single-Path NAS as a one-shot protocol.
+
+    Both steps descend the same loss (``CE + penalty(cost)``, :func:`make_loss`): the weight
+    step on the superkernel's weights (the config's optimizer), the arch step on the thresholds
+    (:func:`nas.single_path.threshold_opt.scale_by_shared_rms`, frozen for ``warmup_steps``
+    arch steps); both are scaled by the scheduled learning rate ``lr``.
+
+    Args:
+        space: the Space (every slot nestable).
+        params: the strategy's parameters.
+        costs: the relaxed cost model (:class:`nas.single_path.cost.SlotCosts`).
+        target: T in the cost's unit, or None.
+        train: the trainer settings (optimizer, label smoothing, depthwise impl).
+        net: a prebuilt network (default ``SinglePathNetwork(space)``).
+        warmup_steps: arch steps during which the thresholds do not move.
+
+    Returns:
+        The :class:`~nas.strategies.protocol.OneShot`.
+    """
+    train = train or TrainConfig()
+    net = net or SinglePathNetwork(space, depthwise_impl=train.depthwise_impl)
+    loss_fn = make_loss(net, space, costs, params, target, train.label_smoothing)
+    tx, arch_tx = make_optimizer(train), scale_by_shared_rms(warmup_steps)
+    lam = jnp.float32(params.lam)
+
+    def loss_of(weights, thresholds, stats, batch, rng):
+        return loss_fn({"model": merge_thresholds(weights, thresholds)}, stats, batch, rng,
+                       {"lam": lam})
+
+    def init(rng):
+        variables = init_single_path(net, rng)
+        weights, thresholds = split_thresholds(space, variables["params"])
+        return OneShotState(weights, thresholds, tx.init(weights), arch_tx.init(thresholds),
+                            variables["batch_stats"])
+
+    def descend(tree, grads, opt_state, transform, lr):
+        updates, opt_state = transform.update(grads, opt_state, tree)
+        return jax.tree_util.tree_map(lambda p, u: p - lr * u, tree, updates), opt_state
+
+    def weight_step(state, batch, rng, lr, epoch):
+        del epoch
+        (loss, (stats, m)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            state.weights, state.arch, state.stats, batch, rng)
+        weights, opt = descend(state.weights, grads, state.weight_opt, tx, lr)
+        return state._replace(weights=weights, weight_opt=opt, stats=stats), {"loss": loss, **m}
+
+    def arch_step(state, batch, rng, lr, epoch):
+        del epoch
+        (loss, _), grads = jax.value_and_grad(loss_of, argnums=1, has_aux=True)(
+            state.weights, state.arch, state.stats, batch, rng)
+        thresholds, opt = descend(state.arch, grads, state.arch_opt, arch_tx, lr)
+        return state._replace(arch=thresholds, arch_opt=opt), {"arch_loss": loss}
+
+    def derive(state):
+        return derive_arch(space, merge_thresholds(state.weights, state.arch))
+
+    return OneShot("single_path", init, weight_step, arch_step, derive,
+                   lambda state: one_hot_distribution(space, derive(state)))

@@ -1,8 +1,10 @@
 """The Single-Path NAS run: a config -> the superkernel trained -> the derived Arch and outputs.
 
-The strategy (parameters, loss) is :mod:`nas.strategies.single_path`; this module resolves a
-config into a :class:`SinglePathSetup`, trains the superkernel network with the shared trainer
-(:func:`nas.train_loop.run_training`) and writes the outputs every search writes
+The strategy (parameters, loss, the one-shot protocol) is :mod:`nas.strategies.single_path`;
+this module resolves a config into a :class:`SinglePathSetup`, trains the superkernel network
+with the shared trainer (:func:`nas.train_loop.run_training`, whose train step is the
+protocol's ``weight_step`` and ``arch_step`` taken from the same state on each batch: weights
+and thresholds learn together) and writes the outputs every search writes
 (:mod:`nas.strategies.outputs`):
 
 * ``best_arch.json``: the derived Arch (meta: cost, predicted latency, target, feasibility,
@@ -40,16 +42,18 @@ from nas.data import load_data
 from nas.errors import NasInputError
 from nas.latency.table import LatencyTable
 from nas.single_path.cost import SlotCosts
-from nas.single_path.export import derive_arch, derive_levels, export_child, gate_values
+from nas.single_path.export import derive_levels, export_child, gate_values
 from nas.single_path.gates import slot_gates
-from nas.single_path.network import SinglePathNetwork, init_single_path
+from nas.single_path.network import SinglePathNetwork
 from nas.single_path.plan import max_arch, space_plan
-from nas.single_path.threshold_opt import search_optimizer
 from nas.space import resolve_space
 from nas.strategies.outputs import (BEST_ARCH_FILE, HISTORY_FILE, epoch_record,
                                     write_epoch_record, write_summary)
 from nas.strategies.registry import entry
-from nas.strategies.single_path import SinglePathParams, decision_metrics
+from nas.strategies.protocol import OneShotState
+from nas.strategies.single_path import (SinglePathParams, decision_metrics, merge_thresholds,
+                                        split_thresholds)
+from nas.train import TrainState
 from nas.train_loop import run_training
 from nas.workdir import claim_workdir
 
@@ -143,22 +147,34 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
     """
     space, train = setup.space, dataclasses.replace(setup.train, progress=progress)
     net = SinglePathNetwork(space, depthwise_impl=train.depthwise_impl)
-    variables = init_single_path(net, jax.random.PRNGKey(seed))
-    loss_fn = entry(NAME).factory(net, space, setup.costs, setup.params, setup.target,
-                                  train.label_smoothing)
+    steps_per_epoch = len(setup.data.y_train) // min(train.batch_size, len(setup.data.y_train))
+    strategy = entry(NAME).factory(
+        space, setup.params, setup.costs, setup.target, train, net=net,
+        warmup_steps=int(round(setup.params.warmup_epochs * steps_per_epoch)))
+    state = strategy.init(jax.random.PRNGKey(seed))
     container = ArchFile(space, max_arch(space, space_plan(space)),
                          {"strategy": NAME, "note": "the superkernel's largest Arch"})
     meta = {"strategy": NAME, "lam": setup.params.lam, "cost": setup.params.cost,
             "margin": setup.params.margin, "target": setup.target,
             "warmup_epochs": setup.params.warmup_epochs}
-    steps_per_epoch = len(setup.data.y_train) // min(train.batch_size, len(setup.data.y_train))
-    tx = search_optimizer(train, int(round(setup.params.warmup_epochs * steps_per_epoch)))
     wd = Path(workdir).absolute() if workdir is not None else None
     derived: dict[str, Any] = {}
 
-    def epoch_metrics(state) -> dict[str, float]:
-        derived["arch"] = derive_arch(space, state.params["model"])
-        return decision_metrics(space, setup.costs, state.params["model"])
+    @jax.jit
+    def train_step(ts, batch, key, lr, consts=None):
+        """Single-Path learns weights and thresholds together: both steps from the same state,
+        batch and key (the joint gradient of one loss, each half with its own rule)."""
+        del consts
+        rng, now = jax.random.fold_in(key, ts.step), _to_oneshot(space, ts)
+        epoch = (ts.step // steps_per_epoch).astype(jnp.float32)
+        after_weights, m = strategy.weight_step(now, batch, rng, lr, epoch)
+        after_arch, _ = strategy.arch_step(now, batch, rng, lr, epoch)
+        new = after_weights._replace(arch=after_arch.arch, arch_opt=after_arch.arch_opt)
+        return _to_train(new, ts.step + 1), m
+
+    def epoch_metrics(ts) -> dict[str, float]:
+        derived["arch"] = strategy.derive(_to_oneshot(space, ts))
+        return decision_metrics(space, setup.costs, ts.params["model"])
 
     def on_epoch_end(epoch: int, record: Mapping[str, Any]) -> None:
         if wd is None:
@@ -170,16 +186,16 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
             predicted_latency_ms=setup.table.predict(arch) if setup.table is not None else None))
 
     t0 = time.perf_counter()
-    result = run_training(model=net, params={"model": variables["params"]},
-                          batch_stats=variables["batch_stats"], loss_fn=loss_fn, data=setup.data,
-                          config=train, workdir=workdir, archfile=container, meta=meta,
-                          consts={"lam": jnp.float32(setup.params.lam)}, tx=tx,
-                          epoch_metrics=epoch_metrics, on_epoch_end=on_epoch_end,
-                          result_file=None)
+    start = _to_train(state, 0)
+    result = run_training(model=net, params=start.params, batch_stats=start.batch_stats,
+                          loss_fn=None, data=setup.data, config=train, workdir=workdir,
+                          archfile=container, meta=meta, opt_state=start.opt_state,
+                          train_step=train_step, epoch_metrics=epoch_metrics,
+                          on_epoch_end=on_epoch_end, result_file=None)
     seconds = time.perf_counter() - t0
     state = result["state"]
     final = {"params": state.params["model"], "batch_stats": state.batch_stats}
-    arch = derive_arch(space, final["params"])
+    arch = strategy.derive(_to_oneshot(space, state))
     gates = [jax.device_get(g) for g in gates_of(space, final["params"])]
     cost = float(setup.costs.expected(gates))
     predicted = setup.table.predict(arch) if setup.table is not None else None
@@ -195,6 +211,20 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
     if wd is not None:
         _write_outputs(wd, space, out, export_child(space, final))
     return out
+
+
+def _to_oneshot(space: Any, ts: TrainState) -> OneShotState:
+    """The protocol's state of the trainer's (params {"model": superkernel params})."""
+    weights, thresholds = split_thresholds(space, ts.params["model"])
+    return OneShotState(weights, thresholds, ts.opt_state["weights"], ts.opt_state["arch"],
+                        ts.batch_stats)
+
+
+def _to_train(state: OneShotState, step: Any) -> TrainState:
+    """The trainer's state (checkpointed, evaluated) of the protocol's."""
+    return TrainState(jnp.asarray(step, jnp.int32),
+                      {"model": merge_thresholds(state.weights, state.arch)}, state.stats,
+                      {"weights": state.weight_opt, "arch": state.arch_opt})
 
 
 def _write_outputs(wd: Path, space: Any, out: Mapping[str, Any], child: tuple) -> None:
