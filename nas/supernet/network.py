@@ -39,8 +39,9 @@ import numpy as np
 from nas.blocks.depthwise import resolve_impl
 from nas.blocks.layers import Head, Stem
 from nas.space import Space
-from nas.supernet.mixing import Choice, Fixed, Mix, Pick, center_crop
-from nas.supernet.paths import branch_call, init_path_params, masked_call, picked_call, run_path
+from nas.supernet.mixing import Choice, Fixed, Mix, Pick
+from nas.supernet.paths import (branch_call, init_path_params, masked_call, picked_call, run_path,
+                                slice_path_params)
 from nas.supernet.plan import SHARED_KNOBS, SIZE_FIELDS, PathPlan, SlotPlan, SuperPlan
 
 MODES = ("soft", "pick", "pair")
@@ -259,39 +260,8 @@ def child_params(net: SuperNet, params: Mapping[str, Any], arch: Mapping[str, An
         index = tuple(sp.choices[k].index(arch[label]) for k, label in enumerate(sp.labels))
         pi, shape = sp.branches[int(sp.option_branch[index] if index else 0)]
         path = sp.paths[pi]
-        out[sp.slot.prefix] = _slice_path(path, params["slots"][sp.slot.prefix][path.name], shape)
-    return out
-
-
-def _slice_path(path: PathPlan, p: Mapping[str, Any], shape) -> dict[str, Any]:
-    s = path.spec
-    if s.op == "skip":
-        return {}
-
-    def pw(q, cin, cout, rank):
-        if rank is None:
-            return {"kernel": q["kernel"][:, :, :cin // s.groups, :cout]}
-        return {"kernel_u": q["kernel_u"][:, :, :cin, :rank], "kernel_v": q["kernel_v"][:, :, :rank, :cout]}
-
-    def bn(q, c):
-        return {"scale": q["scale"][:c], "bias": q["bias"][:c]}
-
-    m = shape.mid
-    out = {}
-    if s.op == "mbconv":
-        out["expand"] = pw(p["expand"], s.cin, m, shape.rank_in)
-        out["expand_bn"] = bn(p["expand_bn"], m)
-        out["project"] = pw(p["project"], m, s.cout, shape.rank_out)
-    else:
-        out["project"] = pw(p["project"], s.cin, s.cout, shape.rank_in)
-    out["dw"] = {"kernel": center_crop(p["dw"]["kernel"], shape.kernel)[..., :m]}
-    out["dw_bn"] = bn(p["dw_bn"], m)
-    if shape.se:
-        out["se"] = {"reduce": {"kernel": p["se"]["reduce"]["kernel"][:, :, :m, :shape.se],
-                                "bias": p["se"]["reduce"]["bias"][:shape.se]},
-                     "expand": {"kernel": p["se"]["expand"]["kernel"][:, :, :shape.se, :m],
-                                "bias": p["se"]["expand"]["bias"][:m]}}
-    out["project_bn"] = bn(p["project_bn"], s.cout)
+        out[sp.slot.prefix] = slice_path_params(path, params["slots"][sp.slot.prefix][path.name],
+                                                  shape)
     return out
 
 

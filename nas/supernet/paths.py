@@ -1,19 +1,27 @@
-"""One weight-sharing path of a supernet slot: its weights and its forward pass.
+"""One weight-sharing path of a supernet slot: its weights and its forward pass, both read from
+the op program of the path's largest BlockSpec (:mod:`nas.blocks.program`, where each block is
+defined once).
 
 A path holds the weights of its largest option, in the parameter layout of the Linen blocks
-(``expand/kernel`` or ``expand/kernel_u`` + ``kernel_v``, ``expand_bn``, ``dw/kernel``,
-``dw_bn``, ``se/reduce``, ``se/expand``, ``project/...``, ``project_bn``), so a child's weights
-are slices of it. The forward pass reuses the blocks' primitives (``pointwise``,
-``depthwise_conv``, ``fake_quant_*``, activations, channel shuffle) on sliced and masked weights:
+(one entry per conv of the program: ``expand/kernel`` or ``expand/kernel_u`` + ``kernel_v``,
+``expand_bn``, ``dw/kernel``, ``dw_bn``, ``se/reduce``, ...), so a child's weights are slices of
+it (:func:`slice_path_params`). The forward pass (:func:`run_path`) interprets the program on
+sliced and masked weights; how each knob maps onto the ops (kxk convs, mid-channel convs, rank
+stages, the optional SE segment) is decided from the program alone
+(:mod:`nas.supernet.path_program`), so a new block type runs here without supernet code:
 
 * a :class:`PathCall` built by :func:`masked_call` runs the path at its largest shape with soft
   masks (FBNetV2-style: kernel = centre masks of the largest kernel, channels = first-k masks,
   rank = first-r masks of the factorized inner dimension, SE and bits as weighted sums);
 * one built by :func:`branch_call` runs one option exactly: weights sliced to its shape, bits
-  picked with ``lax.switch``. With one-hot masks the two agree.
+  picked with ``lax.switch``; :func:`picked_call` picks each size around the one op it changes.
+  With one-hot masks they agree.
 
-BatchNorm here always normalizes with the batch's statistics (one-shot NAS practice: running
-statistics would mix options); activation quantizers use the batch's range.
+Activations are quantized at the points of the program (those of the Linen blocks, see
+:mod:`nas.blocks.act_points`, plus the inner point of a factorized conv) wherever a bit-width
+choice is below 32. BatchNorm here always normalizes with the batch's statistics (one-shot NAS
+practice: running statistics would mix options); activation quantizers use the batch's range,
+as the Linen blocks do on their first training step.
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from nas.blocks.activations import NONNEGATIVE, activation
+from nas.blocks.activations import activation
 from nas.blocks.convs import channel_shuffle, conv_init, pointwise
 from nas.blocks.depthwise import depthwise_conv
 from nas.blocks.layers import BN_EPSILON
+from nas.blocks.program import (FLOAT_BITS, INPUT, Act, Add, Conv, Mul, Op, Pool, Quantize,
+                                Shuffle, output_of)
 from nas.supernet.mixing import (Choice, Fixed, Pick, apply_choice, center_crop, center_mask,
                                  prefix_mask, quantize_input, quantize_weight, weighted_values)
+from nas.supernet.path_program import PathProgram, path_program
 from nas.supernet.plan import PathPlan, Shape, option_shape
 
 Term = tuple[Any, int | None, Any]  # (weight, inner rank or None = full conv, inner mask or None)
@@ -69,8 +80,26 @@ class PathCall:
 
 
 # ------------------------------------------------------------------------------------ init
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    """Sets ``tree[a][b]... = value`` for a '/'-joined `path`."""
+    *parents, leaf = path.split("/")
+    for name in parents:
+        tree = tree.setdefault(name, {})
+    tree[leaf] = value
+
+
+def _get(tree: Mapping[str, Any], path: str) -> Any:
+    """Returns ``tree[a][b]...`` for a '/'-joined `path`."""
+    for name in path.split("/"):
+        tree = tree[name]
+    return tree
+
+
 def init_path_params(path: PathPlan, rng: jax.Array) -> dict[str, Any]:
-    """Initializes a path's weights at its largest shape (He-normal kernels, BN scale 1).
+    """Initializes a path's weights at its largest shape (He-normal kernels, BN scale 1), one
+    entry per conv of its program: 1x1 convs of a rank stage get ``kernel`` where some option
+    runs them full and ``kernel_u`` / ``kernel_v`` at the largest rank where some option
+    factorizes them.
 
     Args:
         path: the path plan.
@@ -79,45 +108,60 @@ def init_path_params(path: PathPlan, rng: jax.Array) -> dict[str, Any]:
     Returns:
         The path's param tree ({} for skip).
     """
-    s = path.spec
-    if s.op == "skip":
+    pp = path_program(path.spec)
+    if not pp.ops:
         return {}
-    keys = iter(jax.random.split(rng, 16))
-    g = s.groups
+    convs = [conv for _, conv in pp.convs()]
+    keys = iter(jax.random.split(rng, max(16, 3 * len(convs))))
+    stages = {"rank_in": (path.full_in, path.max_rank_in),
+              "rank_out": (path.full_out, path.max_rank_out)}
 
-    def conv(shape):
+    def init(shape):
         return conv_init(next(keys), shape, jnp.float32)
 
-    def bn(c):
-        return {"scale": jnp.ones((c,), jnp.float32), "bias": jnp.zeros((c,), jnp.float32)}
-
-    def pw(cin, cout, full, rank, groups=1):
-        out = {}
-        if full:
-            out["kernel"] = conv((1, 1, cin // groups, cout))
-        if rank:
-            out["kernel_u"] = conv((1, 1, cin, rank))
-            out["kernel_v"] = conv((1, 1, rank, cout))
-        return out
-
     p: dict[str, Any] = {}
-    mid = s.mid_channels
-    if s.op == "mbconv":
-        p["expand"] = pw(s.cin, mid, path.full_in, path.max_rank_in, g)
-        p["expand_bn"] = bn(mid)
-    p["dw"] = {"kernel": conv((s.kernel, s.kernel, 1, mid))}
-    p["dw_bn"] = bn(mid)
-    if s.se_channels:
-        p["se"] = {"reduce": {"kernel": conv((1, 1, mid, s.se_channels)),
-                              "bias": jnp.zeros((s.se_channels,), jnp.float32)},
-                   "expand": {"kernel": conv((1, 1, s.se_channels, mid)),
-                              "bias": jnp.zeros((mid,), jnp.float32)}}
-    if s.op == "mbconv":
-        p["project"] = pw(mid, s.cout, path.full_out, path.max_rank_out, g)
-    else:
-        p["project"] = pw(s.cin, s.cout, path.full_in, path.max_rank_in, g)
-    p["project_bn"] = bn(s.cout)
+    for conv in convs:
+        out: dict[str, Any] = {}
+        full, rank = stages.get(pp.rank_stage.get(conv.name), (True, 0))
+        if full:
+            out["kernel"] = init(conv.kernel_shapes()["kernel"])
+        if rank:
+            out["kernel_u"] = init((1, 1, conv.cin, rank))
+            out["kernel_v"] = init((1, 1, rank, conv.cout))
+        if conv.bias:
+            out["bias"] = jnp.zeros((conv.cout,), jnp.float32)
+        _set(p, conv.name, out)
+        if conv.bn is not None:
+            p[conv.bn] = {"scale": jnp.ones((conv.cout,), jnp.float32),
+                          "bias": jnp.zeros((conv.cout,), jnp.float32)}
     return p
+
+
+def slice_path_params(path: PathPlan, p: Mapping[str, Any], shape: Shape) -> dict[str, Any]:
+    """Returns the Linen params of one option of a path (a child block), sliced from the
+    path's weights: every kernel of the option's program is the centre crop / first channels
+    of the path's, every bias and BatchNorm the first channels.
+
+    Args:
+        path: the path.
+        p: its params (largest shape).
+        shape: the option's shape (one of ``path.shapes``).
+
+    Returns:
+        A params tree for ``make_block(spec)`` (without weight steps: minmax quantization).
+    """
+    out: dict[str, Any] = {}
+    for _, conv in path_program(path.option_spec(shape)).convs():
+        q = _get(p, conv.name)
+        entry = {}
+        for name, (k, _, cin, cout) in conv.kernel_shapes().items():
+            entry[name] = center_crop(q[name], k)[:, :, :cin, :cout]
+        if conv.bias:
+            entry["bias"] = q["bias"][:conv.cout]
+        _set(out, conv.name, entry)
+        if conv.bn is not None:
+            out[conv.bn] = {k: v[:conv.cout] for k, v in p[conv.bn].items()}
+    return out
 
 
 # ------------------------------------------------------------------------------ building
@@ -133,7 +177,7 @@ def masked_call(path: PathPlan, choices: Mapping[str, Choice]) -> PathCall:
         choices: {knob: Fixed | Mix} for kernel, expand, width, se, rank, bits_w, bits_a.
     """
     s = path.spec
-    mid = s.mid_channels
+    mid = path_program(s).mid
     se_ch = s.se_channels
     ew = [(dict(expand=e, width=w), we * ww) for (e, we), (w, ww)
           in itertools.product(weighted_values(choices["expand"]), weighted_values(choices["width"]))]
@@ -152,14 +196,16 @@ def masked_call(path: PathPlan, choices: Mapping[str, Choice]) -> PathCall:
         return out
 
     channel_mask = None
-    if s.op == "mbconv" and len(ew) > 1:
-        channel_mask = prefix_mask(mid, [(_shape_of(path, dict(v, se_ratio=0.0)).mid, w) for v, w in ew])
+    mids = [(_shape_of(path, dict(v, se_ratio=0.0)).mid, w) for v, w in ew]
+    if len({m for m, _ in mids}) > 1:
+        channel_mask = prefix_mask(mid, mids)
     kernels = weighted_values(choices["kernel"])
     kernel_mask = center_mask(s.kernel, kernels) if len(kernels) > 1 else None
     se_weights = None
     if se_ch and len(se_vals) > 1:
         se_weights = (se_vals.get(False, 0.0), se_vals.get(True, 0.0))
-    out_terms = terms("rank_out", path.max_rank_out) if s.op == "mbconv" else []
+    stages = path_program(s).rank_stage.values()
+    out_terms = terms("rank_out", path.max_rank_out) if "rank_out" in stages else []
     return PathCall(mid, s.kernel, se_ch if (True in se_vals or not se_vals) else 0, channel_mask,
                     kernel_mask, se_weights, terms("rank_in", path.max_rank_in), out_terms,
                     choices["bits_w"], choices["bits_a"])
@@ -190,16 +236,19 @@ def picked_call(mid: int, kernel: Pick, se: Pick, rank_in: Pick, rank_out: Pick,
 
 # ------------------------------------------------------------------------------- forward
 def batch_norm(y: jax.Array, p: Mapping[str, jax.Array]) -> jax.Array:
-    """Normalizes with the batch's statistics (per channel), then scale and bias."""
+    """Normalizes with the batch's statistics (per channel), then scale and bias, in the
+    order of operations of Flax's BatchNorm (so quantizers downstream round alike)."""
     c = y.shape[-1]
     mean = jnp.mean(y, axis=(0, 1, 2))
-    var = jnp.mean(jnp.square(y), axis=(0, 1, 2)) - jnp.square(mean)
-    return (y - mean) * jax.lax.rsqrt(jnp.maximum(var, 0.0) + BN_EPSILON) * p["scale"][:c] + p["bias"][:c]
+    var = jnp.maximum(jnp.mean(jax.lax.square(y), axis=(0, 1, 2)) - jax.lax.square(mean), 0.0)
+    mul = jax.lax.rsqrt(var + BN_EPSILON) * p["scale"][:c]
+    return (y - mean) * mul + p["bias"][:c]
 
 
-def _one_by_one(x, p, terms: Sequence[Term], cin: int, cout: int, groups: int, bits_w: Choice,
-                row_mask=None, col_mask=None):
-    """Applies a 1x1 conv (full or factorized, weighted terms) on sliced weights."""
+def _one_by_one(x, p, terms: Sequence[Term], cin: int, cout: int, groups: int, call: PathCall,
+                row_mask=None, col_mask=None, mid_signed: bool | None = None):
+    """Applies a 1x1 conv (full or factorized, weighted terms) on sliced weights; a factorized
+    conv quantizes its inner tensor (signed: `mid_signed`) where the path quantizes activations."""
     out = None
     for weight, rank, inner in terms:
         if rank is None:
@@ -208,7 +257,7 @@ def _one_by_one(x, p, terms: Sequence[Term], cin: int, cout: int, groups: int, b
                 k = k * row_mask[:, None]
             if col_mask is not None:
                 k = k * col_mask
-            y = pointwise(x, quantize_weight(k, bits_w), groups)
+            y = pointwise(x, quantize_weight(k, call.bits_w), groups)
         else:
             u = p["kernel_u"][:, :, :cin, :rank]
             v = p["kernel_v"][:, :, :rank, :cout]
@@ -219,7 +268,10 @@ def _one_by_one(x, p, terms: Sequence[Term], cin: int, cout: int, groups: int, b
                 v = v * inner[:, None]
             if col_mask is not None:
                 v = v * col_mask
-            y = pointwise(pointwise(x, quantize_weight(u, bits_w)), quantize_weight(v, bits_w))
+            y = pointwise(x, quantize_weight(u, call.bits_w))
+            if mid_signed is not None:
+                y = quantize_input(y, call.bits_a, signed=mid_signed)
+            y = pointwise(y, quantize_weight(v, call.bits_w))
         term = y if isinstance(weight, float) and weight == 1.0 else weight * y
         out = term if out is None else out + term
     return out
@@ -234,36 +286,138 @@ def _picked(choice, stage: str, call: PathCall, fn, x):
     return apply_choice(choice if isinstance(choice, Pick) else Fixed(choice), run, x)
 
 
-def _conv_1x1(x, p, terms, stage: str, call: PathCall, cin: int, cout: int, groups: int,
-              row_mask=None, col_mask=None):
-    """A 1x1 conv from weighted terms, or picked among ranks (one switch around this conv)."""
-    if not isinstance(terms, Pick):
-        return _one_by_one(x, p, terms, cin, cout, groups, call.bits_w, row_mask, col_mask)
-    return _picked(terms, stage, call, lambda r, a: _one_by_one(
-        a, p, [(1.0, r, None)], cin, cout, groups, call.bits_w, row_mask, col_mask), x)
+def _spatial_conv(x, p, conv: Conv, k: int, cout: int, call: PathCall, impl: str):
+    """A kxk conv ('depthwise' or 'full') on the centre k x k of the path's kernel."""
+    kernel = center_crop(p["kernel"], k)
+    kernel = kernel[..., :cout] if conv.kind == "depthwise" else kernel[:, :, :x.shape[-1], :cout]
+    if call.kernel_mask is not None:
+        kernel = kernel * call.kernel_mask[:, :, None, None]
+    kernel = quantize_weight(kernel, call.bits_w)
+    if conv.kind == "depthwise":
+        return depthwise_conv(x, kernel, conv.stride, impl)
+    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (conv.stride, conv.stride),
+                                       "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _squeeze_excite(y, p, call: PathCall, act, unsigned: bool, se: int):
-    c = y.shape[-1]
-    s = jnp.mean(y, axis=(1, 2), keepdims=True)
-    s = quantize_input(s, call.bits_a, signed=not unsigned)
-    k = p["reduce"]["kernel"][:, :, :c, :se]
-    if call.channel_mask is not None:
-        k = k * call.channel_mask[:, None]
-    s = pointwise(s, quantize_weight(k, call.bits_w)) + p["reduce"]["bias"][:se]
-    s = act(s)
-    s = quantize_input(s, call.bits_a, signed=not unsigned)
-    k = p["expand"]["kernel"][:, :, :se, :c]
-    s = pointwise(s, quantize_weight(k, call.bits_w)) + p["expand"]["bias"][:c]
-    return y * jax.nn.sigmoid(s)
+class _Interpreter:
+    """Runs a path's program under one :class:`PathCall` (see :mod:`nas.supernet.path_program`
+    for how the knobs map onto the ops). Tensors live in ``env``; ``mid`` marks those with the
+    path's mid channels (they carry the channel mask: after each activation, and before a
+    quantizer that reads a conv's output directly, e.g. a pre-activation point)."""
+
+    def __init__(self, pp: PathProgram, p: Mapping[str, Any], call: PathCall, impl: str):
+        self.pp, self.p, self.call, self.impl = pp, p, call, impl
+        self.env: dict[str, jax.Array] = {}
+        self.mid: dict[str, bool] = {INPUT: False}
+        self.raw: dict[str, bool] = {}  # tensors straight out of a conv (unmasked)
+
+    def run(self, x: jax.Array) -> jax.Array:
+        """Args: x, the block's input [N, H, W, cin]. Returns: the program's output."""
+        ops, seg = self.pp.ops, self.pp.optional
+        self.env[INPUT] = x
+        i = 0
+        while i < len(ops):
+            if seg is not None and i == seg[0]:
+                self._optional(ops[seg[0]:seg[1]])
+                i = seg[1]
+                continue
+            self._op(ops[i], se=0)
+            i += 1
+        return self.env[output_of(ops)]
+
+    def _optional(self, ops: Sequence[Op]) -> None:
+        """The optional (SE) segment: skipped, mixed with its input, or picked."""
+        call, x_name = self.call, ops[0].x
+        self.mid[ops[-1].out] = self.mid[x_name]
+
+        def segment(n: int, a: jax.Array) -> jax.Array:
+            if not n:
+                return a
+            self.env[x_name] = a
+            for op in ops:
+                self._op(op, se=n)
+            return self.env[ops[-1].out]
+
+        y = self.env[x_name]
+        if isinstance(call.se, Pick):
+            out = _picked(call.se, "se", call, segment, y)
+        elif not call.se:
+            out = y
+        else:
+            y_se = segment(call.se, y)
+            out = y_se if call.se_weights is None else (call.se_weights[0] * y
+                                                         + call.se_weights[1] * y_se)
+        self.env[x_name] = y
+        self.env[ops[-1].out] = out
+
+    def _op(self, op: Op, se: int) -> None:
+        env, call = self.env, self.call
+        x = env[op.x]
+        mid = self.mid[op.x]
+        masked = mid and call.channel_mask is not None
+        if isinstance(op, Quantize):
+            if masked and self.raw.get(op.x, False):  # a conv's output before its activation:
+                x = x * call.channel_mask  # masked so pruned channels do not set the range
+            y = quantize_input(x, call.bits_a, signed=op.signed)
+        elif isinstance(op, Conv):
+            y = self._conv(op, x, se)
+            mid = op.name in self.pp.mid_convs and not se
+            self.raw[op.out] = True
+        elif isinstance(op, Act):
+            y = jax.nn.sigmoid(x) if op.fn == "sigmoid" else activation(op.fn)(x)
+            if masked:
+                y = y * call.channel_mask
+        elif isinstance(op, Shuffle):
+            y = channel_shuffle(x, op.groups)
+        elif isinstance(op, Pool):
+            y = jnp.mean(x, axis=(1, 2), keepdims=len(op.out_shape) == 3)
+        elif isinstance(op, Mul):
+            y = x * env[op.y]
+        elif isinstance(op, Add):
+            y = x + env[op.y]
+        else:
+            raise ValueError(f"a supernet path cannot run {type(op).__name__} ops")
+        env[op.out] = y
+        self.mid[op.out] = mid
+
+    def _conv(self, op: Conv, x: jax.Array, se: int) -> jax.Array:
+        call, pp = self.call, self.pp
+        q = _get(self.p, op.name)
+        cm = call.channel_mask
+        if se:  # inside the optional segment: squeeze width, else the segment's input width
+            cout = se if op.cout == pp.se else self.env[pp.ops[pp.optional[0]].x].shape[-1]
+        else:
+            cout = call.mid if op.name in pp.mid_convs else op.cout
+        row_mask = cm if self.mid[op.x] else None
+        col_mask = cm if op.name in pp.mid_convs else None
+        stage = pp.rank_stage.get(op.name)
+        if op.name in pp.kernel_convs:
+            y = _picked(call.kernel, "kernel", call,
+                        lambda k, a: _spatial_conv(a, q, op, k, cout, call, self.impl), x)
+        elif stage is not None:
+            terms = call.in_terms if stage == "rank_in" else call.out_terms
+            mid_signed = True if pp.quantized else None
+            args = (x.shape[-1], cout, op.groups, call, row_mask, col_mask, mid_signed)
+            if isinstance(terms, Pick):
+                y = _picked(terms, stage, call,
+                            lambda r, a: _one_by_one(a, q, [(1.0, r, None)], *args), x)
+            else:
+                y = _one_by_one(x, q, terms, *args)
+        else:
+            y = _one_by_one(x, q, [(1.0, None, None)], x.shape[-1], cout, op.groups, call,
+                            row_mask, None)
+        if op.bias:
+            y = y + q["bias"][:cout]
+        return y if op.bn is None else batch_norm(y, self.p[op.bn])
 
 
 def run_path(path: PathPlan, p: Mapping[str, Any], x: jax.Array, call: PathCall,
              impl: str = "auto") -> jax.Array:
-    """Runs one path of a slot.
+    """Runs one path of a slot: interprets the op program of its largest spec (with activation
+    quantizers where a bit-width choice is below 32) under `call`'s slices, masks and picks.
 
     Args:
-        path: the path plan (op, channels, stride, act, groups, residual).
+        path: the path plan.
         p: its params (largest shape).
         x: input [N, H, W, cin].
         call: sizes, masks and choices (see :func:`masked_call`, :func:`branch_call`).
@@ -272,49 +426,7 @@ def run_path(path: PathPlan, p: Mapping[str, Any], x: jax.Array, call: PathCall,
     Returns:
         [N, H', W', cout].
     """
-    s = path.spec
-    if s.op == "skip":
-        return x
-    act = activation(s.act)
-    unsigned = s.act in NONNEGATIVE
-    cm = call.channel_mask
-    if s.op == "mbconv":
-        y = quantize_input(x, call.bits_a, signed=True)
-        y = _conv_1x1(y, p["expand"], call.in_terms, "rank_in", call, s.cin, call.mid, s.groups,
-                      col_mask=cm)
-        y = act(batch_norm(y, p["expand_bn"]))
-        if cm is not None:
-            y = y * cm
-        y = channel_shuffle(y, s.groups)
-        dw_signed = not unsigned
-    else:
-        y = x
-        dw_signed = True
-
-    def depthwise(k, a):
-        kernel = center_crop(p["dw"]["kernel"], k)[..., :call.mid]
-        if call.kernel_mask is not None:
-            kernel = kernel * call.kernel_mask[:, :, None, None]
-        return depthwise_conv(quantize_input(a, call.bits_a, signed=dw_signed),
-                              quantize_weight(kernel, call.bits_w), s.stride, impl)
-
-    y = _picked(call.kernel, "kernel", call, depthwise, y)
-    y = act(batch_norm(y, p["dw_bn"]))
-    if cm is not None:
-        y = y * cm
-    if isinstance(call.se, Pick):
-        y = _picked(call.se, "se", call,
-                    lambda n, a: _squeeze_excite(a, p["se"], call, act, unsigned, n) if n else a, y)
-    elif call.se:
-        y_se = _squeeze_excite(y, p["se"], call, act, unsigned, call.se)
-        y = y_se if call.se_weights is None else call.se_weights[0] * y + call.se_weights[1] * y_se
-    y = quantize_input(y, call.bits_a, signed=not unsigned)
-    if s.op == "mbconv":
-        y = _conv_1x1(y, p["project"], call.out_terms, "rank_out", call, call.mid, s.cout,
-                      s.groups, row_mask=cm)
-    else:
-        y = _conv_1x1(y, p["project"], call.in_terms, "rank_in", call, s.cin, s.cout, s.groups)
-    y = batch_norm(y, p["project_bn"])
-    if s.has_residual:
-        y = y + x
-    return y
+    spec = path.spec
+    if any(b < FLOAT_BITS for b in call.bits_a.values):
+        spec = dataclasses.replace(spec, bits_a=min(call.bits_a.values))
+    return _Interpreter(path_program(spec), p, call, impl).run(x)

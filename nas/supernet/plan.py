@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from nas.space import Space, Slot
+from nas.supernet.path_program import path_program, stage_ranks
 from nas.spec import BlockSpec
 
 #: Knobs whose values are shared-weight slices or masks inside one path.
@@ -49,15 +50,14 @@ class Shape:
 
 
 def option_shape(spec: BlockSpec) -> Shape:
-    """Returns the :class:`Shape` of a layer."""
-    if spec.op == "mbconv":
-        mid = spec.mid_channels
-        return Shape(mid, spec.kernel, spec.se_channels, spec.rank_channels(spec.cin, mid),
-                     spec.rank_channels(mid, spec.cout))
-    if spec.op == "dwsep":
-        return Shape(spec.cin, spec.kernel, spec.se_channels,
-                     spec.rank_channels(spec.cin, spec.cout), None)
-    return Shape(0, 0, 0, None, None)
+    """Returns the :class:`Shape` of a layer, read from its op program (see
+    :mod:`nas.supernet.path_program`: mid = output width of its first kxk conv, ranks of its
+    'rank_in' / 'rank_out' 1x1 convs)."""
+    pp = path_program(spec)
+    if not pp.ops:
+        return Shape(0, 0, 0, None, None)
+    rank_in, rank_out = stage_ranks(spec)
+    return Shape(pp.mid, spec.kernel, spec.se_channels, rank_in, rank_out)
 
 
 @dataclasses.dataclass
@@ -72,6 +72,7 @@ class PathPlan:
         full_in, full_out: whether some option uses the unfactorized conv.
         kernels: kernel sizes its options use.
         fixed: the path's knob values where they do not vary (from its first option).
+        specs: one option's BlockSpec per shape (parallel to `shapes`).
     """
 
     name: str
@@ -83,6 +84,11 @@ class PathPlan:
     full_out: bool = True
     kernels: tuple[int, ...] = ()
     fixed: dict = dataclasses.field(default_factory=dict)
+    specs: list[BlockSpec] = dataclasses.field(default_factory=list)
+
+    def option_spec(self, shape: Shape) -> BlockSpec:
+        """Returns the BlockSpec of an option of this path with `shape` (one of `shapes`)."""
+        return self.specs[self.shapes.index(shape)]
 
 
 @dataclasses.dataclass
@@ -228,17 +234,20 @@ def plan_slot(space: Space, slot: Slot) -> SlotPlan:
             raise ValueError(f"slot {slot.prefix}: path {name!r} has grouped 1x1 convs with "
                              "varying channels; weight slicing cannot keep the groups")
         shapes: list[Shape] = []
+        shape_specs: list[BlockSpec] = []
         for s in specs:
             shape = option_shape(s)
             if shape not in shapes:
                 shapes.append(shape)
+                shape_specs.append(s)
         paths.append(PathPlan(
             name=name, spec=big, shapes=shapes,
             max_rank_in=max((sh.rank_in or 0) for sh in shapes),
             max_rank_out=max((sh.rank_out or 0) for sh in shapes),
             full_in=any(sh.rank_in is None for sh in shapes),
             full_out=any(sh.rank_out is None for sh in shapes),
-            kernels=tuple(sorted({sh.kernel for sh in shapes})), fixed=path_fixed[pi]))
+            kernels=tuple(sorted({sh.kernel for sh in shapes})), fixed=path_fixed[pi],
+            specs=shape_specs))
     branches: list[tuple[int, Shape]] = []
     for index, (pi, spec) in option_specs.items():
         key = (pi, option_shape(spec))
