@@ -43,12 +43,7 @@ import time
 import traceback
 from typing import Any, Callable, Iterator, Sequence
 
-ONE_THREAD_XLA = ("--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1 "
-                  "--xla_cpu_parallel_codegen_split_count=1")
-# thread pools of numpy/BLAS and friends, read when a library loads: set for the worker process
-ONE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                         "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                                         "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+from nas.single_thread import ONE_THREAD_VARS, XLA_ONE_THREAD_FLAGS
 
 
 @dataclasses.dataclass
@@ -171,8 +166,8 @@ def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None) 
     Yields:
         The pinned cores (empty when none were free or pinning is off).
     """
-    os.environ["XLA_FLAGS"] = ONE_THREAD_XLA  # before this worker first uses JAX
-    os.environ.update(ONE_THREAD_ENV)
+    os.environ["XLA_FLAGS"] = XLA_ONE_THREAD_FLAGS  # before this worker first uses JAX
+    os.environ.update(ONE_THREAD_VARS)
     if compile_cache:
         import jax
 
@@ -264,7 +259,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"XLA_FLAGS": ONE_THREAD_XLA, "RAY_AUTH_MODE": "disabled", **ONE_THREAD_ENV,
+    env = {"env_vars": {"XLA_FLAGS": XLA_ONE_THREAD_FLAGS, "RAY_AUTH_MODE": "disabled", **ONE_THREAD_VARS,
                         "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}}
     common = dict(runtime_env=env, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     if address:

@@ -50,6 +50,7 @@ from nas.export_hlo import export_stablehlo, run_stablehlo
 from nas.export_onnx import diverging_layer, export_onnx, measure_latency_ms, run_onnx
 from nas.export_pack import load_packed, pack_variables, packed_nbytes, save_packed, unpack_variables
 from nas.latency.table import LatencyTable
+from nas.latency.validate import measure_arch_ms
 from nas.model import Network, build_model, init_variables
 from nas.safe_write import write_atomic, write_json_atomic
 
@@ -366,12 +367,24 @@ def _packed_file_bytes(out: Path, packed: Mapping[str, Any], report: Mapping[str
 
 
 def _latency(onnx_model: Any, space: Any, arch: Mapping[str, Any], options: ExportOptions) -> dict:
-    out: dict[str, Any] = {"backend": "onnxruntime", "batch": 1, "threads": 1}
+    """Times the exported network the way the latency table was built, beside its prediction.
+
+    With an onnxruntime table (or none) the exported ONNX graph is timed with the table's
+    threads, scheduler and timing; with a jax table the Flax network under ``jax.jit``, as the
+    table's validation networks are timed.
+    """
+    table = LatencyTable.load(options.latency_table, space) if options.latency_table else None
+    backend = table.backend if table is not None else "onnxruntime"
+    prov = table.data.get("provenance", {}) if table is not None else {}
+    out: dict[str, Any] = {"backend": backend, "batch": 1, "threads": int(prov.get("threads", 1))}
     if options.measure_latency:
-        out["measured"] = measure_latency_ms(onnx_model, (*space.resolution, space.in_channels))
+        if backend == "jax":
+            out["measured"] = measure_arch_ms(table, arch)
+        else:
+            out["measured"] = measure_latency_ms(onnx_model, (*space.resolution, space.in_channels),
+                                                 provenance=prov)
         out["measured_ms"] = out["measured"]["median_ms"]
-    if options.latency_table:
-        table = LatencyTable.load(options.latency_table, space)
+    if table is not None:
         out["predicted_ms"] = float(table.predict(arch))
         out["table"] = str(options.latency_table)
         out["table_backend"] = table.backend

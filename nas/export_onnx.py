@@ -32,6 +32,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -39,7 +41,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from nas.blocks.quant import act_grid
+from nas.latency.build import WorkerMeasurer, stored_timing
 from nas.latency.flax_weights import onnx_weights
+from nas.latency.measure import TimingConfig
 from nas.latency.onnx_blocks import network_to_onnx
 from nas.latency.onnx_graph import ActQuantParams, GraphBuilder
 from nas.latency.precision import runs_int8
@@ -224,40 +228,43 @@ def diverging_layer(model: onnx.ModelProto, layer_outputs: Mapping[str, str],
 
 
 def measure_latency_ms(model: onnx.ModelProto, image_shape: Sequence[int], core: int | None = None,
-                       timing: Any = None) -> dict[str, float]:
-    """Measures the batch-1 latency of an exported model with onnxruntime, one thread, one core.
+                       timing: Any = None, provenance: Mapping[str, Any] | None = None
+                       ) -> dict[str, float]:
+    """Measures the batch-1 latency of an exported model exactly as the onnxruntime tables time.
 
-    Timed like the latency tables' onnxruntime backend: all graph optimizations, inputs and
-    outputs bound once (io binding), so Python's per-call overhead is not counted.
+    The model runs in a fresh measurement worker (:mod:`nas.latency.worker`): pinned to one core,
+    onnxruntime with one intra-op and one inter-op thread, all graph optimizations, input and
+    output bound once (io binding), timed in rounds with the lowest-median round kept - the
+    session options, threads, pinning, scheduler and timing of a table's entries. Given a
+    table's provenance, its threads, scheduler and timing are used.
 
     Args:
-        model: the ONNX model (dynamic or batch-1 input).
+        model: the ONNX model (dynamic or batch-1 input named 'input').
         image_shape: (H, W, C).
-        core: core to pin to during the measurement (default: the last allowed); the previous
-            affinity is restored.
-        timing: a :class:`nas.latency.measure.TimingConfig` (default: its defaults).
+        core: core to pin to (default: the last allowed).
+        timing: a :class:`nas.latency.measure.TimingConfig` (default: the table's, else its
+            defaults).
+        provenance: a latency table's ``provenance`` (threads, scheduler, timing) to match.
 
     Returns:
         {"median_ms", "p10_ms", "p90_ms", "n"}.
+
+    Raises:
+        RuntimeError: the worker could not run the model.
     """
-    import os
-
-    import onnxruntime as ort
-
-    from nas.latency.backends.ort_backend import session
-    from nas.latency.measure import TimingConfig, time_call
-
-    x = np.random.default_rng(0).standard_normal((1, *image_shape)).astype(np.float32)
-    sess = session(model.SerializeToString(), threads=1)
-    binding = sess.io_binding()
-    binding.bind_ortvalue_input("input", ort.OrtValue.ortvalue_from_numpy(x))
-    binding.bind_output("logits", "cpu")
-    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    try:
-        if before:
-            os.sched_setaffinity(0, {core if core is not None else max(before)})
-        t = time_call(lambda: sess.run_with_iobinding(binding), timing or TimingConfig())
-    finally:
-        if before:
-            os.sched_setaffinity(0, before)
-    return t.to_dict()
+    prov = dict(provenance or {})
+    if timing is None:
+        timing = stored_timing({"provenance": prov}, TimingConfig())
+    measurer = WorkerMeasurer("onnxruntime", 1, int(prov.get("threads", 1)), core, timing,
+                              realtime=prov.get("scheduler") == "fifo")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString())
+        item = {"id": "model", "kind": "model", "path": path, "shape": [1, *image_shape]}
+        for reply in measurer.measure([item]):
+            if reply["type"] == "result":
+                return {k: reply[k] for k in ("median_ms", "p10_ms", "p90_ms", "n")}
+            if reply["type"] == "error":
+                raise RuntimeError(f"could not time the exported model: {reply['error']}")
+    raise RuntimeError("could not time the exported model: the worker returned no result")

@@ -9,7 +9,27 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 _CACHE = Path(os.environ.get("NAS_JAX_CACHE", Path(__file__).resolve().parents[1] / ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+# A one-stage space small enough for real latency measurements in tests.
+MICRO_YAML = """
+name: micro
+input: {resolution: 8, channels: 1}
+num_classes: 4
+stem: {channels: 8, kernel: 3, stride: 1}
+head: {channels: 0}
+stages:
+  - {channels: 8, stride: 1, repeats: 1,
+     knobs: {op: [mbconv, skip], kernel: [3, 5], expand: 2, bits_w: [8, 32], bits_a: [8, 32]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def micro_yaml(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "micro.yaml"
+    path.write_text(MICRO_YAML)
+    return path

@@ -11,9 +11,10 @@ import pytest
 from ray import cloudpickle
 
 from nas.config import parse_config
-from nas.executor import ONE_THREAD_XLA, LocalExecutor, RayExecutor, start_ray
+from nas.executor import LocalExecutor, RayExecutor, start_ray
 from nas.history import History
 from nas.search import run_search
+from nas.single_thread import XLA_ONE_THREAD_FLAGS
 from nas.space import Space
 
 
@@ -108,7 +109,7 @@ def test_ray_executor_runs_trials_with_one_xla_thread(ray_session):
     ex.close()
     assert [o.status for o in out] == ["ok", "error", "ok"]
     assert [o.value["arg"] for o in (out[0], out[2])] == [1, 3]
-    assert out[0].value["xla"] == ONE_THREAD_XLA and out[0].value["pid"] != os.getpid()
+    assert out[0].value["xla"] == XLA_ONE_THREAD_FLAGS and out[0].value["pid"] != os.getpid()
     assert out[0].value["omp"] == "1"  # numpy/BLAS pools of one thread
     assert out[0].value["nice"] == os.nice(0)  # not reniced by Ray (default +15)
     assert out[1].error == "ValueError: bad candidate" and out[1].attempts == 1  # not retried

@@ -7,19 +7,10 @@ import pytest
 from nas.errors import NasInputError
 from nas.latency.build import build_table, keys_to_measure
 from nas.latency.measure import TimingConfig
+from nas.single_thread import xla_flags_problem
 from nas.latency.table import LatencyTable, sample_archs
 from nas.space import Space
 
-MICRO_YAML = """
-name: micro
-input: {resolution: 8, channels: 1}
-num_classes: 4
-stem: {channels: 8, kernel: 3, stride: 1}
-head: {channels: 0}
-stages:
-  - {channels: 8, stride: 1, repeats: 1,
-     knobs: {op: [mbconv, skip], kernel: [3, 5], expand: 2, bits_w: [8, 32], bits_a: [8, 32]}}
-"""
 FAST = TimingConfig(warmup=2, min_reps=5, max_reps=50, min_seconds=0.005, rounds=2)
 
 
@@ -45,13 +36,6 @@ class FakeMeasurer:
             ms = 0.01 * len(item["specs"]) + 0.001 * (len(item["id"]) % 7)
             yield {"type": "result", "id": item["id"], "median_ms": ms, "p10_ms": ms,
                    "p90_ms": ms, "n": 3}
-
-
-@pytest.fixture(scope="module")
-def micro_yaml(tmp_path_factory):
-    path = tmp_path_factory.mktemp("space") / "micro.yaml"
-    path.write_text(MICRO_YAML)
-    return path
 
 
 def test_killed_build_resumes_and_measures_nothing_twice(tmp_path):
@@ -108,6 +92,9 @@ def test_real_worker_build_and_validate(tmp_path, micro_yaml, backend):
     prov = table.data["provenance"]
     assert prov["threads"] == 1 and len(prov["cores"]) == 1 and prov["cpu_model"]
     assert prov["scheduler"] == "normal"  # real-time priority only when asked for
+    env = prov["thread_env"]  # what the worker really ran with: one-thread pools, flags XLA reads
+    assert env["PJRT_NPROC"] == "1" and xla_flags_problem(env["XLA_FLAGS"]) is None
+    assert "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"].split()
     assert table.data["backend"]["name"] == backend and table.data["backend"]["versions"]
     rule = {"onnxruntime": "int8-if-both-le8", "jax": "float"}[backend]
     assert set(table.entries) == set(keys_to_measure(space, rule))

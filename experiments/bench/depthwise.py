@@ -16,7 +16,8 @@ import statistics
 import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
-                      "intra_op_parallelism_threads=1")
+                      "--xla_cpu_parallel_codegen_split_count=1")
+os.environ.setdefault("PJRT_NPROC", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -83,7 +83,8 @@ from typing import Any, Callable, Mapping, Sequence
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
-                      "intra_op_parallelism_threads=1")
+                      "--xla_cpu_parallel_codegen_split_count=1")
+os.environ.setdefault("PJRT_NPROC", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402

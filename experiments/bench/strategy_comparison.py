@@ -26,7 +26,9 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                      "--xla_cpu_parallel_codegen_split_count=1")
+os.environ.setdefault("PJRT_NPROC", "1")
 
 
 STRATEGY_PARAMS = {"rl": {"lr": 0.02, "entropy_weight": 0.1, "hidden": 64},

@@ -1,4 +1,4 @@
-"""``nas latency build|validate|show``: device latency lookup tables."""
+"""``nas latency build|validate|check|show``: device latency lookup tables."""
 
 from __future__ import annotations
 
@@ -41,18 +41,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 
-    v = lsub.add_parser("validate", help="compare predictions with end-to-end measurements")
+    v = lsub.add_parser("validate", help="compare predictions with end-to-end measurements",
+                        description="Measure the table's fastest and slowest Archs and Archs "
+                                    "drawn stratified over its predicted range (none it was "
+                                    "calibrated on), or given arch files, end to end; print and "
+                                    "store the result in the table (field 'validation').")
     v.add_argument("--table", required=True, help="table file")
     v.add_argument("--space", default=None, help="space YAML (default: the shipped space named "
                                                  "in the table)")
-    v.add_argument("--samples", type=int, default=50, help="random Archs (default 50)")
-    v.add_argument("--seed", type=int, default=0, help="seed of the Archs (default 0)")
+    v.add_argument("--samples", type=int, default=50,
+                   help="Archs: the fastest, the slowest and stratified ones (default 50)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the stratified draw (default 0)")
+    v.add_argument("--archs", nargs="+", metavar="FILE", default=None,
+                   help="validate these arch files instead (not stored in the table)")
     v.add_argument("--plot", default=None,
-                   help="scatter PNG to write (default: next to the table, *-validate.png)")
+                   help="scatter PNG to write (default: ./validate-<space>-<backend>.png; never "
+                        "in the table's folder)")
+    v.add_argument("--no-store", action="store_true",
+                   help="do not write the result into the table file")
     v.add_argument("--core", type=int, default=None, help="core to pin to (default: the last)")
     v.add_argument("--json", action="store_true", help="last line: the report as one JSON object")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
     v.set_defaults(func=_validate)
+
+    c = lsub.add_parser("check", help="does the table still fit this machine? (under a minute)",
+                        description="Re-measure a fixed sample of the table's entries and "
+                                    "calibration networks the way it was built and print the "
+                                    "drift ratio measured / table with a verdict (exit 0: fits, "
+                                    "1: rebuild).")
+    c.add_argument("--table", required=True, help="table file")
+    c.add_argument("--space", default=None, help="space YAML (default: the one named in the table)")
+    c.add_argument("--entries", type=int, default=12, help="entries to re-measure (default 12)")
+    c.add_argument("--networks", type=int, default=3,
+                   help="calibration networks to re-measure (default 3)")
+    c.add_argument("--threshold", type=float, default=0.15,
+                   help="drift tolerated, |ratio - 1| (default 0.15)")
+    c.add_argument("--core", type=int, default=None, help="core to pin to (default: the last)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=_check)
 
     s = lsub.add_parser("show", help="print a table's provenance and calibration, or predict an Arch")
     s.add_argument("--table", required=True, help="table file")
@@ -113,26 +139,99 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate(args: argparse.Namespace) -> int:
-    from nas.latency.validate import validate_table
+def default_plot_path(table) -> Path:
+    """Returns the default scatter plot of ``validate``: in the current folder, named after the
+    table's space and backend (never next to the table: shipped files stay untouched)."""
+    return Path.cwd() / f"validate-{table.space.name}-{table.backend}.png"
 
-    _positive(args.samples, "--samples")
+
+def _plot_path(args: argparse.Namespace, table) -> Path:
+    """Returns where validate writes its plot: --plot as given, else the current folder (refused
+    when that is the table's own folder, so that no default ever lands next to a table)."""
+    if args.plot:
+        if Path(args.plot).resolve() == Path(args.table).resolve():
+            raise NasInputError("is the table file itself; give a .png path", field="--plot")
+        return Path(args.plot)
+    plot = default_plot_path(table)
+    if plot.resolve().parent == Path(args.table).resolve().parent:
+        raise NasInputError("the default plot would land next to the table (the current folder "
+                            "is the table's); give one, e.g. --plot /tmp/validate.png",
+                            field="--plot")
+    return plot
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from nas.archfile import load_arch
+    from nas.latency.validate import store_validation, validate_table, validation_record
+
+    if args.samples < 2 and not args.archs:
+        raise NasInputError(f"{args.samples} is not allowed; expected an integer >= 2 (the "
+                            "fastest and the slowest Arch are always measured)", field="--samples")
     table = _load(args)
-    plot = args.plot or str(Path(args.table).with_suffix("")) + "-validate.png"
-    report = validate_table(table, args.samples, args.seed, core=args.core, plot=plot,
-                            progress=not args.no_progress)
+    plot = _plot_path(args, table)
+    archs = None
+    if args.archs:
+        archs = []
+        for path in args.archs:
+            af = load_arch(path, table.space)
+            if af.space.name != table.space.name:
+                raise NasInputError(f"arch is of space {af.space.name!r}, the table measures "
+                                    f"{table.space.name!r}", path, "space")
+            archs.append((path, af.arch))
+    report = validate_table(table, args.samples, args.seed, archs=archs, core=args.core,
+                            plot=plot, progress=not args.no_progress)
+    stored = archs is None and not args.no_store
+    if stored:
+        store_validation(table, validation_record(report, args.seed))
     plain = report["plain_sum"]
-    print(f"{table.space.name}/{table.backend}: {report['n']} Archs (seed {args.seed}): "
-          f"within +-10%: {100 * report['within_10pct']:.1f}%  rmse {report['rmse_ms']:.4f} ms  "
-          f"rmspe {report['rmspe']:.2f}%  kendall tau {report['kendall_tau']:.3f}")
+    what = f"{report['n']} Archs (seed {args.seed}, {report['sampling']})" if archs is None \
+        else f"{report['n']} given Archs"
+    print(f"{table.space.name}/{table.backend}: {what}: {_metrics_text(report)}")
     print(f"  plain sum of entries: within +-10%: {100 * plain['within_10pct']:.1f}%  "
           f"rmspe {plain['rmspe']:.2f}%")
-    print(f"  scatter plot: {plot}")
+    for role, e in report["extremes"].items():
+        print(f"  {role} Arch {e['arch_id']}: predicted {e['predicted_ms']:.4f} ms, measured "
+              f"{e['measured_ms']:.4f} ms")
+    print(f"  scatter plot: {plot}" + (f"; stored in {args.table} (validation)" if stored else ""))
     if args.json:
-        out = {k: report[k] for k in ("within_10pct", "rmse_ms", "rmspe", "kendall_tau", "n")}
-        out.update(plain_sum=plain, table=args.table, seed=args.seed, plot=plot)
+        out = {k: report[k] for k in ("within_10pct", "rmse_ms", "rmspe", "kendall_tau", "n",
+                                      "sampling", "extremes", "calibration_overlap", "machine")}
+        out.update(plain_sum=plain, table=args.table, seed=args.seed, plot=str(plot),
+                   stored=stored)
         print(json.dumps(out))
     return 0
+
+
+def _metrics_text(m: dict) -> str:
+    tau = m.get("kendall_tau")
+    rmse = m.get("rmse_ms", float("nan"))
+    return (f"within +-10%: {100 * m['within_10pct']:.1f}%  rmse {rmse:.4f} ms  "
+            f"rmspe {m['rmspe']:.2f}%  kendall tau "
+            + ("-" if tau is None else f"{tau:.3f}"))
+
+
+def _check(args: argparse.Namespace) -> int:
+    from nas.latency.check import check_table
+
+    for field in ("entries", "networks"):
+        if getattr(args, field) < 0:
+            raise NasInputError(f"{getattr(args, field)} is not allowed; expected an integer >= 0",
+                                field=f"--{field}")
+    if not args.threshold > 0:
+        raise NasInputError(f"{args.threshold} is not allowed; expected a number > 0 "
+                            "(e.g. 0.15)", field="--threshold")
+    table = _load(args)
+    report = check_table(table, n_entries=args.entries, n_networks=args.networks,
+                         core=args.core, threshold=args.threshold)
+    if args.json:
+        print(json.dumps({"table": args.table, **report}))
+    else:
+        print(f"{args.table}: re-measured {report['n']} items: measured / table = "
+              f"{report['ratio_median']:.3f} median (p10 {report['ratio_p10']:.3f}, p90 "
+              f"{report['ratio_p90']:.3f}, min {report['ratio_min']:.3f}, max "
+              f"{report['ratio_max']:.3f})")
+        print(f"  {report['verdict']}")
+    return 0 if report["fits"] else 1
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -142,7 +241,8 @@ def _show(args: argparse.Namespace) -> int:
     d = table.data
     info = {"table": args.table, "space": d["space"], "backend": d["backend"],
             "provenance": d["provenance"], "complete": d.get("complete", False),
-            "entries": len(d["entries"]), "calibration": table.model}
+            "entries": len(d["entries"]), "calibration": table.model,
+            "validation": d.get("validation")}
     if args.arch:
         af = load_arch(args.arch, table.space)
         if af.space.name != table.space.name:
@@ -164,6 +264,14 @@ def _show(args: argparse.Namespace) -> int:
           f"threads {prov['threads']}, batch {prov['batch']}; "
           f"{info['entries']} entries{'' if info['complete'] else ' (incomplete build)'}")
     print(f"  calibration: {describe_model(info['calibration'])}")
+    val = d.get("validation")
+    if val is None:
+        print("  validation: none stored; run 'nas latency validate --table "
+              f"{args.table} --samples 100'")
+    else:
+        m = val.get("machine", {})
+        print(f"  validation ({val['date']}, n={val['n']}, {val['sampling']}, on "
+              f"{m.get('cpu_model')} {m.get('host', '')}): {_metrics_text(val)}")
     if args.arch:
         a = info["arch"]
         print(f"  {a['path']} ({a['arch_id']}): predicted {a['predicted_ms']:.4f} ms (plain sum "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from nas.commands.search_cmd import drift_check
 from nas.workdir import add_resume_flag, locked_command
 
 
@@ -63,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, help="override the config's search budget")
     p.add_argument("--smoke", action="store_true",
                    help="apply the config's smoke: overrides (a run of minutes; see extends:/smoke: in README)")
+    p.add_argument("--no-drift-check", action="store_true",
+                   help="skip the quick check that the latency table still fits this machine")
     add_resume_flag(p)
     p.set_defaults(func=_run_validated)
 
@@ -81,6 +84,7 @@ def _run_validated(args: argparse.Namespace) -> int:
 
     args.loaded = load_config(args.config, smoke=args.smoke)
     apply_cli_overrides(args.loaded.config, args.ray_address, args.budget)
+    drift_check(args.loaded, args.no_drift_check)
     return locked_command("nas run", _run)(args)
 
 

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, help="override the config's candidate budget")
     p.add_argument("--smoke", action="store_true",
                    help="apply the config's smoke: overrides (a run of minutes; see extends:/smoke: in README)")
+    p.add_argument("--no-drift-check", action="store_true",
+                   help="skip the quick check that the latency table still fits this machine")
     add_resume_flag(p)
     p.set_defaults(func=_search_validated)
 
@@ -56,8 +58,26 @@ def _search_validated(args: argparse.Namespace) -> int:
                             field="--workdir")
     apply_cli_overrides(loaded.config, args.ray_address, args.budget)
     check_inputs(loaded, data=False)  # a bad space or latency table: exit 2 before any work
+    drift_check(loaded, args.no_drift_check)
     args.loaded = loaded
     return locked_command("nas search", _search)(args)
+
+
+def drift_check(loaded, no_drift_check: bool) -> None:
+    """Warns (one line on stderr) when the config's latency table no longer fits this machine.
+
+    Args:
+        loaded: the validated config.
+        no_drift_check: the ``--no-drift-check`` flag.
+    """
+    if not loaded.latency_table:
+        return
+    # here, not at the top: `nas --help` imports no JAX
+    from nas.latency.check import warn_if_drifted
+    from nas.space import resolve_space
+
+    warn_if_drifted(loaded.latency_table, resolve_space(loaded.config.space, loaded.source),
+                    no_drift_check)
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -17,11 +17,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 
 from nas.errors import NasInputError
 from nas.latency.backends import check_backend, precision_rule
-from nas.latency.calibrate import class_stats, fit_model
+from nas.latency.calibrate import IDENTITY_MODEL, class_stats, fit_model
 from nas.latency.measure import TimingConfig
 from nas.latency.precision import effective_spec
-from nas.latency.table import (LatencyTable, new_table_data, read_table_json, sample_archs,
-                               space_hash)
+from nas.latency.sampling import extreme_archs, stratified_archs
+from nas.latency.table import LatencyTable, new_table_data, read_table_json, space_hash
 from nas.latency.worker import make_job, run_worker
 from nas.space import Space
 from nas.spec import BlockSpec
@@ -29,6 +29,8 @@ from nas.spec import BlockSpec
 #: Seed of the Archs measured end to end for calibration (validate with other seeds).
 CALIBRATION_SEED = 1_000_003
 DEFAULT_CALIBRATION_SAMPLES = 40
+#: How calibration Archs are drawn (recorded in the table; older tables drew them uniformly).
+CALIBRATION_SAMPLING = "stratified-plain-sum"
 
 
 class Measurer(Protocol):
@@ -135,6 +137,7 @@ class _Builder:
             provenance = {"cpu_model": info["cpu_model"], "cores": list(info["cores"]),
                           "threads": int(info["threads"]), "batch": self.batch, "date": _now(),
                           "scheduler": info.get("scheduler", "normal"),
+                          "thread_env": dict(info.get("thread_env", {})),
                           "timing": self.timing.to_dict(),
                           "host_load": [round(x, 2) for x in os.getloadavg()]}
             self.data = new_table_data(self.space, backend, provenance)
@@ -210,7 +213,8 @@ def build_table(space: Space, backend: str, out: str | os.PathLike, *, batch: in
         core: core to pin to (default: the last one).
         realtime: run the worker at real-time priority where permitted
             (:func:`nas.latency.measure.set_realtime`), for shared machines.
-        calibration_samples: random Archs measured end to end to fit the calibrated model.
+        calibration_samples: Archs measured end to end to fit the calibrated model, drawn
+            stratified over the entries' plain sum (:func:`calibration_archs`), after the layers.
         calibration_seed: their seed.
         progress: show a progress bar.
         flush_every: write the file after this many new measurements (and every
@@ -235,28 +239,57 @@ def build_table(space: Space, backend: str, out: str | os.PathLike, *, batch: in
     have = b.data["entries"] if b.data else {}
     block_items = [block_item(k, s) for k, s in todo.items() if k not in have]
 
-    archs = sample_archs(space, calibration_samples, calibration_seed)
+    # phase 1: every layer; phase 2: calibration networks, chosen from the layers' plain sum
+    errors = _measure(b, measurer, block_items, {}, calibration_seed, progress, "layers")
+    if b.data is None:  # nothing to measure and no file: an empty space cannot happen
+        raise NasInputError("nothing was measured", out)
+    if errors:  # calibration needs every layer
+        raise NasInputError(f"{len(errors)} layer(s) could not be measured, first: {errors[0]}; "
+                            "the file keeps what was measured", out)
+    archs = calibration_archs(LatencyTable(b.data, space, out), calibration_samples,
+                              calibration_seed)
     by_id = {space.arch_id(a): a for a in archs}
-    done_ids = {p["arch_id"] for p in (b.data or {}).get("calibration", {}).get("points", [])}
+    done_ids = {p["arch_id"] for p in b.data.get("calibration", {}).get("points", [])}
     net_items = [network_item(aid, [effective_spec(s, precision_rule(backend))
                                     for s in space.block_specs(a)])
                  for aid, a in by_id.items() if aid not in done_ids]
-
-    bar = _Progress(len(block_items) + len(net_items), progress, f"{space.name}/{backend}")
-    try:
-        errors = b.run(measurer, block_items + net_items,
-                       lambda r: _store(b, r, by_id, calibration_seed), bar)
-    finally:
-        bar.close()
-        if b.data is not None:
-            b.saved(force=True)
+    errors = _measure(b, measurer, net_items, by_id, calibration_seed, progress, "networks")
     if errors:
         raise NasInputError(f"{len(errors)} item(s) could not be measured, first: {errors[0]}; "
                             "the file keeps what was measured", out)
-    if b.data is None:  # nothing to measure and no file: an empty space cannot happen
-        raise NasInputError("nothing was measured", out)
     _finish(b, space, archs, calibration_seed)
     return LatencyTable(b.data, space, out)
+
+
+def calibration_archs(table: LatencyTable, n: int, seed: int) -> list[dict]:
+    """Returns the Archs a build measures end to end to calibrate `table`.
+
+    Drawn stratified over the plain sum of the table's entries (the build has no model yet, and
+    a resumed build must choose the same Archs), from the 'calibration' random stream, leaving
+    out the fastest and slowest Archs (validation always measures those).
+
+    Args:
+        table: the table, with every layer measured.
+        n: how many Archs.
+        seed: their seed.
+
+    Returns:
+        The Archs (reproducible for the same entries and seed).
+    """
+    extremes = {table.space.arch_id(a) for a in extreme_archs(table, IDENTITY_MODEL)}
+    return stratified_archs(table, n, seed, "calibration", exclude=extremes, model=IDENTITY_MODEL)
+
+
+def _measure(b: _Builder, measurer: Measurer, items: list[dict], by_id: Mapping[str, Any],
+             seed: int, progress: bool, what: str) -> list[str]:
+    """Measures `items` into the builder's table (saved at the end); returns the errors."""
+    bar = _Progress(len(items), progress, f"{b.space.name}/{b.backend} {what}")
+    try:
+        return b.run(measurer, items, lambda r: _store(b, r, by_id, seed), bar)
+    finally:
+        bar.close()
+        if b.data is not None and items:
+            b.saved(force=True)
 
 
 def _store(b: _Builder, reply: Mapping[str, Any], archs_by_id: Mapping[str, Any], seed: int) -> None:
@@ -282,6 +315,7 @@ def _finish(b: _Builder, space: Space, archs: Sequence[Mapping[str, Any]], seed:
     wanted = {space.arch_id(a) for a in archs}
     cal = b.data.setdefault("calibration", {"seed": seed, "points": []})
     cal["seed"] = seed
+    cal["sampling"] = CALIBRATION_SAMPLING
     points = [p for p in cal["points"] if p["arch_id"] in wanted]
     table = LatencyTable(b.data, space, b.out)
     cal["model"] = fit_calibration(table, points)

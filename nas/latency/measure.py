@@ -2,7 +2,7 @@
 
 Latency on a shared CPU is noisy. Every figure in a table is the median of many calls (with the
 10th and 90th percentiles), taken after a warm-up that also excludes compilation, in a process
-pinned to one core whose runtimes use one thread (see :func:`single_thread_env`).
+pinned to one core whose runtimes use one thread (see :mod:`nas.single_thread`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,6 @@ import time
 from typing import Callable
 
 import numpy as np
-
-#: XLA flags that make jax's CPU backend run on one thread; they must be in the environment
-#: before jax creates its CPU client, which is why measurement runs in a worker subprocess.
-XLA_ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
 
 @dataclasses.dataclass(frozen=True)
 class TimingConfig:
@@ -152,23 +147,6 @@ def set_realtime() -> str:
         return "fifo"
     except (OSError, AttributeError):
         return "normal"
-
-
-def single_thread_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Returns an environment in which jax, onnxruntime and BLAS use one thread.
-
-    Args:
-        base: the environment to extend (default: this process's).
-    """
-    env = dict(os.environ if base is None else base)
-    flags = env.get("XLA_FLAGS", "")
-    for flag in XLA_ONE_THREAD_FLAGS.split():
-        if flag.split("=")[0] not in flags:
-            flags = f"{flags} {flag}".strip()
-    env["XLA_FLAGS"] = flags
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = "1"
-    return env
 
 
 def cpu_model() -> str:

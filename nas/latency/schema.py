@@ -68,6 +68,35 @@ _CAL_POINT = {
                    "measured": _TIMING},
 }
 
+_METRICS = {
+    "type": "object",
+    "required": ["within_10pct", "rmspe", "kendall_tau", "n"],
+    "properties": {
+        "within_10pct": {"type": "number", "minimum": 0, "maximum": 1},
+        "rmse_ms": {"type": "number", "minimum": 0},
+        "rmspe": {"type": "number", "minimum": 0},
+        "kendall_tau": {"type": ["number", "null"]},
+        "n": {"type": "integer", "minimum": 1},
+    },
+}
+
+#: The last ``nas latency validate`` of the table (optional; tables from before it lack it).
+_VALIDATION = {
+    "type": "object",
+    "required": ["within_10pct", "rmspe", "kendall_tau", "n", "date", "machine", "sampling"],
+    "properties": {
+        **_METRICS["properties"],
+        "plain_sum": _METRICS,
+        "seed": {"type": "integer"},
+        "sampling": {"type": "string"},
+        "date": {"type": "string"},
+        "machine": {"type": "object", "required": ["cpu_model"],
+                    "properties": {"cpu_model": {"type": "string"}}},
+        "extremes": {"type": "object"},
+        "calibration_overlap": {"type": "integer", "minimum": 0},
+    },
+}
+
 TABLE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "nas latency table",
@@ -114,10 +143,12 @@ TABLE_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "seed": {"type": "integer"},
+                "sampling": {"type": "string"},
                 "points": {"type": "array", "items": _CAL_POINT},
                 "model": _MODEL,
             },
         },
+        "validation": _VALIDATION,
         "checksum": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
     },
 }

@@ -1,8 +1,11 @@
-"""Validating a latency table: predicted vs measured end-to-end latency of random Archs.
+"""Validating a latency table: predicted vs measured end-to-end latency of Archs.
 
-Each sampled Arch is measured as a whole network on the table's backend with the table's batch,
-threading and pinning, and compared with ``LatencyTable.predict`` (and with the plain sum of
-entries, to show what the calibration adds).
+The Archs are the table's exact fastest and slowest Archs plus Archs drawn stratified over its
+predicted-latency range (:mod:`nas.latency.sampling`), none of them one the table was calibrated
+on; or given Archs (``--archs FILE...``). Each is measured as a whole network on the table's
+backend with the table's batch, threading and pinning, and compared with ``LatencyTable.predict``
+(and with the plain sum of entries, to show what the calibration adds). The result is stored in
+the table (:func:`store_validation`, field ``validation``) and shown by ``nas latency show``.
 
 Example:
     >>> report = validate_table(LatencyTable.load(path), samples=50, seed=0)
@@ -11,15 +14,18 @@ Example:
 
 from __future__ import annotations
 
+import datetime
 import os
-from typing import Any, Sequence
+import platform
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from nas.latency.build import Measurer, WorkerMeasurer, network_item, stored_timing
-from nas.latency.measure import TimingConfig
+from nas.latency.measure import TimingConfig, cpu_model
 from nas.latency.precision import effective_spec
-from nas.latency.table import LatencyTable, sample_archs
+from nas.latency.sampling import extreme_archs, stratified_archs
+from nas.latency.table import LatencyTable
 from nas.safe_write import write_figure
 
 
@@ -32,7 +38,8 @@ def accuracy_metrics(predicted: Sequence[float], measured: Sequence[float]) -> d
 
     Returns:
         {"within_10pct": share (0..1) with |pred - meas| <= 10% of meas, "rmse_ms",
-        "rmspe": root mean squared percentage error (in %), "kendall_tau", "n"}.
+        "rmspe": root mean squared percentage error (in %), "kendall_tau" (None for fewer than
+        two Archs or constant values), "n"}.
     """
     from scipy.stats import kendalltau
 
@@ -43,7 +50,7 @@ def accuracy_metrics(predicted: Sequence[float], measured: Sequence[float]) -> d
     return {"within_10pct": round(float(np.mean(np.abs(rel) <= 0.10)), 4),
             "rmse_ms": round(float(np.sqrt(np.mean((p - m) ** 2))), 5),
             "rmspe": round(float(100 * np.sqrt(np.mean(rel ** 2))), 3),
-            "kendall_tau": round(tau, 4), "n": int(len(p))}
+            "kendall_tau": round(tau, 4) if np.isfinite(tau) else None, "n": int(len(p))}
 
 
 def scatter_plot(path: str | os.PathLike, predicted: Sequence[float], measured: Sequence[float],
@@ -73,33 +80,38 @@ def scatter_plot(path: str | os.PathLike, predicted: Sequence[float], measured: 
     plt.close(fig)
 
 
-def validate_table(table: LatencyTable, samples: int, seed: int, *,
-                   measurer: Measurer | None = None, timing: TimingConfig | None = None,
-                   core: int | None = None, plot: str | os.PathLike | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    """Measures random Archs end to end and compares them with the table's predictions.
+#: How validation Archs are drawn (recorded in the table's ``validation.sampling``).
+VALIDATION_SAMPLING = "stratified-predicted+extremes"
+
+
+def validation_archs(table: LatencyTable, samples: int, seed: int) -> list[tuple[str, dict]]:
+    """Returns the Archs a validation measures: [(role, Arch)], role 'fastest', 'slowest' or
+    'stratified'.
+
+    The table's exact fastest and slowest Archs always come first; the rest are drawn stratified
+    over the predicted range from the 'validation' random stream, leaving out every Arch the
+    table was calibrated on.
 
     Args:
         table: the table.
-        samples: number of random Archs.
-        seed: their seed (use another than the build's calibration seed).
-        measurer: what measures (default: a worker like the build's).
-        timing: warm-up and repetitions (default: the build's).
-        core: core to pin to (default: the last one).
-        plot: where to write the scatter PNG (None: no plot).
-        progress: show a progress bar.
-
-    Returns:
-        :func:`accuracy_metrics` of the calibrated prediction, plus the same for the plain sum
-        under 'plain_sum', and per-Arch 'points' [{arch_id, predicted_ms, measured_ms}].
+        samples: how many Archs in all (at least 2).
+        seed: the seed of the stratified draw.
     """
     space = table.space
-    prov = table.data["provenance"]
-    if measurer is None:
-        timing = timing or stored_timing(table.data)
-        measurer = WorkerMeasurer(table.backend, prov["batch"], prov["threads"], core, timing,
-                                  realtime=prov.get("scheduler") == "fifo")
-    archs = {space.arch_id(a): a for a in sample_archs(space, samples, seed)}
+    fastest, slowest = extreme_archs(table)
+    out = [("fastest", fastest)]
+    if space.arch_id(slowest) != space.arch_id(fastest):
+        out.append(("slowest", slowest))
+    calibrated = {p["arch_id"] for p in table.data.get("calibration", {}).get("points", [])}
+    exclude = calibrated | {space.arch_id(a) for _, a in out}
+    rest = stratified_archs(table, max(0, samples - len(out)), seed, "validation", exclude=exclude)
+    return out + [("stratified", a) for a in rest]
+
+
+def _measure_networks(table: LatencyTable, archs: Mapping[str, dict], measurer: Measurer,
+                      progress: bool) -> tuple[dict[str, float], dict]:
+    """Measures Archs end to end; returns ({arch_id: median ms}, the worker's info reply)."""
+    space = table.space
     items = [network_item(aid, [effective_spec(s, table.rule) for s in space.block_specs(a)])
              for aid, a in archs.items()]
     bar = None
@@ -108,10 +120,13 @@ def validate_table(table: LatencyTable, samples: int, seed: int, *,
 
         bar = tqdm(total=len(items), desc=f"validate {space.name}/{table.backend}", unit="net")
     measured: dict[str, float] = {}
+    info: dict = {}
     errors = []
     try:
         for reply in measurer.measure(items):
-            if reply["type"] == "result":
+            if reply["type"] == "info":
+                info = reply
+            elif reply["type"] == "result":
                 measured[reply["id"]] = reply["median_ms"]
             elif reply["type"] == "error":
                 errors.append(f"{reply['id']}: {reply['error']}")
@@ -122,16 +137,137 @@ def validate_table(table: LatencyTable, samples: int, seed: int, *,
             bar.close()
     if errors:
         raise RuntimeError(f"{len(errors)} network(s) could not be measured, first: {errors[0]}")
-    ids = [aid for aid in archs if aid in measured]
-    pred = [table.predict(archs[a]) for a in ids]
-    plain = [table.plain_sum(archs[a]) for a in ids]
+    return measured, info
+
+
+def table_measurer(table: LatencyTable, core: int | None = None,
+                   timing: TimingConfig | None = None) -> WorkerMeasurer:
+    """Returns a worker measuring the way `table` was built (batch, threads, scheduler, timing).
+
+    Args:
+        table: the table.
+        core: core to pin to (default: the last one).
+        timing: timing settings (default: the table's own).
+    """
+    prov = table.data["provenance"]
+    return WorkerMeasurer(table.backend, prov["batch"], prov["threads"], core,
+                          timing or stored_timing(table.data),
+                          realtime=prov.get("scheduler") == "fifo")
+
+
+def measure_arch_ms(table: LatencyTable, arch: Mapping[str, Any], core: int | None = None) -> dict:
+    """Measures one Arch end to end exactly as `table`'s validation networks are measured.
+
+    Args:
+        table: the table (its backend, batch, threads, scheduler and timing are used).
+        arch: an Arch of the table's space.
+        core: core to pin to (default: the last one).
+
+    Returns:
+        {"median_ms", "backend"} of the whole network.
+
+    Raises:
+        RuntimeError: the worker could not run the network.
+    """
+    measured, _ = _measure_networks(table, {"arch": dict(arch)}, table_measurer(table, core), False)
+    return {"median_ms": measured["arch"], "backend": table.backend}
+
+
+def validate_table(table: LatencyTable, samples: int, seed: int, *,
+                   archs: Sequence[tuple[str, Mapping[str, Any]]] | None = None,
+                   measurer: Measurer | None = None, timing: TimingConfig | None = None,
+                   core: int | None = None, plot: str | os.PathLike | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Measures Archs end to end and compares them with the table's predictions.
+
+    Args:
+        table: the table.
+        samples: number of Archs (the fastest, the slowest and stratified ones) when `archs` is
+            not given.
+        seed: the seed of the stratified draw (its stream differs from calibration's).
+        archs: [(name, Arch)] to validate instead (e.g. arch files).
+        measurer: what measures (default: a worker like the build's, :func:`table_measurer`).
+        timing: warm-up and repetitions (default: the build's).
+        core: core to pin to (default: the last one).
+        plot: where to write the scatter PNG (None: no plot).
+        progress: show a progress bar.
+
+    Returns:
+        :func:`accuracy_metrics` of the calibrated prediction, plus the same for the plain sum
+        under 'plain_sum', 'sampling', 'extremes' ({role: {arch_id, predicted_ms,
+        measured_ms}}, sampled validations only), 'calibration_overlap' (validated Archs the
+        table was calibrated on), 'machine' (where it was measured) and per-Arch 'points'
+        [{arch_id, role, predicted_ms, measured_ms}].
+    """
+    space = table.space
+    measurer = measurer or table_measurer(table, core, timing)
+    if archs is None:
+        chosen = validation_archs(table, samples, seed)
+        sampling = VALIDATION_SAMPLING
+    else:
+        chosen = [(str(name), space.validate(a, str(name))) for name, a in archs]
+        sampling = "given"
+    by_id: dict[str, dict] = {}
+    role: dict[str, str] = {}
+    for r, a in chosen:
+        aid = space.arch_id(a)
+        by_id.setdefault(aid, a)
+        role.setdefault(aid, r)
+    measured, info = _measure_networks(table, by_id, measurer, progress)
+    ids = [aid for aid in by_id if aid in measured]
+    pred = [table.predict(by_id[a]) for a in ids]
+    plain = [table.plain_sum(by_id[a]) for a in ids]
     meas = [measured[a] for a in ids]
     report = accuracy_metrics(pred, meas)
     report["plain_sum"] = accuracy_metrics(plain, meas)
-    report["points"] = [{"arch_id": a, "predicted_ms": round(p, 5), "measured_ms": m}
-                        for a, p, m in zip(ids, pred, meas)]
+    report["sampling"] = sampling
+    points = [{"arch_id": a, "role": role[a], "predicted_ms": round(p, 5), "measured_ms": m}
+              for a, p, m in zip(ids, pred, meas)]
+    report["extremes"] = {p["role"]: {k: p[k] for k in ("arch_id", "predicted_ms", "measured_ms")}
+                          for p in points if p["role"] in ("fastest", "slowest")}
+    calibrated = {p["arch_id"] for p in table.data.get("calibration", {}).get("points", [])}
+    report["calibration_overlap"] = len(calibrated & set(ids))
+    report["machine"] = machine_description(info)
+    report["points"] = points
     if plot:
+        tau = report["kendall_tau"]
         scatter_plot(plot, pred, meas,
                      f"{space.name} / {table.backend}: {100 * report['within_10pct']:.0f}% within "
-                     f"+-10%, tau {report['kendall_tau']:.2f} (n={report['n']})")
+                     f"+-10%, tau {tau if tau is None else round(tau, 2)} (n={report['n']})")
     return report
+
+
+def machine_description(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns where a measurement ran: CPU, host, cores, threads, scheduler, load, runtime.
+
+    Args:
+        info: the measuring worker's 'info' reply (may be empty).
+    """
+    out = {"cpu_model": str(info.get("cpu_model") or cpu_model()), "host": platform.node(),
+           "host_load": [round(x, 2) for x in os.getloadavg()]}
+    for key in ("cores", "threads", "scheduler", "versions", "thread_env"):
+        if key in info:
+            out[key] = info[key]
+    return out
+
+
+def validation_record(report: Mapping[str, Any], seed: int | None) -> dict[str, Any]:
+    """Returns what a table stores of a validation report (its ``validation`` field).
+
+    Args:
+        report: :func:`validate_table`'s report.
+        seed: the seed of the stratified draw (None for given Archs).
+    """
+    keys = ("within_10pct", "rmse_ms", "rmspe", "kendall_tau", "n", "plain_sum", "sampling",
+            "extremes", "calibration_overlap", "machine")
+    record = {k: report[k] for k in keys if k in report}
+    record["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if seed is not None:
+        record["seed"] = int(seed)
+    return record
+
+
+def store_validation(table: LatencyTable, record: Mapping[str, Any]) -> None:
+    """Writes a validation record into the table file (atomically; checksum refreshed)."""
+    table.data["validation"] = dict(record)
+    table.save()

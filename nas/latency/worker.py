@@ -3,12 +3,12 @@
 XLA reads its threading flags once, when jax creates its CPU client, and a process may already
 have jax initialized (tests, other commands); so the parent (``nas latency build|validate``)
 starts ``python -m nas.latency.worker`` with the single-thread environment
-(:func:`nas.latency.measure.single_thread_env`), sends it one JSON job on stdin and reads one JSON
+(:func:`nas.single_thread.single_thread_env`), sends it one JSON job on stdin and reads one JSON
 line per measured item on stdout.
 
 Job: ``{"backend", "batch", "threads", "core", "realtime", "timing": TimingConfig, "chunk",
-"items": [{"id",
-"kind": "block"|"network", "specs": [BlockSpec dicts]}]}``. Items are prepared (compiled) a chunk
+"items": [{"id", "kind": "block"|"network", "specs": [BlockSpec dicts]} or {"id", "kind":
+"model", "path": model file, "shape": input shape}]}`` (``model``: onnxruntime only). Items are prepared (compiled) a chunk
 at a time and timed round-robin ``timing.rounds`` times, so each item's reps are spread over time
 and a burst of load from other processes spoils one round, not the figure. Replies (lines starting with ``@@nas ``):
 ``{"type": "info", ...}`` first, then ``{"type": "result", "id", "median_ms", "p10_ms", "p90_ms",
@@ -25,7 +25,8 @@ import tempfile
 from typing import Any, Iterator, Mapping, Sequence
 
 from nas.latency.measure import (TimingConfig, best_round, cpu_model, pin_to_core, set_realtime,
-                                 single_thread_env, time_call)
+                                 time_call)
+from nas.single_thread import ONE_THREAD_VARS, single_thread_env
 from nas.spec import BlockSpec
 
 MARK = "@@nas "
@@ -36,6 +37,16 @@ def spec_from_dict(d: Mapping[str, Any]) -> BlockSpec:
     d = dict(d)
     d["in_hw"] = tuple(d["in_hw"])
     return BlockSpec(**d)
+
+
+def thread_env() -> dict[str, str]:
+    """Returns the threading settings of this process's environment (recorded in a table).
+
+    Returns:
+        {name: value} of ``XLA_FLAGS`` and the pool-size variables that are set.
+    """
+    names = ("XLA_FLAGS", *ONE_THREAD_VARS)
+    return {n: os.environ[n] for n in names if n in os.environ}
 
 
 def _say(obj: Mapping[str, Any]) -> None:
@@ -53,7 +64,7 @@ def serve(job: Mapping[str, Any]) -> None:
     backend = load_backend(job["backend"])
     _say({"type": "info", "backend": backend.NAME, "rule": backend.RULE, **backend.info(),
           "cpu_model": cpu_model(), "cores": cores, "threads": threads,
-          "scheduler": scheduler})
+          "scheduler": scheduler, "thread_env": thread_env()})
     timing = TimingConfig(**job.get("timing", {}))
     batch = int(job.get("batch", 1))
     items = list(job["items"])
@@ -68,11 +79,13 @@ def _serve_chunk(backend, items, batch: int, threads: int, timing: TimingConfig)
     prepared = []
     for item in items:
         try:
-            specs = [spec_from_dict(s) for s in item["specs"]]
-            if item["kind"] == "block":
-                call, prep = backend.block_runner(specs[0], batch, threads)
+            if item["kind"] == "model":  # a model file (e.g. an exported network), as is
+                call, prep = backend.model_runner(item["path"], item["shape"], threads)
+            elif item["kind"] == "block":
+                call, prep = backend.block_runner(spec_from_dict(item["specs"][0]), batch, threads)
             else:
-                call, prep = backend.network_runner(specs, batch, threads)
+                call, prep = backend.network_runner([spec_from_dict(s) for s in item["specs"]],
+                                                    batch, threads)
             prepared.append((item, call, prep, []))
         except Exception as e:  # reported to the parent, which names the item
             _say({"type": "error", "id": item["id"], "error": f"{type(e).__name__}: {e}"})

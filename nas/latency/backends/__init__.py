@@ -2,7 +2,8 @@
 
 A backend module exposes ``NAME``, ``RULE`` (its precision rule, see :mod:`nas.latency.precision`),
 ``info() -> dict`` (runtime versions and device) and ``block_runner(spec, batch)`` /
-``network_runner(specs, batch)`` returning ``(call, prepare_seconds)``: ``call()`` runs once and
+``network_runner(specs, batch)`` (onnxruntime also ``model_runner(path, shape)``, a model file
+as is) returning ``(call, prepare_seconds)``: ``call()`` runs once and
 blocks until the result is ready; preparation (compilation, session creation) is excluded.
 Backends are imported only inside the measurement worker (:mod:`nas.latency.worker`), whose
 environment pins runtimes to one thread before they initialize.

@@ -3,7 +3,8 @@
 are arguments of the jitted function (as in deployment), compilation is excluded.
 
 On CPU, the worker process runs XLA on one thread (``XLA_FLAGS``, see
-:data:`nas.latency.measure.XLA_ONE_THREAD_FLAGS`), set before jax creates its client.
+:data:`nas.single_thread.XLA_ONE_THREAD_FLAGS` and ``PJRT_NPROC=1``), set before jax
+creates its client.
 """
 
 from __future__ import annotations

@@ -89,3 +89,10 @@ def network_runner(specs: Sequence[BlockSpec], batch: int, threads: int = 1) -> 
     model = network_to_onnx(list(specs), batch=batch)
     first = specs[0]
     return _runner(model.SerializeToString(), [batch, first.cin, *first.in_hw], threads)
+
+
+def model_runner(path: str, in_shape: Sequence[int], threads: int = 1) -> tuple[Callable, float]:
+    """Returns (call, prepare_seconds) running an ONNX model file as is (e.g. an exported
+    network, input named 'input'), with the session options and threads of the tables."""
+    with open(path, "rb") as f:
+        return _runner(f.read(), list(in_shape), threads)
