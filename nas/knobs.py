@@ -141,6 +141,8 @@ def relevant_knobs(op: str) -> set[str]:
     """
     if op == "skip":
         return {"op"}
+    if op == "skip_proj":  # a 1x1 conv -> BN -> act: skip where the shapes differ
+        return {"op", "bits_w", "bits_a", "act"}
     common = {"op", "kernel", "se", "bits_w", "bits_a", "rank", "groups", "act"}
     if op == "dwsep":
         return common

@@ -115,7 +115,7 @@ def layer_ops(spec: BlockSpec) -> list[Op]:
     quantizers cost no parameters and are not counted).
 
     Args:
-        spec: the layer (stem, mbconv, dwsep, skip or head).
+        spec: the layer (stem, mbconv, dwsep, skip, skip_proj or head).
 
     Returns:
         The list of :class:`Op` (empty for 'skip'), named after the Flax submodules ('conv',

@@ -20,6 +20,9 @@ class Slot:
         candidates: joint presets for the 'block' decision ({name: {knob: value}}), if any.
         se_ratio: the SE ratio used when the 'se' knob is true.
         residual: whether residual connections are allowed.
+        skip_projection: whether 'skip' is allowed where the shapes differ, as a 1x1 conv (with
+            the slot's stride) -> BN -> act (op 'skip_proj', FBNet's skip in the CIFAR setting
+            of HW-NAS-Bench); otherwise 'skip' is only the identity where the shapes match.
     """
 
     prefix: str
@@ -32,6 +35,7 @@ class Slot:
     candidates: Mapping[str, Mapping[str, Any]]
     se_ratio: float
     residual: bool
+    skip_projection: bool = False
 
     @property
     def can_skip(self) -> bool:
@@ -49,12 +53,15 @@ class Slot:
             values: {knob: value} for the slot's decisions ('block' for candidates).
 
         Returns:
-            {knob: value} for every knob of :data:`KNOB_DEFAULTS`.
+            {knob: value} for every knob of :data:`KNOB_DEFAULTS`; a 'skip' that changes the
+            shape (only with ``skip_projection``) resolves to op 'skip_proj' with kernel 1.
         """
         knobs = dict(self.fixed)
         if "block" in values:
             knobs.update(self.candidates[values["block"]])
         knobs.update({k: v for k, v in values.items() if k != "block"})
+        if knobs["op"] == "skip" and self.skip_projection and not self.can_skip:
+            knobs.update(op="skip_proj", kernel=1)
         return knobs
 
     def spec(self, values: Mapping[str, Any]) -> BlockSpec:

@@ -5,6 +5,8 @@ channels, a stem, stages of layer slots (channels, stride, repeats) with per-sta
 head. Each knob of a stage is either fixed (a scalar) or searchable (a list of choices). A stage
 may also list joint ``candidates`` (named presets of several knobs, as FBNet's 9 candidate
 blocks): they become one decision labelled ``sX_bY_block``.
+A stage (or ``defaults``) with ``skip_projection: true`` allows 'skip' where a layer changes
+shape, as a 1x1 conv -> BN -> act (op 'skip_proj'); otherwise 'skip' is dropped there.
 
 An Arch is a plain JSON mapping ``{label: value}`` with one entry per searchable decision, labels
 such as ``s3_b1_kernel`` (stage 3, block 1, both counted from 1). Everything else (supernet,
@@ -39,10 +41,10 @@ Arch = dict[str, Any]
 _TOP_KEYS = {"name", "description", "source", "input", "num_classes", "stem", "head", "defaults",
              "stages"}
 _STAGE_ATTRS = {"channels", "stride", "repeats", "se_ratio", "residual", "knobs", "candidates",
-                "name"}
+                "name", "skip_projection"}
 _STEM_KEYS = {"channels", "kernel", "stride", "act", "bits_w", "bits_a"}
 _HEAD_KEYS = {"channels", "act", "dropout", "bits_w", "bits_a"}
-_DEFAULT_KEYS = set(KNOB_DEFAULTS) | {"se_ratio"}
+_DEFAULT_KEYS = set(KNOB_DEFAULTS) | {"se_ratio", "skip_projection"}
 
 def repo_root() -> Path:
     """Returns the project's root folder (the one holding ``search_spaces/``)."""
@@ -155,10 +157,12 @@ class Space:
         self.num_classes = self._int(d["num_classes"], "num_classes", 2, "num_classes")
 
         defaults = dict(KNOB_DEFAULTS)
-        se_ratio_default = 0.25
+        se_ratio_default, projection_default = 0.25, False
         for key, value in self._mapping(d.get("defaults", {}) or {}, "defaults", _DEFAULT_KEYS).items():
             if key == "se_ratio":
                 se_ratio_default = self._ratio(value, "defaults.se_ratio")
+            elif key == "skip_projection":
+                projection_default = self._bool(value, "defaults.skip_projection")
             else:
                 defaults[key] = normalize_knob(key, value, f"defaults.{key}", self.source)
 
@@ -190,9 +194,9 @@ class Space:
             stride = self._int(stage.get("stride", 1), f"{where}.stride", limit="stride")
             repeats = self._int(stage.get("repeats", 1), f"{where}.repeats", limit="repeats")
             se_ratio = self._ratio(stage.get("se_ratio", se_ratio_default), f"{where}.se_ratio")
-            residual = stage.get("residual", True)
-            if not isinstance(residual, bool):
-                raise self._err(f"{where}.residual", f"{residual!r} is not allowed; expected true or false")
+            residual = self._bool(stage.get("residual", True), f"{where}.residual")
+            projection = self._bool(stage.get("skip_projection", projection_default),
+                                    f"{where}.skip_projection")
             fixed, choices = dict(defaults), {}
             knobs = stage.get("knobs", {}) or {}
             if not isinstance(knobs, Mapping):
@@ -216,7 +220,7 @@ class Space:
                 s = stride if bi == 1 else 1
                 slot_cin = cin if bi == 1 else cout
                 slots.append(self._make_slot(f"s{si}_b{bi}", slot_cin, cout, s, hw, fixed, choices,
-                                             candidates, se_ratio, residual, where))
+                                             candidates, se_ratio, residual, projection, where))
                 hw = (conv_out(hw[0], s), conv_out(hw[1], s))
                 if len(slots) > LIMITS["slots"]:
                     raise self._err(f"{where}.repeats", f"more than {LIMITS['slots']} layer "
@@ -239,6 +243,12 @@ class Space:
         self._decisions = [(slot, knob, slot.label(knob), vals)
                            for slot in self.slots for knob, vals in self._slot_decisions(slot)]
         self._by_label = {label: (slot, knob, vals) for slot, knob, label, vals in self._decisions}
+
+    def _bool(self, value: Any, field: str) -> bool:
+        """Returns `value` if it is true or false, else raises NasInputError naming `field`."""
+        if not isinstance(value, bool):
+            raise self._err(field, f"{value!r} is not allowed; expected true or false")
+        return value
 
     def _ratio(self, value: Any, field: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -265,10 +275,10 @@ class Space:
         return out
 
     def _make_slot(self, prefix, cin, cout, stride, hw, fixed, choices, candidates, se_ratio,
-                   residual, where) -> Slot:
+                   residual, projection, where) -> Slot:
         ok_choices = dict(choices)
         ok_cands = dict(candidates)
-        can_skip = stride == 1 and cin == cout
+        can_skip = (stride == 1 and cin == cout) or projection
         if not can_skip:
             if "op" in ok_choices:
                 ok_choices["op"] = tuple(v for v in ok_choices["op"] if v != "skip")
@@ -277,12 +287,13 @@ class Space:
             if op_fixed or ("op" in ok_choices and not ok_choices["op"]) or (candidates and not ok_cands):
                 raise self._err(f"{where}.knobs.op",
                                 f"slot {prefix} changes shape ({cin}->{cout} channels, stride {stride}) "
-                                "so it cannot be 'skip'; add another op")
+                                "so it cannot be 'skip'; add another op or skip_projection: true")
         options = math.prod(len(v) for v in ok_choices.values()) * max(1, len(ok_cands))
         if options > LIMITS["slot_options"]:
             raise self._err(f"{where}.knobs", f"slot {prefix} has {options} combinations of "
                                               f"choices; at most {LIMITS['slot_options']}")
-        return Slot(prefix, cin, cout, stride, hw, dict(fixed), ok_choices, ok_cands, se_ratio, residual)
+        return Slot(prefix, cin, cout, stride, hw, dict(fixed), ok_choices, ok_cands, se_ratio,
+                    residual, projection)
 
     @staticmethod
     def _slot_decisions(slot: Slot) -> Iterator[tuple[str, tuple]]:

@@ -27,12 +27,13 @@ class BlockSpec:
 
     Attributes:
         op: 'stem' (kxk conv), 'mbconv' (inverted bottleneck), 'dwsep' (depthwise separable),
-            'skip' (identity) or 'head' (optional 1x1 conv, global pool, classifier).
+            'skip' (identity), 'skip_proj' (a skip that changes shape: 1x1 conv, kernel 1) or
+            'head' (optional 1x1 conv, global pool, classifier).
         cin: input channels.
         cout: output channels (the number of classes for 'head').
         stride: spatial stride.
         in_hw: input height and width.
-        kernel: depthwise (or stem) kernel size.
+        kernel: depthwise (or stem / skip_proj) kernel size.
         expand: expansion ratio of 'mbconv' (the expand 1x1 conv is always present in 'mbconv').
         se_ratio: squeeze-excite ratio relative to the block's input channels; 0 means no SE.
         act: activation function name.

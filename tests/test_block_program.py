@@ -31,9 +31,10 @@ def _all_specs() -> list[BlockSpec]:
     for name in shipped_space_names():
         specs += Space.by_name(name).unique_block_specs()
     # quantized versions of a few (learned weight steps, activation quantizers, factor points)
-    quantized = [s for s in specs if s.rank is not None or s.se_ratio or s.op in ("stem", "head")]
+    quantized = [s for s in specs if s.rank is not None or s.se_ratio
+                 or s.op in ("stem", "skip_proj", "head")]
     specs += [dataclasses.replace(s, bits_w=4, bits_a=8, act=a)
-              for s, a in zip(quantized[:40], ["relu", "hswish"] * 20)]
+              for s, a in zip(quantized[:48], ["relu", "hswish"] * 24)]
     return specs
 
 
@@ -52,7 +53,7 @@ def flax_shapes():
 
 def test_every_shipped_space_is_covered(flax_shapes):
     ops = {s.op for s, _, _ in flax_shapes}
-    assert ops == {"stem", "mbconv", "dwsep", "skip", "head"}
+    assert ops == {"stem", "mbconv", "dwsep", "skip", "skip_proj", "head"}
     assert len(flax_shapes) > 1000
     knobs = [s for s, _, _ in flax_shapes]
     assert any(s.rank for s in knobs) and any(s.groups > 1 for s in knobs)

@@ -9,7 +9,7 @@ from nas.archfile import ArchFile, load_arch
 from nas.errors import NasInputError
 from nas.space import Space, shipped_space_names
 
-SHIPPED = ["fbnet", "mixed", "proxyless", "tiny"]
+SHIPPED = ["fbnet", "fbnet_cifar", "mixed", "proxyless", "tiny"]
 
 
 def test_shipped_spaces_are_listed():

@@ -87,7 +87,7 @@ def test_cases_cover_every_shipped_space_and_knob():
     shapes = [c[3] for c in CASES]
     assert any(s.rank_in for s in shapes) and any(s.rank_out for s in shapes)
     assert any(s.se for s in shapes) and len({s.kernel for s in shapes}) > 1
-    assert {c[2].spec.op for c in CASES} == {"mbconv", "dwsep"}
+    assert {c[2].spec.op for c in CASES} == {"mbconv", "dwsep", "skip_proj"}
     assert any(c[2].spec.groups > 1 for c in CASES)
     assert {c[2].spec.has_residual for c in CASES} == {True, False}
     assert {c[2].spec.stride for c in CASES} == {1, 2}

@@ -9,7 +9,7 @@ trained step of that quantizer, so the exported graph computes what was trained.
 
 Points, in graph order (``[..]``: only when the layer has that part):
 
-- stem: ``input`` -> conv -> BN [-> ``conv_pre_act``] -> act.
+- stem, skip_proj (1x1 conv): ``input`` -> conv -> BN [-> ``conv_pre_act``] -> act.
 - mbconv: ``input`` -> expand [rank: u -> ``expand_u`` -> v] -> BN [-> ``expand_pre_act``] -> act
   [-> shuffle] -> ``expand_out`` -> depthwise -> BN [-> ``dw_pre_act``] -> act -> ``dw_out``
   [-> SE] [-> project u -> ``project_u``] -> project -> BN [-> ``project_out`` -> + ``input``].
@@ -72,7 +72,7 @@ def activation_points(spec: BlockSpec) -> dict[str, bool]:
         return {}
     unsigned = spec.act in NONNEGATIVE
     points: dict[str, bool] = {}
-    if spec.op == "stem":
+    if spec.op in ("stem", "skip_proj"):
         points["input"] = True
         _pre_act(points, "conv", spec.act)
         return points

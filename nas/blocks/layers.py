@@ -4,7 +4,8 @@ Every block is a :class:`ProgramBlock`: it interprets the op program of its spec
 (:func:`nas.blocks.program.program`, where each block is defined once), with its layers given
 as constructors (``conv``, ``pointwise``, ``depthwise``, ``dense``, ``norm``: the Flax idiom,
 so quantized, pruned or masked layers plug in). The classes :class:`Stem`, :class:`MBConv`,
-:class:`DWSep`, :class:`Skip` and :class:`Head` are names for it, by op.
+:class:`DWSep`, :class:`Skip`, :class:`SkipProjection` and :class:`Head` are names for it,
+by op.
 
 Quantized, pruned and factorized variants are knobs of the spec, not separate classes:
 ``bits_w`` fake-quantizes every conv's weights (per output channel, learned steps), ``bits_a``
@@ -17,8 +18,8 @@ expand conv, as FBNet's g2 candidates).
 Every block sows its output as ``intermediates/<block>/features`` (read with
 ``mutable=["intermediates"]`` for hint losses). Param names inside a block: ``expand``,
 ``expand_bn``, ``dw``, ``dw_bn``, ``se/reduce``, ``se/expand``, ``project``, ``project_bn``;
-stem ``conv``, ``bn``; head ``conv``, ``bn``, ``classifier``; activation quantizers ``q_input``,
-``q_expand_out``, ... (one per point; ``se/q_se_*`` inside the SE).
+stem and skip_proj ``conv``, ``bn``; head ``conv``, ``bn``, ``classifier``; activation
+quantizers ``q_input``, ``q_expand_out``, ... (one per point; ``se/q_se_*`` inside the SE).
 """
 
 from __future__ import annotations
@@ -266,18 +267,23 @@ class Skip(ProgramBlock):
     """Identity layer (op 'skip'); sows its output like every block."""
 
 
+class SkipProjection(ProgramBlock):
+    """Skip where the shape changes (op 'skip_proj'): 1x1 conv (stride s) -> BN -> act."""
+
+
 class Head(ProgramBlock):
     """[1x1 conv to hidden -> BN -> act] -> global average pool -> dropout -> dense (bias)."""
 
 
-BLOCKS = {"stem": Stem, "mbconv": MBConv, "dwsep": DWSep, "skip": Skip, "head": Head}
+BLOCKS = {"stem": Stem, "mbconv": MBConv, "dwsep": DWSep, "skip": Skip,
+          "skip_proj": SkipProjection, "head": Head}
 
 
 def make_block(spec: BlockSpec, name: str, depthwise_impl: str = "auto") -> nn.Module:
     """Returns the Linen module of one BlockSpec.
 
     Args:
-        spec: the layer (op stem / mbconv / dwsep / skip / head).
+        spec: the layer (op stem / mbconv / dwsep / skip / skip_proj / head).
         name: the submodule name (the Arch label prefix, 'stem' or 'head').
         depthwise_impl: 'auto' | 'shift' | 'xla'.
 

@@ -1,9 +1,10 @@
 """A block is defined once: :func:`program` turns a BlockSpec into a small op program.
 
-Every layer of a network (stem, mbconv, dwsep, skip, head) is written here, and only here, as
-a tuple of primitive ops. Interpreters walk the ops without knowing which block they belong to:
-the cost metrics (:mod:`nas.metrics`), the parameter layout (:func:`param_shapes`), the ONNX
-builder (:mod:`nas.latency.onnx_blocks`). A new block type is a new branch of :func:`program`.
+Every layer of a network (stem, mbconv, dwsep, skip, skip_proj, head) is written here, and only
+here, as a tuple of primitive ops. Interpreters walk the ops without knowing which block they
+belong to: the cost metrics (:mod:`nas.metrics`), the parameter layout (:func:`param_shapes`),
+the ONNX builder (:mod:`nas.latency.onnx_blocks`). A new block type is a new branch of
+:func:`program`.
 
 The program is in SSA form: each op reads named tensors (``x``, and ``y`` for binary ops) and
 writes one new tensor ``out``; the block's input is :data:`INPUT`, its output the ``out`` of
@@ -377,10 +378,11 @@ def program(spec: BlockSpec) -> tuple[Op, ...]:
     """Returns the op program of one layer.
 
     Args:
-        spec: the layer (op stem / mbconv / dwsep / skip / head).
+        spec: the layer (op stem / mbconv / dwsep / skip / skip_proj / head).
 
     Returns:
-        Its ops in execution order (empty for 'skip': the output is the input).
+        Its ops in execution order (empty for 'skip': the output is the input; 'skip_proj', a
+        skip where the shape changes, is the stem's kxk conv -> BN -> act at kernel 1).
 
     Raises:
         ValueError: unknown op.
@@ -388,7 +390,7 @@ def program(spec: BlockSpec) -> tuple[Op, ...]:
     w = _Writer(spec)
     if spec.op == "skip":
         return ()
-    if spec.op == "stem":
+    if spec.op in ("stem", "skip_proj"):  # skip_proj: a skip that changes shape, kernel 1
         w.quant("input")
         w.conv("conv", "full", spec.cout, spec.kernel, spec.stride, bn="bn")
         w.act(spec.act, "conv_pre_act")

@@ -195,7 +195,8 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"  scatter plot: {plot}" + (f"; stored in {args.table} (validation)" if stored else ""))
     if args.json:
         out = {k: report[k] for k in ("within_10pct", "rmse_ms", "rmspe", "kendall_tau", "n",
-                                      "sampling", "extremes", "calibration_overlap", "machine")}
+                                      "sampling", "extremes", "calibration_overlap", "machine",
+                                      "points")}
         out.update(plain_sum=plain, table=args.table, seed=args.seed, plot=str(plot),
                    stored=stored)
         print(json.dumps(out))

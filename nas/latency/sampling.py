@@ -100,6 +100,22 @@ def extreme_archs(table, model: Mapping[str, Any] | None = None) -> tuple[Arch, 
     return fastest, slowest
 
 
+def _neighbours(opts: SlotOptions, pick) -> np.ndarray:
+    """Returns the extreme Arch (``pick`` = np.argmin / np.argmax per slot) and every Arch one
+    slot away from it, as option-index rows: the ends of the range, which tilted draws over
+    many slots rarely reach (measured: a 22-slot space's calibration draws ended at 1.45x its
+    fastest Arch, so the model extrapolated there)."""
+    base = np.array([int(pick(c)) for c in opts.contrib], np.int64)
+    rows = [base]
+    for s, c in enumerate(opts.contrib):
+        for i in range(len(c)):
+            if i != base[s]:
+                row = base.copy()
+                row[s] = i
+                rows.append(row)
+    return np.stack(rows) if len(base) else np.zeros((1, 0), np.int64)
+
+
 def _pool(opts: SlotOptions, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Returns (distinct option-index rows [m, slots], their predictions) drawn at every tilt."""
     per_tilt = max(1, size // len(TILTS))
@@ -111,6 +127,7 @@ def _pool(opts: SlotOptions, rng: np.random.Generator, size: int) -> tuple[np.nd
             p = np.exp(tilt * z - np.max(tilt * z))
             cols.append(rng.choice(len(c), size=per_tilt, p=p / p.sum()))
         rows.append(np.stack(cols, axis=1) if cols else np.zeros((per_tilt, 0), np.int64))
+    rows += [_neighbours(opts, np.argmin), _neighbours(opts, np.argmax)]
     idx = np.unique(np.concatenate(rows), axis=0)
     idx = idx[rng.permutation(len(idx))]  # np.unique sorts; draw order must not follow it
     pred = opts.fixed_ms + sum(c[idx[:, s]] for s, c in enumerate(opts.contrib)) \
@@ -123,7 +140,8 @@ def stratified_archs(table, n: int, seed: int, purpose: str, *,
                      pool_size: int | None = None) -> list[Arch]:
     """Returns up to `n` distinct Archs spread evenly over the table's predicted-latency range.
 
-    A pool of Archs is drawn (uniformly and tilted towards fast and slow layers), predicted from
+    A pool of Archs is drawn (uniformly and tilted towards fast and slow layers, plus the fastest
+    and slowest Archs and every Arch one slot away from them), predicted from
     the per-slot contributions, binned into `n` equal-width bins between the fastest and slowest
     prediction, and drawn from round-robin, one bin after the other; empty bins are skipped.
 

@@ -112,8 +112,31 @@ def _measure_networks(table: LatencyTable, archs: Mapping[str, dict], measurer: 
                       progress: bool) -> tuple[dict[str, float], dict]:
     """Measures Archs end to end; returns ({arch_id: median ms}, the worker's info reply)."""
     space = table.space
-    items = [network_item(aid, [effective_spec(s, table.rule) for s in space.block_specs(a)])
-             for aid, a in archs.items()]
+    return measure_specs_ms(table, {aid: space.block_specs(a) for aid, a in archs.items()},
+                            measurer, progress)
+
+
+def measure_specs_ms(table: LatencyTable, networks: Mapping[str, Sequence[Any]],
+                     measurer: Measurer | None = None, progress: bool = False
+                     ) -> tuple[dict[str, float], dict]:
+    """Measures networks given as their layers end to end, as `table`'s validation does.
+
+    Args:
+        table: the table (its precision rule, and by default its measurement settings).
+        networks: {id: [BlockSpec, ...]} (any layers, e.g. a published network's).
+        measurer: what measures (default: :func:`table_measurer`).
+        progress: show a progress bar.
+
+    Returns:
+        ({id: median ms}, the worker's info reply).
+
+    Raises:
+        RuntimeError: a network could not be measured.
+    """
+    measurer = measurer or table_measurer(table)
+    space = table.space
+    items = [network_item(nid, [effective_spec(s, table.rule) for s in specs])
+             for nid, specs in networks.items()]
     bar = None
     if progress:
         from tqdm import tqdm

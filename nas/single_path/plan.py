@@ -214,6 +214,8 @@ def slot_plan(space: Space, slot: Slot) -> SlotPlan:
     ops = set(ch.get("op", (slot.fixed["op"],)))
     ladders: dict[str, Ladder] = {}
     can_skip = "skip" in ops
+    if can_skip and not slot.can_skip:
+        raise _refuse(space, slot, "op", "a skip that changes shape is a 1x1 conv, not nested")
     if can_skip:
         ladders["keep"] = Ladder("keep", ("skip", "layer"))
     if ops - {"skip"} == {"mbconv", "dwsep"}:
