@@ -40,12 +40,13 @@ def _all_specs() -> list[BlockSpec]:
 
 @pytest.fixture(scope="module")
 def flax_shapes():
-    """[(spec, Flax params shapes, batch_stats shapes)] for every spec (eval_shape only)."""
+    """[(spec, Flax params shapes, batch_stats shapes)] for every spec (eval_shape only; XLA's
+    depthwise, which traces 2.5x faster than the shift one and has the same variables)."""
     out = []
     rng = jax.random.key(0)
     for spec in _all_specs():
         x = jax.ShapeDtypeStruct((1, *spec.in_hw, spec.cin), jnp.float32)
-        init = partial(make_block(spec, "block").init, train=False)
+        init = partial(make_block(spec, "block", depthwise_impl="xla").init, train=False)
         v = jax.eval_shape(init, {"params": rng, "dropout": rng}, x)
         out.append((spec, v.get("params", {}), v.get("batch_stats", {})))
     return out
