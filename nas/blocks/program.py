@@ -179,8 +179,8 @@ class Pool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Mul:
-    """Elementwise product ``x * y`` (y broadcast: the SE gate).
+class Binary:
+    """An elementwise op of two tensors (the fields of :class:`Mul` and :class:`Add`).
 
     Attributes:
         x: input tensor.
@@ -198,22 +198,13 @@ class Mul:
 
 
 @dataclasses.dataclass(frozen=True)
-class Add:
-    """Elementwise sum ``x + y`` (the residual connection).
+class Mul(Binary):
+    """Elementwise product ``x * y`` (y broadcast: the SE gate)."""
 
-    Attributes:
-        x: input tensor.
-        y: second operand.
-        out: output tensor.
-        name: the op's name.
-        shape: the output shape.
-    """
 
-    x: str
-    y: str
-    out: str
-    name: str
-    shape: Shape
+@dataclasses.dataclass(frozen=True)
+class Add(Binary):
+    """Elementwise sum ``x + y`` (the residual connection)."""
 
 
 @dataclasses.dataclass(frozen=True)

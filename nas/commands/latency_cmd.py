@@ -46,9 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "drawn stratified over its predicted range (none it was "
                                     "calibrated on), or given arch files, end to end; print and "
                                     "store the result in the table (field 'validation').")
-    v.add_argument("--table", required=True, help="table file")
-    v.add_argument("--space", default=None, help="space YAML (default: the shipped space named "
-                                                 "in the table)")
+    _table_args(v)
     v.add_argument("--samples", type=int, default=50,
                    help="Archs: the fastest, the slowest and stratified ones (default 50)")
     v.add_argument("--seed", type=int, default=0, help="seed of the stratified draw (default 0)")
@@ -69,8 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "calibration networks the way it was built and print the "
                                     "drift ratio measured / table with a verdict (exit 0: fits, "
                                     "1: rebuild).")
-    c.add_argument("--table", required=True, help="table file")
-    c.add_argument("--space", default=None, help="space YAML (default: the one named in the table)")
+    _table_args(c)
     c.add_argument("--entries", type=int, default=12, help="entries to re-measure (default 12)")
     c.add_argument("--networks", type=int, default=3,
                    help="calibration networks to re-measure (default 3)")
@@ -81,12 +78,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_check)
 
     s = lsub.add_parser("show", help="print a table's provenance and calibration, or predict an Arch")
-    s.add_argument("--table", required=True, help="table file")
-    s.add_argument("--space", default=None, help="space YAML (default: the one named in the table)")
+    _table_args(s)
     s.add_argument("--arch", default=None, help="arch JSON file: print its predicted latency")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_show)
     p.set_defaults(func=lambda a: p.print_help() or 2)
+
+
+def _table_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--table", required=True, help="table file")
+    p.add_argument("--space", default=None, help="space YAML (default: the one named in the table)")
 
 
 def _timing_args(p: argparse.ArgumentParser) -> None:
