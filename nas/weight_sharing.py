@@ -83,7 +83,6 @@ def load_supernet(workdir: str | Path) -> Supernet:
     Raises:
         NasInputError: not a one-shot search workdir, another strategy, or no checkpoint.
     """
-
     wd = Path(workdir).expanduser().resolve()
     record = wd / SEARCH_RECORD
     field = "evaluation.supernet"

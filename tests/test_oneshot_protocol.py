@@ -14,7 +14,7 @@ from nas.single_path.threshold_opt import search_optimizer
 from nas.space import Space
 from nas.strategies import registry
 from nas.strategies.oneshot_loop import make_steps
-from nas.strategies.protocol import OneShot, OneShotState, argmax_arch
+from nas.strategies.protocol import OneShot, OneShotState
 from nas.strategies.single_path import (SinglePathParams, make_loss, merge_thresholds,
                                         split_thresholds)
 from nas.train import TrainConfig
@@ -40,6 +40,12 @@ def _same(a, b):
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
                                       for x, y in zip(la, lb))
+
+
+def argmax_arch(space, distribution):
+    """The reference: the most probable choice per label of a distribution, as an Arch."""
+    return space.decode([int(np.argmax(list(distribution[label].values())))
+                         for label in space.labels()])
 
 
 @pytest.fixture(scope="module", params=registry.names("one_shot"))

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple
 
-import numpy as np
-
 
 class OneShotState(NamedTuple):
     """The state of a one-shot search (a pytree).
@@ -93,17 +91,3 @@ def one_hot_distribution(space: Any, arch: Mapping[str, Any]) -> dict[str, dict[
     for (label, vals), index in zip(space.decisions(), indices):
         out[label] = {str(v): float(i == index) for i, v in enumerate(vals)}
     return out
-
-
-def argmax_arch(space: Any, distribution: Mapping[str, Mapping[str, float]]) -> dict:
-    """Returns the Arch of the most probable choice per label of a distribution.
-
-    Args:
-        space: the Space.
-        distribution: ``{label: {str(choice): probability}}`` (as :class:`OneShot` returns).
-
-    Returns:
-        The canonical Arch.
-    """
-    indices = [int(np.argmax(list(distribution[label].values()))) for label in space.labels()]
-    return space.decode(indices)
