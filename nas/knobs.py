@@ -11,8 +11,10 @@ import math
 from typing import Any
 
 from nas.errors import NasInputError
+from nas.spec import BLOCK_OPS, op_traits
 
-OPS = ("mbconv", "dwsep", "skip")
+#: Values of the ``op`` knob.
+OPS = tuple(op for op, traits in BLOCK_OPS.items() if traits.searchable)
 ACTIVATIONS = ("relu", "relu6", "hswish", "swish")
 BITS = (2, 4, 8, 32)
 MAX_EXPAND = 64
@@ -139,11 +141,4 @@ def relevant_knobs(op: str) -> set[str]:
     Returns:
         Knob names whose value matters; the others are ignored (and canonicalized away).
     """
-    if op == "skip":
-        return {"op"}
-    if op == "skip_proj":  # a 1x1 conv -> BN -> act: skip where the shapes differ
-        return {"op", "bits_w", "bits_a", "act"}
-    common = {"op", "kernel", "se", "bits_w", "bits_a", "rank", "groups", "act"}
-    if op == "dwsep":
-        return common
-    return common | {"expand", "width"}
+    return set(op_traits(op).knobs)

@@ -34,7 +34,7 @@ from nas.blocks.layers import make_block
 from nas.blocks.quant import is_quant_step
 from nas.errors import NasInputError
 from nas.space import Space
-from nas.spec import BlockSpec
+from nas.spec import BlockSpec, op_traits
 
 
 def default_block_names(specs: Sequence[BlockSpec]) -> tuple[str, ...]:
@@ -104,13 +104,12 @@ def check_buildable(specs: Sequence[BlockSpec], names: Sequence[str], source: st
             its groups.
     """
     for spec, name in zip(specs, names):
-        if spec.groups == 1 or spec.op not in ("mbconv", "dwsep"):
+        if spec.groups == 1 or not op_traits(spec.op).bottleneck:
             continue
         if spec.rank is not None:
             raise NasInputError("groups and rank cannot be combined in one block (a factorized 1x1 "
                                 "conv is dense); set rank: null or groups: 1", source, name)
-        mid = spec.mid_channels if spec.op == "mbconv" else spec.cin
-        for c in {spec.cin, mid, spec.cout}:
+        for c in {spec.cin, spec.mid_channels, spec.cout}:
             if c % spec.groups:
                 raise NasInputError(f"groups={spec.groups} does not divide {c} channels; choose "
                                     "a width/expand giving divisible channels or groups: 1",

@@ -16,6 +16,55 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
+@dataclasses.dataclass(frozen=True)
+class OpTraits:
+    """What the package knows about a block operator besides its op program
+    (:func:`nas.blocks.program.program` holds the layers themselves).
+
+    Attributes:
+        searchable: a value of the ``op`` knob (else chosen by the space: stem, head, skip_proj).
+        knobs: the knobs that change a block of this operator; the others are canonicalized away.
+        expands: the block's mid channels are ``round(cin * expand * width)`` (else ``cin`` for a
+            bottleneck, 0 otherwise).
+        bottleneck: an inverted-bottleneck-like block: squeeze-excite, residual (when the shapes
+            match) and 1x1 groups apply.
+    """
+
+    searchable: bool
+    knobs: frozenset[str]
+    expands: bool = False
+    bottleneck: bool = False
+
+
+_BOTTLENECK_KNOBS = frozenset({"op", "kernel", "se", "bits_w", "bits_a", "rank", "groups", "act"})
+
+#: Every block operator. A new block type is an entry here and a branch of
+#: :func:`nas.blocks.program.program`; everything else reads these two.
+BLOCK_OPS: dict[str, OpTraits] = {
+    "mbconv": OpTraits(True, _BOTTLENECK_KNOBS | {"expand", "width"}, expands=True,
+                       bottleneck=True),
+    "fused_mbconv": OpTraits(True, _BOTTLENECK_KNOBS | {"expand", "width"}, expands=True,
+                             bottleneck=True),
+    "dwsep": OpTraits(True, _BOTTLENECK_KNOBS, bottleneck=True),
+    "skip": OpTraits(True, frozenset({"op"})),
+    # a skip where the shape changes: kxk conv -> BN -> act at kernel 1 (FBNet's CIFAR setting)
+    "skip_proj": OpTraits(False, frozenset({"op", "bits_w", "bits_a", "act"})),
+    "stem": OpTraits(False, frozenset()),
+    "head": OpTraits(False, frozenset()),
+}
+
+
+def op_traits(op: str) -> OpTraits:
+    """Returns the traits of block operator `op`.
+
+    Raises:
+        ValueError: unknown operator.
+    """
+    if op not in BLOCK_OPS:
+        raise ValueError(f"unknown block op {op!r}; known: {sorted(BLOCK_OPS)}")
+    return BLOCK_OPS[op]
+
+
 def conv_out(size: int, stride: int) -> int:
     """Returns the output size of a 'SAME'-padded conv along one axis."""
     return -(-size // stride)
@@ -26,9 +75,10 @@ class BlockSpec:
     """One layer of a network, with its input shape and every knob resolved.
 
     Attributes:
-        op: 'stem' (kxk conv), 'mbconv' (inverted bottleneck), 'dwsep' (depthwise separable),
-            'skip' (identity), 'skip_proj' (a skip that changes shape: 1x1 conv, kernel 1) or
-            'head' (optional 1x1 conv, global pool, classifier).
+        op: a key of :data:`BLOCK_OPS`: 'stem' (kxk conv), 'mbconv' (inverted bottleneck),
+            'fused_mbconv' (Fused-MBConv: a kxk conv replaces expand + depthwise), 'dwsep'
+            (depthwise separable), 'skip' (identity), 'skip_proj' (a skip that changes shape:
+            1x1 conv, kernel 1) or 'head' (optional 1x1 conv, global pool, classifier).
         cin: input channels.
         cout: output channels (the number of classes for 'head').
         stride: spatial stride.
@@ -74,25 +124,25 @@ class BlockSpec:
 
     @property
     def mid_channels(self) -> int:
-        """Channels inside the block after expansion and pruning (depthwise conv channels)."""
-        if self.op == "mbconv":
+        """Channels inside the block after expansion and pruning (the expanded, depthwise or
+        fused kxk conv's channels)."""
+        traits = op_traits(self.op)
+        if traits.expands:
             full = int(round(self.cin * self.expand))
             return max(1, int(round(full * self.width)))
-        if self.op == "dwsep":
-            return self.cin
-        return 0
+        return self.cin if traits.bottleneck else 0
 
     @property
     def se_channels(self) -> int:
         """Squeeze channels of the SE module (0 without SE)."""
-        if self.se_ratio <= 0 or self.op not in ("mbconv", "dwsep"):
+        if self.se_ratio <= 0 or not op_traits(self.op).bottleneck:
             return 0
         return max(1, int(round(self.cin * self.se_ratio)))
 
     @property
     def has_residual(self) -> bool:
         """Whether the block adds its input to its output."""
-        return (self.op in ("mbconv", "dwsep") and self.residual and self.stride == 1
+        return (op_traits(self.op).bottleneck and self.residual and self.stride == 1
                 and self.cin == self.cout)
 
     def rank_channels(self, cin: int, cout: int) -> int | None:
@@ -124,10 +174,11 @@ class BlockSpec:
             parts.append(f"hid:{self.hidden}")
         else:
             parts.append(f"k:{self.kernel}")
-        if self.op == "mbconv":
+        traits = op_traits(self.op)
+        if traits.expands:
             parts.append(f"e:{_fmt(self.expand)}")
         parts += [f"s:{self.stride}", f"bw:{self.bits_w}", f"ba:{self.bits_a}"]
-        if self.op == "mbconv" and self.width != 1.0:
+        if traits.expands and self.width != 1.0:
             parts.append(f"w:{_fmt(self.width)}")
         if self.rank is not None:
             parts.append(f"r:{_fmt(self.rank)}")
@@ -137,7 +188,7 @@ class BlockSpec:
             parts.append(f"g:{self.groups}")
         if self.act != "relu":
             parts.append(f"a:{self.act}")
-        if self.op in ("mbconv", "dwsep") and not self.residual:
+        if traits.bottleneck and not self.residual:
             parts.append("nores")
         return "-".join(parts)
 

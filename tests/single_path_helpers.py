@@ -24,9 +24,17 @@ SMALL = {
          "knobs": {"kernel": [3, 5], "expand": [3, 6], "rank": [None, 0.5], "bits_w": [8, 32]}},
     ]}
 
+#: A fourth slot for :func:`small_space` (fused=True): a Fused-MBConv, whose kxk conv nests the
+#: kernel and mid ladders, with skip, SE and rank.
+FUSED_STAGE = {"channels": 16, "stride": 1, "repeats": 1,
+               "knobs": {"op": ["fused_mbconv", "skip"], "kernel": [3, 5], "expand": [2, 4],
+                         "width": [0.5, 1.0], "rank": [None, 0.5], "se": [False, True]}}
 
-def small_space() -> Space:
-    """Returns the small test space."""
+
+def small_space(fused: bool = False) -> Space:
+    """Returns the small test space (with `fused`: plus the :data:`FUSED_STAGE` slot)."""
+    if fused:
+        return Space.from_dict(dict(SMALL, stages=SMALL["stages"] + [FUSED_STAGE]), "tests:sp_small")
     return Space.from_dict(SMALL, "tests:sp_small")
 
 

@@ -1,6 +1,6 @@
 """The op program of a block (nas.blocks.program) against the Flax blocks it describes.
 
-Over every block spec of every shipped space: the metrics' parameter count (from the program)
+Over the layers of every structure in the shipped spaces: the metrics' parameter count (from the program)
 equals the Flax block's initialized parameter count, and the program's parameter layout equals
 the Flax block's params and batch_stats trees, shape for shape (jax.eval_shape: no compile).
 """
@@ -18,7 +18,7 @@ from nas.blocks.program import (INPUT, Add, Conv, Dense, Dropout, Mul, Quantize,
 from nas.blocks.quant import weight_count
 from nas.metrics import layer_costs
 from nas.space import Space, shipped_space_names
-from nas.spec import BlockSpec
+from nas.spec import BLOCK_OPS, BlockSpec
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -26,10 +26,22 @@ def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _structure(s: BlockSpec) -> tuple:
+    """What decides a layer's ops and parameter names (not their sizes)."""
+    return (s.op, s.act, s.kernel, s.stride, s.se_ratio > 0, s.rank is not None, s.groups > 1,
+            s.has_residual, s.width < 1, s.bits_w < 32, s.bits_a < 32, s.hidden > 0)
+
+
 def _all_specs() -> list[BlockSpec]:
-    specs = []
+    """Two layers (different sizes where the spaces have them) of every structure found in the
+    shipped spaces (~650 of their ~2500 unique layers), plus quantized versions of a few."""
+    specs, per_structure = [], {}
     for name in shipped_space_names():
-        specs += Space.by_name(name).unique_block_specs()
+        for spec in Space.by_name(name).unique_block_specs():
+            kept = per_structure.setdefault(_structure(spec), [])
+            if len(kept) < 2:
+                kept.append(spec)
+                specs.append(spec)
     # quantized versions of a few (learned weight steps, activation quantizers, factor points)
     quantized = [s for s in specs if s.rank is not None or s.se_ratio
                  or s.op in ("stem", "skip_proj", "head")]
@@ -54,8 +66,8 @@ def flax_shapes():
 
 def test_every_shipped_space_is_covered(flax_shapes):
     ops = {s.op for s, _, _ in flax_shapes}
-    assert ops == {"stem", "mbconv", "dwsep", "skip", "skip_proj", "head"}
-    assert len(flax_shapes) > 1000
+    assert ops == set(BLOCK_OPS)  # every block operator is in some shipped space
+    assert len(flax_shapes) > 500
     knobs = [s for s, _, _ in flax_shapes]
     assert any(s.rank for s in knobs) and any(s.groups > 1 for s in knobs)
     assert any(s.width < 1 for s in knobs) and any(s.se_ratio for s in knobs)
@@ -97,6 +109,30 @@ def test_mbconv_program_reads_as_the_block():
             assert name in written, (op, written)
         assert op.out not in written
         written.add(op.out)
+
+
+def test_fused_mbconv_program_and_its_independent_count():
+    """Fused-MBConv (EfficientNetV2): a kxk conv replaces 1x1 expand + depthwise; params and
+    MACs of the program's metrics equal a count by hand."""
+    cin, cout, k, e, hw = 16, 16, 3, 4, 8
+    spec = BlockSpec("fused_mbconv", cin, cout, 1, (hw, hw), kernel=k, expand=e, se_ratio=0.25,
+                     width=0.5, rank=0.5)
+    convs = [op for op in program(spec) if isinstance(op, Conv)]
+    assert [(c.name, c.kind) for c in convs] == [("expand", "full"), ("se/reduce", "pointwise"),
+                                                 ("se/expand", "pointwise"), ("project", "pointwise")]
+    mid, se, r = 32, 4, 8   # round(16 * 4 * 0.5); round(16 * 0.25); 0.5 * min(32, 16)
+    assert (convs[0].kernel, convs[0].cout, convs[-1].rank) == (k, mid, r)
+    assert isinstance(program(spec)[-1], Add)
+    params = (k * k * cin * mid + 2 * mid            # expand conv + BN
+              + mid * se + se + se * mid + mid       # SE convs with biases
+              + mid * r + r * cout + 2 * cout)       # factorized project + BN
+    macs = hw * hw * (k * k * cin * mid + mid * r + r * cout) + mid * se + se * mid
+    costs = layer_costs(spec)
+    assert (costs["params"], costs["macs"]) == (params, macs)
+    q = program(dataclasses.replace(spec, bits_a=8, act="hswish"))
+    points = [op.point for op in q if isinstance(op, Quantize)]
+    assert points[:3] == ["input", "expand_pre_act", "expand_out"] and "project_out" in points
+    assert not any(p.startswith("dw") for p in points)
 
 
 def test_quantized_program_has_the_activation_points_and_factor_points():

@@ -9,8 +9,8 @@ from jax import lax
 
 from nas.blocks.activations import activation
 from nas.blocks.convs import channel_shuffle, pointwise
-from nas.blocks.layers import DWSep, MBConv
-from nas.blocks.prune import slice_mbconv_variables
+from nas.blocks.layers import DWSep, MBConv, make_block
+from nas.blocks.slicing import slice_block_variables
 from nas.metrics import layer_costs
 from nas.model import init_variables, variable_shapes
 from nas.spec import BlockSpec
@@ -39,25 +39,31 @@ def test_width_really_shrinks_tensors_as_mid_channels_predicts(se_ratio):
     assert _count(ph) == layer_costs(half)["params"]
 
 
-def test_pruned_block_equals_full_block_with_dropped_channels_zeroed():
-    """first-k slicing: the pruned block computes what the full block computes when expanded
-    channels k.. are switched off (their BatchNorm scale and bias zeroed)."""
-    spec = BlockSpec(**dict(SPEC.to_dict(), in_hw=(6, 6), se_ratio=0.25, act="hswish"))
+@pytest.mark.parametrize("op, kernel_bns", [("mbconv", ("expand_bn", "dw_bn")),
+                                              ("fused_mbconv", ("expand_bn",))])
+def test_pruned_block_equals_full_block_with_dropped_channels_zeroed(op, kernel_bns):
+    """first-k slicing read from the pruned block's program (kernels, SE, BatchNorm statistics):
+    the pruned block computes what the full block computes when expanded channels k.. are
+    switched off (their BatchNorm scale and bias zeroed)."""
+    spec = BlockSpec(**dict(SPEC.to_dict(), op=op, in_hw=(6, 6), se_ratio=0.25, act="hswish"))
     pruned = BlockSpec(**dict(spec.to_dict(), in_hw=(6, 6), width=0.5))
-    variables = init_variables(MBConv(spec), jax.random.key(0), (2, 6, 6, 16))
+    variables = init_variables(make_block(spec, "b"), jax.random.key(0), (2, 6, 6, 16))
     variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(1), v.shape),
                              variables)  # non-trivial BN statistics and biases
     keep = pruned.mid_channels
     masked = jax.tree.map(lambda v: v, variables)  # a copy whose dicts we may change
-    for bn in ("expand_bn", "dw_bn"):
+    for bn in kernel_bns:
         for name in ("scale", "bias"):
             masked["params"][bn][name] = variables["params"][bn][name].at[keep:].set(0.0)
-    sliced = {k: slice_mbconv_variables(v, keep) for k, v in variables.items()}
+    params, stats = slice_block_variables(pruned, variables["params"], variables["batch_stats"])
+    sliced = {"params": params, "batch_stats": stats}
+    assert jax.tree.map(np.shape, sliced) == \
+        jax.tree.map(np.shape, variable_shapes(make_block(pruned, "b"), (1, 6, 6, 16)))
     x = jax.random.normal(jax.random.key(2), (2, 6, 6, 16))
 
     @jax.jit
     def both(masked, sliced):
-        return MBConv(spec).apply(masked, x), MBConv(pruned).apply(sliced, x)
+        return make_block(spec, "b").apply(masked, x), make_block(pruned, "b").apply(sliced, x)
 
     full_out, pruned_out = both(masked, sliced)
     np.testing.assert_allclose(full_out, pruned_out, rtol=1e-4, atol=1e-4)

@@ -26,16 +26,17 @@ from quant_helpers import quant_space
 
 
 def mixed_arch(space: Space) -> dict:
-    """An Arch mixing int8 layers, weight-only quantized layers, float layers, pruning, rank, SE."""
+    """An Arch mixing int8 layers, weight-only quantized layers, float layers, pruning, rank, SE,
+    and an int8 Fused-MBConv (4-bit weights, SE, pruned, kernel 5)."""
     return space.validate({
         "s1_b1_op": "dwsep", "s1_b1_kernel": 3, "s1_b1_bits_w": 8, "s1_b1_bits_a": 32,
-        "s2_b1_kernel": 5, "s2_b1_expand": 6, "s2_b1_bits_w": 4, "s2_b1_bits_a": 8, "s2_b1_width": 0.5,
+        "s2_b1_op": "mbconv", "s2_b1_kernel": 5, "s2_b1_expand": 6, "s2_b1_bits_w": 4, "s2_b1_bits_a": 8, "s2_b1_width": 0.5,
         "s2_b2_op": "mbconv", "s2_b2_kernel": 3, "s2_b2_expand": 3, "s2_b2_bits_w": 32,
         "s2_b2_bits_a": 32, "s2_b2_width": 1.0,
-        "s3_b1_kernel": 3, "s3_b1_expand": 3, "s3_b1_se": True, "s3_b1_bits_w": 8, "s3_b1_bits_a": 8,
+        "s3_b1_op": "mbconv", "s3_b1_kernel": 3, "s3_b1_expand": 3, "s3_b1_se": True, "s3_b1_bits_w": 8, "s3_b1_bits_a": 8,
         "s3_b1_width": 0.5,
-        "s3_b2_op": "skip", "s3_b2_kernel": 3, "s3_b2_expand": 3, "s3_b2_se": False,
-        "s3_b2_bits_w": 8, "s3_b2_bits_a": 8, "s3_b2_width": 1.0,
+        "s3_b2_op": "fused_mbconv", "s3_b2_kernel": 5, "s3_b2_expand": 3, "s3_b2_se": True,
+        "s3_b2_bits_w": 4, "s3_b2_bits_a": 8, "s3_b2_width": 0.5,
         "s4_b1_kernel": 3, "s4_b1_expand": 6, "s4_b1_rank": 0.5, "s4_b1_bits_w": 4, "s4_b1_bits_a": 8})
 
 
@@ -70,7 +71,7 @@ def trained_like(model, rng_seed: int = 0, x: np.ndarray | None = None):
 
 @pytest.fixture(scope="module")
 def setup():
-    space = quant_space()
+    space = quant_space(extra_ops=("fused_mbconv",))
     arch = mixed_arch(space)
     model = build_model(space, arch)
     x = np.random.default_rng(1).standard_normal((192, 16, 16, 1)).astype(np.float32)
@@ -130,7 +131,7 @@ def test_packed_file_roundtrip(setup, tmp_path):
 
 
 def test_compressed_model_is_at_most_a_sixth_of_its_fp32_counterpart():
-    space = quant_space()
+    space = quant_space(extra_ops=("fused_mbconv",))
     arch = dict(mixed_arch(space))
     for k in arch:
         if k.endswith("bits_w"):
@@ -210,7 +211,7 @@ def test_onnx_runs_int8_where_both_bitwidths_are_8_or_less(exported):
 
     out, report = exported
     model = onnx.load(str(out / "model.onnx"))
-    assert report["onnx"]["int8_layers"] == ["stem", "s2_b1", "s3_b1", "s4_b1", "head"]  # s3_b2: skip
+    assert report["onnx"]["int8_layers"] == ["stem", "s2_b1", "s3_b1", "s3_b2", "s4_b1", "head"]
     assert report["onnx"]["weight_only_int8_layers"] == []
     assert not report["onnx"]["recalibrated"]
     ops = [n.op_type for n in model.graph.node]

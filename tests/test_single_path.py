@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from nas.blocks.quant import fake_quant_weight
+from nas.blocks.slicing import factor_product
 from nas.errors import NasInputError
 from nas.model import build_model, init_variables
 from nas.single_path.cost import SlotCosts
@@ -21,7 +23,7 @@ from nas.single_path.network import SinglePathNetwork, init_single_path
 from nas.single_path.plan import max_arch, space_plan
 from nas.space import Space
 
-from single_path_helpers import fake_table, small_space
+from single_path_helpers import FUSED_STAGE, SMALL, fake_table, small_space
 
 
 # ------------------------------------------------------------------------------ indicators
@@ -92,10 +94,17 @@ def test_a_space_with_a_searched_activation_bit_width_is_refused_in_one_line():
         space_plan(Space.by_name("mixed"))
 
 
+def test_a_slot_choosing_between_mbconv_and_fused_mbconv_is_refused_in_one_line():
+    d = copy.deepcopy(dict(SMALL, stages=SMALL["stages"] + [FUSED_STAGE]))
+    d["stages"][-1]["knobs"]["op"] = ["mbconv", "fused_mbconv"]
+    with pytest.raises(NasInputError, match="s4_b1_op.*single_path cannot search.*fused_mbconv alone"):
+        space_plan(Space.from_dict(d))
+
+
 # ---------------------------------------------------------------------- slices and export
 @pytest.fixture(scope="module")
 def small_net():
-    space = small_space()
+    space = small_space(fused=True)
     net = SinglePathNetwork(space)
     variables = init_single_path(net, jax.random.key(0))
     # non-trivial BatchNorm statistics, so that slicing them matters
@@ -154,6 +163,17 @@ def test_exported_weights_are_exact_slices_of_the_superkernel(small_net):
     u = params["s3_b1"]["expand"]["kernel_u"]                 # [8, 8]; rank 0.5 of min(8, 24) = 4
     np.testing.assert_array_equal(r["expand"]["kernel_u"], u[..., :4])
     assert "expand" not in child["params"].get("s1_b1", {}) or arch["s1_b1_op"] == "mbconv"
+    # Fused-MBConv: its kxk expand conv is cut like a depthwise one (centre taps, first m outputs)
+    levels = {"s4_b1": {"keep": 1, "mid": 1, "kernel": 0, "rank": 1, "se": 0}}
+    params = force_levels(space, variables["params"], levels)
+    arch, child = export_child(space, {"params": params, "batch_stats": variables["batch_stats"]})
+    assert (arch["s4_b1_op"], arch["s4_b1_kernel"], arch["s4_b1_expand"], arch["s4_b1_width"]) \
+        == ("fused_mbconv", 3, 2, 1.0)                       # 32 channels: expand 2 (unpruned)
+    sup, got = params["s4_b1"], child["params"]["s4_b1"]
+    np.testing.assert_array_equal(got["expand"]["kernel"], sup["expand"]["kernel"][1:4, 1:4, :, :32])
+    full = factor_product(sup["project"]["kernel_u"], sup["project"]["kernel_v"])  # full rank
+    np.testing.assert_array_equal(got["project"]["kernel"], full[:, :, :32])
+    assert "dw" not in got and "se" not in got
 
 
 def test_skip_and_dwsep_levels_drop_their_weights(small_net):

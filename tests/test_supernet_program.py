@@ -28,7 +28,7 @@ from nas.supernet.path_program import optional_segment, path_program
 from nas.supernet.paths import (branch_call, init_path_params, masked_call, picked_call,
                                 run_path, slice_path_params)
 from nas.supernet.plan import SHARED_KNOBS, SuperPlan, option_shape
-from nas.spec import BlockSpec
+from nas.spec import BLOCK_OPS, BlockSpec
 
 HW = (8, 8)
 
@@ -38,6 +38,8 @@ def _signature(path, shape):
     convs, residual, and whether the option slices channels or kernel taps (one case each keeps
     the eager compiles, the test's cost, low)."""
     s = path.spec
+    if s.op == "fused_mbconv":  # its SE, residual and 1x1 code is mbconv's: its own slicing only
+        return (s.op, shape.rank_in is None, shape.mid < s.mid_channels, shape.kernel < s.kernel)
     return (s.op, s.act, s.groups > 1, bool(shape.se),
             shape.rank_in is None, shape.rank_out is None, s.has_residual,
             shape.mid < s.mid_channels, shape.kernel < s.kernel)
@@ -89,7 +91,8 @@ def test_cases_cover_every_shipped_space_and_knob():
     shapes = [c[3] for c in CASES]
     assert any(s.rank_in for s in shapes) and any(s.rank_out for s in shapes)
     assert any(s.se for s in shapes) and len({s.kernel for s in shapes}) > 1
-    assert {c[2].spec.op for c in CASES} == {"mbconv", "dwsep", "skip_proj"}
+    # every operator a slot can hold except the identity
+    assert {c[2].spec.op for c in CASES} == set(BLOCK_OPS) - {"stem", "head", "skip"}
     assert any(c[2].spec.groups > 1 for c in CASES)
     assert {c[2].spec.has_residual for c in CASES} == {True, False}
     assert {c[2].spec.stride for c in CASES} == {1, 2}

@@ -1,4 +1,5 @@
-"""Where a layer quantizes its activations: one list, read by the Flax blocks and the ONNX builder.
+"""Where a layer quantizes its activations: the ``Quantize`` ops of its program, read by the
+Flax blocks and the ONNX builder (the program's writer, :mod:`nas.blocks.program`, places them).
 
 A layer with ``bits_a < 32`` quantizes (per tensor, at ``bits_a`` bits) exactly the tensors an
 integer runtime quantizes when it runs the layer with int8 kernels: every conv's input and
@@ -13,6 +14,8 @@ Points, in graph order (``[..]``: only when the layer has that part):
 - mbconv: ``input`` -> expand [rank: u -> ``expand_u`` -> v] -> BN [-> ``expand_pre_act``] -> act
   [-> shuffle] -> ``expand_out`` -> depthwise -> BN [-> ``dw_pre_act``] -> act -> ``dw_out``
   [-> SE] [-> project u -> ``project_u``] -> project -> BN [-> ``project_out`` -> + ``input``].
+- fused_mbconv: ``input`` -> kxk expand -> BN [-> ``expand_pre_act``] -> act -> ``expand_out``
+  [-> SE] [-> ``project_u``] -> project -> BN [-> ``project_out`` -> + ``input``].
 - dwsep: ``input`` -> depthwise -> BN [-> ``dw_pre_act``] -> act -> ``dw_out`` [-> SE]
   [-> ``project_u``] -> project -> BN [-> ``project_out`` -> + ``input``].
 - SE: global pool -> ``se_pool`` -> reduce conv [-> ``se_reduce_pre_act``] -> act -> ``se_act``
@@ -31,27 +34,10 @@ Example:
 
 from __future__ import annotations
 
-from nas.blocks.activations import NONNEGATIVE
+from nas.blocks.program import quantizers, program
 from nas.spec import BlockSpec
 
-FLOAT_BITS = 32
 INT8_BITS = 8
-#: Activations an int8 conv applies by saturating its output: no pre-activation point.
-SATURATING_ACTS = frozenset({"relu", "relu6"})
-
-
-def _pre_act(points: dict[str, bool], name: str, act: str) -> None:
-    if act not in SATURATING_ACTS:
-        points[f"{name}_pre_act"] = True
-
-
-def _se_points(points: dict[str, bool], spec: BlockSpec, unsigned: bool) -> None:
-    points["se_pool"] = not unsigned
-    _pre_act(points, "se_reduce", spec.act)
-    points["se_act"] = not unsigned
-    points["se_expand_out"] = True
-    points["se_gate"] = False
-    points["se_out"] = not unsigned
 
 
 def runs_int8(spec: BlockSpec) -> bool:
@@ -66,40 +52,7 @@ def activation_points(spec: BlockSpec) -> dict[str, bool]:
         spec: the layer.
 
     Returns:
-        {point name: signed} (empty for float activations and for skip layers).
+        {point name: signed} (empty for float activations and for skip layers): the quantizers
+        of the layer's op program (:func:`nas.blocks.program.quantizers`).
     """
-    if spec.bits_a >= FLOAT_BITS or spec.op == "skip":
-        return {}
-    unsigned = spec.act in NONNEGATIVE
-    points: dict[str, bool] = {}
-    if spec.op in ("stem", "skip_proj"):
-        points["input"] = True
-        _pre_act(points, "conv", spec.act)
-        return points
-    if spec.op == "head":
-        if spec.hidden:
-            points["input"] = True
-            _pre_act(points, "conv", spec.act)
-            points["head_act"] = not unsigned
-            points["pool"] = not unsigned
-        else:
-            points["pool"] = True
-        return points
-    if spec.op not in ("mbconv", "dwsep"):
-        raise ValueError(f"unknown block op {spec.op!r}")
-    points["input"] = True
-    if spec.op == "mbconv":
-        if spec.rank_channels(spec.cin, spec.mid_channels) is not None:
-            points["expand_u"] = True
-        _pre_act(points, "expand", spec.act)
-        points["expand_out"] = not unsigned
-    _pre_act(points, "dw", spec.act)
-    points["dw_out"] = not unsigned
-    if spec.se_channels:
-        _se_points(points, spec, unsigned)
-    mid = spec.mid_channels
-    if spec.rank_channels(mid, spec.cout) is not None:
-        points["project_u"] = True
-    if spec.has_residual:
-        points["project_out"] = True
-    return points
+    return {q.point: q.signed for q in quantizers(program(spec))}

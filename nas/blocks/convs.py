@@ -84,6 +84,21 @@ def pointwise(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
     return y.reshape(*x.shape[:-1], cout)
 
 
+def full_conv(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+    """Dense kxk conv, 'SAME' padding.
+
+    Args:
+        x: [N, H, W, cin].
+        kernel: [k, k, cin, cout] (HWIO).
+        stride: spatial stride.
+
+    Returns:
+        [N, ceil(H/s), ceil(W/s), cout].
+    """
+    return lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class Conv(nn.Module):
     """Dense kxk conv, 'SAME' padding, no bias (the stem).
 
@@ -104,9 +119,7 @@ class Conv(nn.Module):
         """Args: x [N, H, W, cin]; train. Returns: [N, ceil(H/s), ceil(W/s), features]."""
         k = self.kernel_size
         kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features))
-        kernel = quantized_kernel(self, "kernel", kernel, self.bits_w).astype(x.dtype)
-        return lax.conv_general_dilated(x, kernel, (self.stride, self.stride), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return full_conv(x, quantized_kernel(self, "kernel", kernel, self.bits_w), self.stride)
 
     def output_step(self) -> jax.Array:
         """Per-output-channel weight step (bound, after a call; quantized weights only)."""

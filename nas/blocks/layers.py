@@ -39,7 +39,7 @@ from nas.blocks.convs import DepthwiseConv, PointwiseConv, channel_shuffle
 from nas.blocks.program import (INPUT, Act, Add, Conv, Dense, Dropout, Mul, Op, Pool, Quantize,
                                 Shuffle, output_of, program)
 from nas.blocks.quant import ActQuant, deployed_bias
-from nas.spec import BlockSpec
+from nas.spec import BlockSpec, op_traits
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -275,6 +275,8 @@ class Head(ProgramBlock):
     """[1x1 conv to hidden -> BN -> act] -> global average pool -> dropout -> dense (bias)."""
 
 
+#: Named subclasses of the blocks documented above; any other operator of
+#: :data:`nas.spec.BLOCK_OPS` (e.g. 'fused_mbconv') is a plain :class:`ProgramBlock`.
 BLOCKS = {"stem": Stem, "mbconv": MBConv, "dwsep": DWSep, "skip": Skip,
           "skip_proj": SkipProjection, "head": Head}
 
@@ -283,13 +285,12 @@ def make_block(spec: BlockSpec, name: str, depthwise_impl: str = "auto") -> nn.M
     """Returns the Linen module of one BlockSpec.
 
     Args:
-        spec: the layer (op stem / mbconv / dwsep / skip / skip_proj / head).
+        spec: the layer (an operator of :data:`nas.spec.BLOCK_OPS`).
         name: the submodule name (the Arch label prefix, 'stem' or 'head').
         depthwise_impl: 'auto' | 'shift' | 'xla'.
 
     Raises:
         ValueError: unknown op.
     """
-    if spec.op not in BLOCKS:
-        raise ValueError(f"unknown block op {spec.op!r}")
-    return BLOCKS[spec.op](spec, depthwise_impl, name=name)
+    op_traits(spec.op)
+    return BLOCKS.get(spec.op, ProgramBlock)(spec, depthwise_impl, name=name)

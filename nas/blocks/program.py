@@ -1,10 +1,11 @@
 """A block is defined once: :func:`program` turns a BlockSpec into a small op program.
 
-Every layer of a network (stem, mbconv, dwsep, skip, skip_proj, head) is written here, and only
-here, as a tuple of primitive ops. Interpreters walk the ops without knowing which block they
-belong to: the cost metrics (:mod:`nas.metrics`), the parameter layout (:func:`param_shapes`),
-the ONNX builder (:mod:`nas.latency.onnx_blocks`). A new block type is a new branch of
-:func:`program`.
+Every layer of a network (stem, mbconv, fused_mbconv, dwsep, skip, skip_proj, head) is written
+here, and only here, as a tuple of primitive ops. Interpreters walk the ops without knowing which
+block they belong to: the Flax blocks (:mod:`nas.blocks.layers`), the supernet paths
+(:mod:`nas.supernet.path_program`), the cost metrics (:mod:`nas.metrics`), the parameter layout
+(:func:`param_shapes`), the ONNX builder (:mod:`nas.latency.onnx_blocks`). A new block type is a
+new branch of :func:`program` and an entry of :data:`nas.spec.BLOCK_OPS`.
 
 The program is in SSA form: each op reads named tensors (``x``, and ``y`` for binary ops) and
 writes one new tensor ``out``; the block's input is :data:`INPUT`, its output the ``out`` of
@@ -36,12 +37,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Union
 
-from nas.blocks.act_points import activation_points
+from nas.blocks.activations import NONNEGATIVE
 from nas.spec import BlockSpec
 
 #: Name of a block's input tensor in its program.
 INPUT = "input"
 FLOAT_BITS = 32
+#: Activations an int8 conv applies by saturating its output: no pre-activation point.
+SATURATING_ACTS = frozenset({"relu", "relu6"})
+#: Ranges (``Quantize.range_key``) of tensors that cannot be negative: unsigned points.
+UNSIGNED_RANGES = NONNEGATIVE | {"sigmoid"}
 
 Shape = tuple[int, ...]
 
@@ -249,11 +254,16 @@ Op = Union[Quantize, Conv, Act, Shuffle, Pool, Mul, Add, Dropout, Dense]
 
 
 class _Writer:
-    """Appends ops to a program, naming each new tensor and tracking the current one."""
+    """Appends ops to a program, naming each new tensor and tracking the current one.
+
+    The writer also decides the activation points (see :mod:`nas.blocks.act_points`): every
+    ``quant`` of a layer with ``bits_a < 32`` is a point, signed unless its range says the tensor
+    cannot be negative; a pre-activation point only where the activation does not saturate.
+    """
 
     def __init__(self, spec: BlockSpec):
         self.spec = spec
-        self.points = activation_points(spec)
+        self.quantized = spec.bits_a < FLOAT_BITS
         self.ops: list[Op] = []
         self.cur = INPUT
         self.shape: Shape = (*spec.in_hw, spec.cin)
@@ -267,15 +277,12 @@ class _Writer:
     def fresh(self, label: str) -> str:
         return f"{len(self.ops)}:{label}"
 
-    def quant_op(self, point: str, x: str, out: str, range_key: str | None, prefix: str = ""
-                 ) -> Quantize:
-        return Quantize(x, out, point, self.points[point], self.spec.bits_a, f"{prefix}q_{point}",
-                        range_key, self.shape)
-
     def quant(self, point: str, range_key: str | None = None, prefix: str = "") -> None:
-        """Quantizes the current tensor at `point` where the layer has that point."""
-        if point in self.points:
-            self.emit(self.quant_op(point, self.cur, self.fresh(point), range_key, prefix))
+        """Quantizes the current tensor at `point` when the layer quantizes activations."""
+        if self.quantized:
+            self.emit(Quantize(self.cur, self.fresh(point), point,
+                               range_key not in UNSIGNED_RANGES, self.spec.bits_a,
+                               f"{prefix}q_{point}", range_key, self.shape))
             self.point = point
 
     def conv(self, name: str, kind: str, cout: int, kernel: int = 1, stride: int = 1,
@@ -285,9 +292,9 @@ class _Writer:
         h, w, cin = self.shape
         out_shape = (-(-h // stride), -(-w // stride), cout)
         mid = None
-        if rank is not None and f"{name}_u" in self.points:
+        if rank is not None and self.quantized:
             label = f"{name}_u"
-            mid = Quantize(self.fresh(label + "_in"), self.fresh(label), label, self.points[label],
+            mid = Quantize(self.fresh(label + "_in"), self.fresh(label), label, True,
                            self.spec.bits_a, f"q_{label}", None, (h, w, rank))
         self.emit(Conv(self.cur, self.fresh(name), name, kind, cin, cout, kernel, stride,
                        groups if rank is None else 1, rank, mid, bias, bn, self.spec.bits_w,
@@ -295,10 +302,10 @@ class _Writer:
         self.shape = out_shape
         self.point = None
 
-    def act(self, fn: str, pre_act: str | None = None) -> None:
-        """[The pre-activation point `pre_act`, then] activation `fn`."""
-        if pre_act is not None:
-            self.quant(pre_act)
+    def act(self, fn: str, pre_act: str | None = None, prefix: str = "") -> None:
+        """[The pre-activation point `pre_act` unless `fn` saturates, then] activation `fn`."""
+        if pre_act is not None and fn not in SATURATING_ACTS:
+            self.quant(pre_act, None, prefix)
         self.emit(Act(self.cur, self.fresh(fn), fn, self.shape))
         self.point = None
 
@@ -310,8 +317,7 @@ def _squeeze_excite(w: _Writer) -> None:
     w.shape = (1, 1, channels)
     w.quant("se_pool", act, "se/")
     w.conv("se/reduce", "pointwise", spec.se_channels, bias=True)
-    w.quant("se_reduce_pre_act", None, "se/")
-    w.act(act)
+    w.act(act, "se_reduce_pre_act", "se/")
     w.quant("se_act", act, "se/")
     w.conv("se/expand", "pointwise", channels, bias=True)
     w.quant("se_expand_out", None, "se/")
@@ -323,11 +329,16 @@ def _squeeze_excite(w: _Writer) -> None:
 
 
 def _bottleneck(w: _Writer) -> None:
-    """mbconv / dwsep: [expand ->] depthwise -> [SE ->] project [-> + input]."""
+    """mbconv / dwsep: [expand ->] depthwise -> [SE ->] project [-> + input]; fused_mbconv:
+    kxk expand (Fused-MBConv, EfficientNetV2) -> [SE ->] project [-> + input]."""
     spec = w.spec
     w.quant("input")
     block_in = w.cur
-    if spec.op == "mbconv":
+    if spec.op == "fused_mbconv":
+        w.conv("expand", "full", spec.mid_channels, spec.kernel, spec.stride, bn="expand_bn")
+        w.act(spec.act, "expand_pre_act")
+        w.quant("expand_out", spec.act)
+    elif spec.op == "mbconv":
         mid = spec.mid_channels
         rank = spec.rank_channels(spec.cin, mid)
         w.conv("expand", "pointwise", mid, groups=spec.groups, rank=rank, bn="expand_bn")
@@ -336,9 +347,10 @@ def _bottleneck(w: _Writer) -> None:
             w.emit(Shuffle(w.cur, w.fresh("shuffle"), spec.groups, w.shape))
         w.quant("expand_out", spec.act)
     channels = w.shape[-1]
-    w.conv("dw", "depthwise", channels, spec.kernel, spec.stride, groups=channels, bn="dw_bn")
-    w.act(spec.act, "dw_pre_act")
-    w.quant("dw_out", spec.act)
+    if spec.op != "fused_mbconv":
+        w.conv("dw", "depthwise", channels, spec.kernel, spec.stride, groups=channels, bn="dw_bn")
+        w.act(spec.act, "dw_pre_act")
+        w.quant("dw_out", spec.act)
     if spec.se_channels:
         _squeeze_excite(w)
     w.conv("project", "pointwise", spec.cout, groups=spec.groups,
@@ -369,7 +381,7 @@ def program(spec: BlockSpec) -> tuple[Op, ...]:
     """Returns the op program of one layer.
 
     Args:
-        spec: the layer (op stem / mbconv / dwsep / skip / skip_proj / head).
+        spec: the layer (op stem / mbconv / fused_mbconv / dwsep / skip / skip_proj / head).
 
     Returns:
         Its ops in execution order (empty for 'skip': the output is the input; 'skip_proj', a
@@ -385,7 +397,7 @@ def program(spec: BlockSpec) -> tuple[Op, ...]:
         w.quant("input")
         w.conv("conv", "full", spec.cout, spec.kernel, spec.stride, bn="bn")
         w.act(spec.act, "conv_pre_act")
-    elif spec.op in ("mbconv", "dwsep"):
+    elif spec.op in ("mbconv", "fused_mbconv", "dwsep"):
         _bottleneck(w)
     elif spec.op == "head":
         _head(w)

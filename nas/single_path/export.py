@@ -2,8 +2,9 @@
 
 :func:`derive_levels` reads every slot's hard gates (from params alone); :func:`derive_arch`
 turns them into a canonical Arch of the Space. :func:`export_child` cuts that Arch's variables
-out of the superkernel in the params layout of :func:`nas.model.build_model`'s Network: the
-first m channels, the centre k x k taps, the first r singular directions, the SE and expand
+out of the superkernel in the params layout of :func:`nas.model.build_model`'s Network, read
+from the child's op program (:func:`nas.blocks.slicing.slice_block_variables`): the
+first m channels, the centre k x k taps (of the depthwise or the fused kxk conv), the first r singular directions, the SE and expand
 convs only when chosen, and BatchNorm statistics of the kept channels (single-path spaces
 have float activations: no activation quantizers; the child's weight steps are 0, i.e. minmax,
 which is what the superkernel's nested quantizer computes). A full-rank child of a factorized superkernel gets the product of its factors (the
@@ -22,10 +23,10 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from nas.blocks.slicing import slice_block_variables
 from nas.model import add_missing_quant_steps, build_model
 from nas.single_path.gates import THRESHOLD_SCALE, hard_levels, outer_log_rms, slot_gates
 from nas.single_path.plan import SlotPlan, levels_to_arch, space_plan
-from nas.single_path.superblock import full_kernel
 from nas.space import Arch, Space
 
 Levels = dict[str, dict[str, int]]
@@ -59,55 +60,10 @@ def gate_values(space: Space, params: Mapping[str, Any]) -> dict[str, dict[str, 
     return out
 
 
-def _slice_pointwise(p, child_rank: int | None, rows: int | None, cols: int | None,
-                     row_mask: np.ndarray | None = None) -> dict[str, Any]:
-    """Cuts one 1x1 conv: rows = kept input channels, cols = kept output channels."""
-    r_sl = slice(None) if rows is None else slice(0, rows)
-    c_sl = slice(None) if cols is None else slice(0, cols)
-    if "kernel" in p:
-        return {"kernel": p["kernel"][:, :, r_sl, c_sl]}
-    u, v = p["kernel_u"], p["kernel_v"]
-    if child_rank is None:
-        um = u if row_mask is None else u * row_mask[:, None]
-        return {"kernel": full_kernel(um, v)[:, :, r_sl, c_sl]}
-    return {"kernel_u": u[:, :, r_sl, :child_rank], "kernel_v": v[:, :, :child_rank, c_sl]}
-
-
-def _slice_bn(p: Mapping[str, Any], n: int | None) -> dict[str, Any]:
-    sl = slice(None) if n is None else slice(0, n)
-    return {k: v[sl] for k, v in p.items()}
-
-
 def _child_block(plan: SlotPlan, levels: Mapping[str, int], params, stats) -> tuple[dict, dict]:
+    """The chosen child's (params, batch_stats) cut from the slot's superkernel."""
     spec = plan.spec(levels)
-    if spec.op == "skip":
-        return {}, {}
-    m = spec.mid_channels
-    k_sup = plan.max_kernel
-    lo = (k_sup - spec.kernel) // 2
-    out_p: dict[str, Any] = {}
-    out_s: dict[str, Any] = {}
-    mid_mask = np.zeros((plan.max_mid,), np.float32)
-    mid_mask[:m] = 1.0
-
-    if spec.op == "mbconv":
-        out_p["expand"] = _slice_pointwise(params["expand"], spec.rank_channels(spec.cin, m), None, m)
-        out_p["expand_bn"] = _slice_bn(params["expand_bn"], m)
-        out_s["expand_bn"] = _slice_bn(stats["expand_bn"], m)
-    out_p["dw"] = {"kernel": params["dw"]["kernel"][lo:lo + spec.kernel, lo:lo + spec.kernel, :, :m]}
-    out_p["dw_bn"] = _slice_bn(params["dw_bn"], m)
-    out_s["dw_bn"] = _slice_bn(stats["dw_bn"], m)
-    if spec.se_channels:
-        se = params["se"]
-        out_p["se"] = {"reduce": {"kernel": se["reduce"]["kernel"][:, :, :m, :],
-                                  "bias": se["reduce"]["bias"]},
-                       "expand": {"kernel": se["expand"]["kernel"][..., :m],
-                                  "bias": se["expand"]["bias"][:m]}}
-    out_p["project"] = _slice_pointwise(params["project"], spec.rank_channels(m, spec.cout), m, None,
-                                        mid_mask)
-    out_p["project_bn"] = dict(params["project_bn"])
-    out_s["project_bn"] = dict(stats["project_bn"])
-    return out_p, out_s
+    return slice_block_variables(spec, params, stats) if spec.op != "skip" else ({}, {})
 
 
 def export_child(space: Space, variables: Mapping[str, Any], levels: Levels | None = None

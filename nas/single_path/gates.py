@@ -81,14 +81,14 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Ar
         params: the slot's params (child layout: expand, dw, se/reduce, se/expand, project).
     """
     out: dict[str, jax.Array] = {}
-    dw = params["dw"]["kernel"]
+    kxk = params[plan.spatial_conv]["kernel"]  # [K, K, 1 (depthwise) or cin (fused), M]
     mids = plan.mids
-    k = dw.shape[0]
+    k, fan = kxk.shape[0], kxk.shape[2]
     if "keep" in plan.ladders or "mid" in plan.ladders:
         # mean squares of the channel groups: one reduction and one constant matrix product
         groups = np.stack(range_masks(mids, plan.max_mid), axis=1)          # [M, levels]
-        per_channel = jnp.sum(jnp.square(dw), axis=(0, 1, 2))               # [M]
-        group_ms = jnp.dot(per_channel, groups / (groups.sum(0) * k * k))
+        per_channel = jnp.sum(jnp.square(kxk), axis=(0, 1, 2))              # [M]
+        group_ms = jnp.dot(per_channel, groups / (groups.sum(0) * k * k * fan))
         log_group = 0.5 * jnp.log(group_ms + NORM_EPS)
         if "keep" in plan.ladders:
             out["keep"] = log_group[:1]
@@ -98,13 +98,13 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Ar
         out["op"] = jnp.stack([log_rms(*_weights(params["expand"]))])
     if "kernel" in plan.ladders:
         rings = np.stack(ring_masks(plan.kernel_sizes)[1:], axis=-1).reshape(k * k, -1)
-        per_tap = jnp.sum(jnp.square(dw), axis=(2, 3)).reshape(k * k)
-        ring_ms = jnp.dot(per_tap, rings / (rings.sum(0) * dw.shape[-1]))
+        per_tap = jnp.sum(jnp.square(kxk), axis=(2, 3)).reshape(k * k)
+        ring_ms = jnp.dot(per_tap, rings / (rings.sum(0) * fan * kxk.shape[-1]))
         out["kernel"] = 0.5 * jnp.log(ring_ms + NORM_EPS)
     if "se" in plan.ladders:
         out["se"] = jnp.stack([log_rms(params["se"]["reduce"]["kernel"])])
     if "rank" in plan.ladders:
-        convs = [c for c in ("expand", "project") if c in params]
+        convs = [c for c in ("expand", "project") if "kernel_v" in params.get(c, {})]
         parts = []
         for i in range(1, len(plan.ranks)):
             tail = []
@@ -156,7 +156,7 @@ def channel_mask(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array:
 
 
 def kernel_mask(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array:
-    """Returns the [K, K] 0/1 mask of the depthwise taps the kernel ladder keeps."""
+    """Returns the [K, K] 0/1 mask of the kxk kernel's taps the kernel ladder keeps."""
     rings = ring_masks(plan.kernel_sizes)
     on = reached(gates["kernel"]) if "kernel" in gates else jnp.ones((1,))
     return sum(on[i] * r for i, r in enumerate(rings))

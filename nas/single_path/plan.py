@@ -8,15 +8,16 @@ smallest level up:
 ====== ================================ ===============================================
 ladder levels                            outer part whose norm feeds the indicator
 ====== ================================ ===============================================
-keep   skip, layer                      the inner channel group of the depthwise kernel
+keep   skip, layer                      the inner channel group of the kxk kernel
 op     dwsep, mbconv (expand 1 only)    the expand 1x1 conv
-mid    expanded channel counts          the depthwise kernel's channels [m(l-1), m(l))
+mid    expanded channel counts          the kxk kernel's channels [m(l-1), m(l))
 kernel kernel sizes                     the ring of taps of size k(l) not in k(l-1)
 se     off, on                          the squeeze-excite reduce conv
 rank   ranks ascending, then full       the trailing singular directions [r(l-1), r(l))
 bits   bit-widths ascending (32 last)   the quantization residual Q_b(l) - Q_b(l-1)
 ====== ================================ ===============================================
 
+The kxk kernel is the depthwise conv's ('dw'), or the full conv of a Fused-MBConv ('expand').
 A ladder of n levels has n - 1 gates (learned thresholds). The mid ladder's levels are the
 distinct values of ``round(cin * expand * width)`` over the slot's expand and width choices;
 where two (expand, width) pairs give the same channel count, the level maps to the one with the
@@ -34,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 from nas.errors import NasInputError
 from nas.space import Space, Slot
-from nas.spec import BlockSpec
+from nas.spec import BlockSpec, op_traits
 
 LADDER_ORDER = ("keep", "op", "mid", "kernel", "se", "rank", "bits")
 
@@ -68,8 +69,8 @@ class SlotPlan:
 
     Attributes:
         slot: the Space's slot.
-        base_op: 'mbconv' or 'dwsep' (the operator of the non-skip levels; 'mbconv' when the op
-            ladder exists).
+        base_op: 'mbconv', 'fused_mbconv' or 'dwsep' (the operator of the non-skip levels;
+            'mbconv' when the op ladder exists).
         ladders: {name: Ladder} for the searched decisions (fixed knobs have none).
         kernel_sizes: kernel sizes, ascending (one entry when fixed).
         mids: expanded channel counts, ascending (``[cin]`` for dwsep).
@@ -130,6 +131,16 @@ class SlotPlan:
         """Whether the superkernel holds an expand 1x1 conv."""
         return self.base_op == "mbconv"
 
+    @property
+    def fused(self) -> bool:
+        """Whether the layer is a Fused-MBConv (a kxk expand conv, no depthwise)."""
+        return self.base_op == "fused_mbconv"
+
+    @property
+    def spatial_conv(self) -> str:
+        """The param name of the kxk conv that the kernel, mid and keep ladders cut."""
+        return "expand" if self.fused else "dw"
+
     def level_values(self, levels: Mapping[str, int]) -> dict[str, Any]:
         """Returns the slot's knob values {knob: value} for one level per ladder.
 
@@ -146,7 +157,7 @@ class SlotPlan:
         v["op"] = self.base_op
         if self.has_op_gate:
             v["op"] = ("dwsep", "mbconv")[get("op")]
-        if v["op"] == "mbconv":
+        if op_traits(v["op"]).expands:
             v["expand"], v["width"] = self.mid_knobs[get("mid") if "mid" in self.ladders else 0]
         v["kernel"] = self.kernel_sizes[get("kernel") if "kernel" in self.ladders else 0]
         v["se"] = self.se[get("se") if "se" in self.ladders else 0]
@@ -220,11 +231,11 @@ def slot_plan(space: Space, slot: Slot) -> SlotPlan:
         ladders["keep"] = Ladder("keep", ("skip", "layer"))
     if ops - {"skip"} == {"mbconv", "dwsep"}:
         base_op = "mbconv"
-    elif ops - {"skip"} in ({"mbconv"}, {"dwsep"}):
+    elif ops - {"skip"} in ({"mbconv"}, {"dwsep"}, {"fused_mbconv"}):
         base_op = next(iter(ops - {"skip"}))
     else:
-        raise _refuse(space, slot, "op", "a layer must be mbconv or dwsep")
-    if base_op == "mbconv":
+        raise _refuse(space, slot, "op", "a layer must be mbconv or dwsep, or fused_mbconv alone")
+    if op_traits(base_op).expands:
         mids, mid_knobs = _mid_ladder(slot)
     else:
         mids, mid_knobs = (slot.cin,), ((1, 1.0),)

@@ -1,5 +1,5 @@
-"""The superkernel block of one slot: the largest MBConv / DWSep of the slot, with every smaller
-choice a masked (nested) part of it.
+"""The superkernel block of one slot: the largest MBConv / Fused-MBConv / DWSep of the slot, with
+every smaller choice a masked (nested) part of it.
 
 Params use the child layout of :mod:`nas.blocks.layers` (``expand``, ``expand_bn``, ``dw``,
 ``dw_bn``, ``se/reduce``, ``se/expand``, ``project``, ``project_bn``, input quantizers
@@ -12,7 +12,9 @@ quantized (per-output-channel scales then see only the kept part), activations a
 each act (per-tensor activation ranges see only kept channels), and whole alternatives (skip,
 dwsep, SE, full rank) are chosen with the exact :func:`~nas.single_path.indicators.select`.
 The convolutions are the project's own (:func:`nas.blocks.convs.pointwise`,
-:func:`nas.blocks.depthwise.depthwise_conv`), so is the fake quantizer.
+:func:`nas.blocks.depthwise.depthwise_conv`, :func:`nas.blocks.convs.full_conv`), so is the fake
+quantizer. A Fused-MBConv's kxk ``expand`` conv takes the depthwise conv's place: its taps and
+output channels carry the kernel and mid masks.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import jax
 import jax.numpy as jnp
 
 from nas.blocks.activations import NONNEGATIVE, activation
-from nas.blocks.convs import conv_init, pointwise
+from nas.blocks.convs import conv_init, full_conv, pointwise
 from nas.blocks.depthwise import depthwise_conv
 from nas.blocks.layers import batch_norm
 from nas.blocks.quant import FLOAT_BITS, ActQuant
+from nas.blocks.slicing import factor_product
 from nas.single_path.gates import (channel_mask, full_rank_gate, init_thresholds, kernel_mask,
                                    outer_log_rms, rank_row_mask, slot_gates)
 from nas.single_path.indicators import select
@@ -36,11 +39,6 @@ from nas.single_path.plan import SlotPlan, space_plan
 from nas.space import Space
 
 _factor_v_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-
-
-def full_kernel(u: jax.Array, v: jax.Array) -> jax.Array:
-    """Returns the 1x1 kernel [1, 1, cin, cout] of factors u [1, 1, cin, R], v [1, 1, R, cout]."""
-    return jnp.dot(u[0, 0], v[0, 0])[None, None]
 
 
 class SuperConv(nn.Module):
@@ -143,7 +141,7 @@ class SuperBlock(nn.Module):
         g_full = full_rank_gate(plan, gates)
         if g_full is None:
             return y_fact
-        y_full = pointwise(x, quant(full_kernel(u, w["kernel_v"])))
+        y_full = pointwise(x, quant(factor_product(u, w["kernel_v"])))
         return select(g_full, y_fact, y_full)
 
     @nn.compact
@@ -172,8 +170,13 @@ class SuperBlock(nn.Module):
         if plan.has_expand:
             convs["expand"] = SuperConv(_pointwise_shapes(slot.cin, m_max, plan.factorized),
                                         bits_a, True, name="expand")
-        dw_signed = not (plan.has_expand and unsigned) or plan.has_op_gate
-        convs["dw"] = SuperConv((("kernel", (k_max, k_max, 1, m_max)),), bits_a, dw_signed, name="dw")
+        if plan.fused:
+            convs["expand"] = SuperConv((("kernel", (k_max, k_max, slot.cin, m_max)),), bits_a, True,
+                                        name="expand")
+        else:
+            dw_signed = not (plan.has_expand and unsigned) or plan.has_op_gate
+            convs["dw"] = SuperConv((("kernel", (k_max, k_max, 1, m_max)),), bits_a, dw_signed,
+                                    name="dw")
         if plan.has_se:
             se = SuperSE(se_channels, m_max, bits_a, not unsigned, plan.act, name="se")
         convs["project"] = SuperConv(_pointwise_shapes(m_max, slot.cout, plan.factorized), bits_a,
@@ -208,10 +211,14 @@ class SuperBlock(nn.Module):
                 y = select(gates["op"][0], x, y)
         else:
             y = x
-        dw = convs["dw"]
-        kernel = params["dw"]["kernel"] * kernel_mask(plan, gates)[:, :, None, None]
-        y = depthwise_conv(dw.quant_input(y, train), quant(kernel), slot.stride, self.depthwise_impl)
-        y = act_mask(act(batch_norm(train, "dw_bn")(y)))
+        spatial = plan.spatial_conv
+        kernel = params[spatial]["kernel"] * kernel_mask(plan, gates)[:, :, None, None]
+        y = convs[spatial].quant_input(y, train)
+        if plan.fused:
+            y = full_conv(y, quant(kernel), slot.stride)
+        else:
+            y = depthwise_conv(y, quant(kernel), slot.stride, self.depthwise_impl)
+        y = act_mask(act(batch_norm(train, f"{spatial}_bn")(y)))
         if plan.has_se:
             y_se = se(y, train, mid_mask, quant)
             y = select(gates["se"][0], y, y_se) if "se" in gates else y_se

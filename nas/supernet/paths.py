@@ -39,6 +39,7 @@ from nas.blocks.depthwise import depthwise_conv
 from nas.blocks.layers import BN_EPSILON
 from nas.blocks.program import (FLOAT_BITS, INPUT, Act, Add, Conv, Mul, Op, Pool, Quantize,
                                 Shuffle, output_of)
+from nas.blocks.slicing import slice_block_variables
 from nas.supernet.mixing import (Choice, Fixed, Pick, apply_choice, center_crop, center_mask,
                                  prefix_mask, quantize_input, quantize_weight, weighted_values)
 from nas.supernet.path_program import PathProgram, path_program
@@ -150,18 +151,7 @@ def slice_path_params(path: PathPlan, p: Mapping[str, Any], shape: Shape) -> dic
     Returns:
         A params tree for ``make_block(spec)`` (without weight steps: minmax quantization).
     """
-    out: dict[str, Any] = {}
-    for _, conv in path_program(path.option_spec(shape)).convs():
-        q = _get(p, conv.name)
-        entry = {}
-        for name, (k, _, cin, cout) in conv.kernel_shapes().items():
-            entry[name] = center_crop(q[name], k)[:, :, :cin, :cout]
-        if conv.bias:
-            entry["bias"] = q["bias"][:conv.cout]
-        _set(out, conv.name, entry)
-        if conv.bn is not None:
-            out[conv.bn] = {k: v[:conv.cout] for k, v in p[conv.bn].items()}
-    return out
+    return slice_block_variables(path.option_spec(shape), p)[0]
 
 
 # ------------------------------------------------------------------------------ building
