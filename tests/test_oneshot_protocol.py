@@ -169,14 +169,19 @@ def test_single_path_steps_from_one_state_are_the_joint_step_of_its_loss():
     s = registry.make_strategy("single_path", space, params, train=train, net=net)
     state = s.init(jax.random.PRNGKey(0))
     batch, rng, lr = _batch(7), jax.random.PRNGKey(7), jnp.float32(0.05)
-    after_w, _ = jax.jit(s.weight_step)(state, batch, rng, lr, jnp.float32(0.0))
-    after_a, _ = jax.jit(s.arch_step)(state, batch, rng, lr, jnp.float32(0.0))
-
     loss_fn = make_loss(net, space, SlotCosts.from_metric(space, "bops"), params, None, 0.0)
     tx = search_optimizer(train, 0)
     whole = {"model": merge_thresholds(state.weights, state.arch)}
-    grads = jax.jit(jax.grad(lambda p: loss_fn(p, state.stats, batch, rng,
-                                               {"lam": jnp.float32(5.0)})[0]))(whole)
+
+    @jax.jit
+    def steps_and_joint_grads(state, whole):  # one compile: XLA shares the three passes
+        after_w, _ = s.weight_step(state, batch, rng, lr, jnp.float32(0.0))
+        after_a, _ = s.arch_step(state, batch, rng, lr, jnp.float32(0.0))
+        grads = jax.grad(lambda p: loss_fn(p, state.stats, batch, rng,
+                                           {"lam": jnp.float32(5.0)})[0])(whole)
+        return after_w, after_a, grads
+
+    after_w, after_a, grads = steps_and_joint_grads(state, whole)
     updates, _ = tx.update(grads, tx.init(whole), whole)
     expected = jax.tree_util.tree_map(lambda p, u: p - lr * u, whole, updates)["model"]
     weights, thresholds = split_thresholds(space, expected)

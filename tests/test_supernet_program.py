@@ -39,7 +39,7 @@ def _signature(path, shape):
     the eager compiles, the test's cost, low)."""
     s = path.spec
     if s.op == "fused_mbconv":  # its SE, residual and 1x1 code is mbconv's: its own slicing only
-        return (s.op, shape.rank_in is None, shape.mid < s.mid_channels, shape.kernel < s.kernel)
+        return (s.op, shape.rank_in is None, (shape.mid < s.mid_channels) == (shape.kernel < s.kernel))
     return (s.op, s.act, s.groups > 1, bool(shape.se),
             shape.rank_in is None, shape.rank_out is None, s.has_residual,
             shape.mid < s.mid_channels, shape.kernel < s.kernel)
