@@ -28,7 +28,7 @@ from nas.latency.build import WorkerMeasurer, network_item
 from nas.latency.measure import TimingConfig
 from nas.latency.precision import effective_spec
 from nas.latency.table import LatencyTable
-from nas.train import TrainConfig, train_arch
+from nas.training.trainer import TrainConfig, train_arch
 
 
 def measure_ms(table: LatencyTable, archs: dict) -> dict:

@@ -6,7 +6,7 @@ Trains two networks of the same layers on the bundled digits data, side by side 
   expanded channels pruned (width 0.5), rank-0.5 factorized 1x1 convs in the last stage;
 - counterpart: the same kernels and expansions in fp32, no pruning, no factorization.
 
-Both are exported with :func:`nas.export.export_model` (every format loaded back and checked);
+Both are exported with :func:`nas.export.exporter.export_model` (every format loaded back and checked);
 it prints the packed-model and ONNX file sizes, their ratio, and the test accuracy of the JAX
 model and of each export.
 
@@ -73,8 +73,8 @@ def main() -> None:
     """Trains, exports and compares the two models."""
     from nas.archfile import ArchFile
     from nas.data import load_data
-    from nas.export import ExportOptions, export_model
-    from nas.train import TrainConfig, train_arch
+    from nas.export.exporter import ExportOptions, export_model
+    from nas.training.trainer import TrainConfig, train_arch
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=15)

@@ -3,7 +3,7 @@
 Samples N distinct random Archs of the supernet's space, scores each on the trained supernet
 (:class:`nas.weight_sharing.SupernetScorer`: its path's weights, BatchNorm recalibrated on 512
 training images, validation accuracy) and trains each from scratch
-(:class:`nas.evaluate.CandidateEvaluator`, the same data split), then prints the seconds per
+(:class:`nas.training.evaluate.CandidateEvaluator`, the same data split), then prints the seconds per
 candidate of both and the Kendall rank correlation between the two accuracies.
 
     nas search experiments/digits_fbnet.yaml --workdir runs/ws_fbnet
@@ -19,10 +19,10 @@ from pathlib import Path
 
 from scipy.stats import kendalltau
 
-from nas.evaluate import CandidateEvaluator
+from nas.training.evaluate import CandidateEvaluator
 from nas.latency.table import sample_archs
 from nas.weight_sharing import SupernetScorer
-from nas.workdir import write_json_atomic
+from nas.runs.workdir import write_json_atomic
 
 
 def main() -> None:

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:  # disk full / permissions anywhere: one line (after BrokenPipeError)
-        from nas.workdir import disk_error
+        from nas.runs.workdir import disk_error
 
         err = disk_error(e.filename or "a file", e, "cannot access")
         if err is None:

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from nas.archfile import ArchFile
-from nas.config import LoadedConfig, SearchConfig
-from nas.evaluate import CandidateEvaluator
+from nas.runs.config import LoadedConfig, SearchConfig
+from nas.training.evaluate import CandidateEvaluator
 from nas.executor import Outcome, make_executor
 from nas.history import History, make_record
 from nas.objective import MnasObjective
@@ -43,7 +43,7 @@ from nas.strategies.oneshot_driver import OneShotSearchResult, run_oneshot_confi
 from nas.strategies.outputs import (BEST_ARCH_FILE, CANDIDATE, HISTORY_FILE, candidate_records,
                                     write_summary)
 from nas.strategies.registry import entry, make_strategy
-from nas.workdir import claim_workdir
+from nas.runs.workdir import claim_workdir
 
 CONFIG_FILE = "search.json"
 MAX_PROPOSALS_PER_CANDIDATE = 20  # stop if a strategy keeps proposing evaluated candidates
@@ -152,7 +152,7 @@ def run_search(loaded: LoadedConfig, workdir: str | os.PathLike, *,
     have ``summary()``, and both write best_arch.json, summary.json and history.jsonl.
 
     Args:
-        loaded: the validated config (:func:`nas.config.load_config`).
+        loaded: the validated config (:func:`nas.runs.config.load_config`).
         workdir: output folder; an existing search there is resumed.
         evaluate: ``fn(arch, report) -> result`` (sample-based only; default: a
             :class:`CandidateEvaluator` that trains with the config's settings and predicts

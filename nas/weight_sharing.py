@@ -33,10 +33,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from nas.blocks.layers import BN_MOMENTUM
-from nas.checkpoint import Checkpointer
+from nas.training.checkpoint import Checkpointer
 from nas.data import load_data
 from nas.errors import NasInputError
-from nas.evaluate import CandidateEvaluator
+from nas.training.evaluate import CandidateEvaluator
 from nas.model import build_model, init_variables
 from nas.space import Space, resolve_space
 from nas.strategies import registry
@@ -149,7 +149,7 @@ def _data(spec: str, definition_json: str, seed: int):
 
 @dataclasses.dataclass(frozen=True)
 class SupernetScorer:
-    """Scores an Arch on a trained supernet (a drop-in for :class:`nas.evaluate.CandidateEvaluator`).
+    """Scores an Arch on a trained supernet (a drop-in for :class:`nas.training.evaluate.CandidateEvaluator`).
 
     Small and picklable (paths and numbers), so Ray can ship it; each process loads the supernet
     and the data once.

@@ -46,12 +46,12 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     if argv[:1] == ["--synthetic"]:
-        import nas.evaluate
+        import nas.training.evaluate
 
         seconds = float(argv[1])
         argv = argv[2:]
-        real = nas.evaluate.CandidateEvaluator.for_space
-        nas.evaluate.CandidateEvaluator.for_space = classmethod(
+        real = nas.training.evaluate.CandidateEvaluator.for_space
+        nas.training.evaluate.CandidateEvaluator.for_space = classmethod(
             lambda cls, space, **kw: SyntheticEvaluator(seconds, real(space, **kw)))
     from nas.cli import main as nas_main
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from nas.checkpoint import CheckpointCorruptWarning, Checkpointer, resolve_workdir
+from nas.training.checkpoint import CheckpointCorruptWarning, Checkpointer, resolve_workdir
 from nas.errors import NasInputError
 
 

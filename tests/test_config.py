@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.config import load_config, parse_config
+from nas.runs.config import load_config, parse_config
 from nas.errors import NasInputError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nas.config import load_config
-from nas.config_compose import compose_config, deep_merge
+from nas.runs.config import load_config
+from nas.runs.config_compose import compose_config, deep_merge
 from nas.errors import NasInputError
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -82,13 +82,13 @@ PARAMS = {"random": {}, "evolution": {"population": 4, "sample_size": 2}, "rl": 
 @pytest.mark.parametrize("strategy", ["random", "evolution", "rl"])
 def test_sample_based_search_killed_twice_ends_as_an_uninterrupted_run(tmp_path, monkeypatch,
                                                                        strategy):
-    import nas.evaluate
+    import nas.training.evaluate
     from nas.cli import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**SEARCH, "strategy": {"name": strategy,
                                                           "params": PARAMS[strategy]}}))
-    monkeypatch.setattr(nas.evaluate.CandidateEvaluator, "for_space",
+    monkeypatch.setattr(nas.training.evaluate.CandidateEvaluator, "for_space",
                         classmethod(lambda cls, space, **kw: SyntheticEvaluator()))
     assert main(["search", str(cfg), "--workdir", str(tmp_path / "whole"), "--json"]) == 0
     whole = History(tmp_path / "whole" / "history.jsonl").load()
@@ -197,13 +197,13 @@ def test_nas_run_killed_in_search_and_in_retrain_ends_as_an_uninterrupted_run(tm
     """`nas run` (synthetic search scores, real retraining) killed during the search and during
     the retraining of the winner; the same command finishes with the same winner, the same
     retrained accuracy and a history without duplicates."""
-    import nas.evaluate
+    import nas.training.evaluate
     from nas.cli import main
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(PIPELINE))
-    real = nas.evaluate.CandidateEvaluator.for_space
-    monkeypatch.setattr(nas.evaluate.CandidateEvaluator, "for_space",
+    real = nas.training.evaluate.CandidateEvaluator.for_space
+    monkeypatch.setattr(nas.training.evaluate.CandidateEvaluator, "for_space",
                         classmethod(lambda cls, space, **kw: SyntheticEvaluator(0, real(space,
                                                                                         **kw))))
     assert main(["run", str(cfg), "--workdir", str(tmp_path / "whole"), "--json"]) == 0

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nas.distill import (DistillConfig, HintAdapter, distillation_loss, hint_loss, kd_loss,
+from nas.training.distill import (DistillConfig, HintAdapter, distillation_loss, hint_loss, kd_loss,
                          soft_targets)
 from nas.errors import NasInputError
 

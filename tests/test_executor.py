@@ -10,7 +10,7 @@ import sys
 import pytest
 from ray import cloudpickle
 
-from nas.config import parse_config
+from nas.runs.config import parse_config
 from nas.executor import LocalExecutor, RayExecutor, start_ray
 from nas.history import History
 from nas.search import run_search

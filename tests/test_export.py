@@ -15,9 +15,9 @@ import pytest
 from nas.archfile import ArchFile
 from nas.blocks.quant import fake_quant_weight, init_quant_steps
 from nas.errors import NasInputError
-from nas.export import (ExportOptions, compare_logits, export_model, fp32_counterpart_bytes,
+from nas.export.exporter import (ExportOptions, compare_logits, export_model, fp32_counterpart_bytes,
                         load_orbax, parse_formats)
-from nas.export_pack import (load_packed, pack_bits, pack_variables, packed_nbytes,
+from nas.export.packed import (load_packed, pack_bits, pack_variables, packed_nbytes,
                              quantize_weight, save_packed, unpack_bits, unpack_variables)
 from nas.model import build_model, init_variables
 from nas.space import Space
@@ -186,7 +186,7 @@ def test_every_format_is_written_loaded_back_and_matches(exported, setup):
 
 
 def test_stablehlo_has_symbolic_batch(exported, setup):
-    from nas.export_hlo import run_stablehlo
+    from nas.export.to_stablehlo import run_stablehlo
 
     out, _ = exported
     space, arch, model, variables, x = setup
@@ -207,7 +207,7 @@ def test_orbax_restores_float_variables(exported, setup):
 
 
 def test_onnx_runs_int8_where_both_bitwidths_are_8_or_less(exported):
-    from nas.export_onnx import run_onnx
+    from nas.export.to_onnx import run_onnx
 
     out, report = exported
     model = onnx.load(str(out / "model.onnx"))
@@ -227,7 +227,7 @@ def test_onnx_runs_int8_where_both_bitwidths_are_8_or_less(exported):
 
 
 def test_onnx_weight_only_layers_can_store_int8_weights(setup):
-    from nas.export_onnx import export_onnx, run_onnx
+    from nas.export.to_onnx import export_onnx, run_onnx
 
     space, arch, model, variables, x = setup
     specs, names = space.block_specs(arch), names_of(space)
@@ -269,7 +269,7 @@ def test_bad_formats_and_files(tmp_path):
 
 
 def _fake_trained_workdir(path, space, arch):
-    from nas.checkpoint import Checkpointer, write_arch
+    from nas.training.checkpoint import Checkpointer, write_arch
 
     model = build_model(space, arch)
     v = trained_like(model)

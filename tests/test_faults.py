@@ -12,15 +12,15 @@ import pytest
 
 import nas.safe_write
 from nas.cli import main
-from nas.config import parse_config
+from nas.runs.config import parse_config
 from nas.data import Dataset
 from nas.errors import NasInputError
-from nas.evaluate import CandidateEvaluator
+from nas.training.evaluate import CandidateEvaluator
 from nas.history import History, make_record
 from nas.search import run_search
 from nas.space import Space
-from nas.train import NonFiniteLossError, TrainConfig, train_arch
-from nas.train_loop import check_finite
+from nas.training.trainer import NonFiniteLossError, TrainConfig, train_arch
+from nas.training.loop import check_finite
 from nas.safe_write import append_line, write_atomic, write_json_atomic
 
 SPACE = Space.by_name("tiny")

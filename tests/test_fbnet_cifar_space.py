@@ -15,7 +15,7 @@ from nas.blocks.layers import make_block
 from nas.blocks.program import Act, Conv, param_shapes, program
 from nas.blocks.quant import weight_count
 from nas.errors import NasInputError
-from nas.export_onnx import export_onnx, run_onnx
+from nas.export.to_onnx import export_onnx, run_onnx
 from nas.metrics import layer_costs, network_costs
 from nas.model import build_model, init_variables
 from nas.single_path.plan import space_plan

@@ -115,7 +115,7 @@ def test_cli_check_with_a_real_worker(tmp_path, micro_yaml):
 def test_search_and_run_warn_once_before_they_start(monkeypatch, capsys):
     import nas.latency.check as check
     from nas.commands.search_cmd import drift_check
-    from nas.config import load_config
+    from nas.runs.config import load_config
 
     loaded = load_config("experiments/digits_random.yaml")
     assert loaded.latency_table
@@ -139,7 +139,7 @@ def test_search_and_run_warn_once_before_they_start(monkeypatch, capsys):
 
 
 def test_exported_model_is_timed_in_a_worker_with_the_tables_settings(micro_yaml):
-    from nas.export_onnx import measure_latency_ms
+    from nas.export.to_onnx import measure_latency_ms
     from nas.latency.onnx_blocks import network_to_onnx
 
     space = Space.by_name(str(micro_yaml))

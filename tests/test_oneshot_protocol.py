@@ -17,7 +17,7 @@ from nas.strategies.oneshot_loop import make_steps
 from nas.strategies.protocol import OneShot, OneShotState
 from nas.strategies.single_path import (SinglePathParams, make_loss, merge_thresholds,
                                         split_thresholds)
-from nas.train import TrainConfig
+from nas.training.trainer import TrainConfig
 
 from single_path_helpers import small_space
 from test_supernet import SMALL

@@ -10,9 +10,9 @@ import sys
 import pytest
 import yaml
 
-from nas.config import parse_config
+from nas.runs.config import parse_config
 from nas.errors import NasInputError
-from nas.pipeline import Pipeline, read_marker, run_pipeline, stage_marker
+from nas.runs.pipeline import Pipeline, read_marker, run_pipeline, stage_marker
 
 
 MICRO_SPACE = {
@@ -133,8 +133,8 @@ def test_interrupted_stage_resumes_and_later_stages_rerun(finished, tmp_path, mo
 def test_a_failed_export_check_stops_the_run(finished, tmp_path, monkeypatch):
     """An exported ONNX model that does not compute what was trained stops `nas run` (exit 1,
     one line naming the layer) instead of a warning; the finished stages stay done."""
-    import nas.export
-    import nas.export_onnx
+    import nas.export.exporter
+    import nas.export.to_onnx
     from onnx import numpy_helper
 
     from nas.cli import main
@@ -144,7 +144,7 @@ def test_a_failed_export_check_stops_the_run(finished, tmp_path, monkeypatch):
     shutil.copytree(src, workdir)
     stage_marker(workdir, "export").unlink()
     (workdir / "report.md").unlink()
-    real = nas.export_onnx.export_onnx
+    real = nas.export.to_onnx.export_onnx
 
     def corrupted(*args, **kwargs):  # one conv of the stem gets a wrong weight scale
         model, info = real(*args, **kwargs)
@@ -154,7 +154,7 @@ def test_a_failed_export_check_stops_the_run(finished, tmp_path, monkeypatch):
                 break
         return model, info
 
-    monkeypatch.setattr(nas.export, "export_onnx", corrupted)  # the name nas.export calls
+    monkeypatch.setattr(nas.export.exporter, "export_onnx", corrupted)  # the name nas.export calls
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump(micro_config_dict()))
     err = io.StringIO()
@@ -194,7 +194,7 @@ def test_missing_teacher_checkpoint_is_one_clear_error(finished, tmp_path):
 
 
 def test_runner_ups_flip_the_least_certain_decisions():
-    from nas.pipeline import runner_ups
+    from nas.runs.pipeline import runner_ups
     from nas.space import Space
 
     space = Space.by_name("tiny")
@@ -235,7 +235,7 @@ def test_cli_run_json_and_bad_config(finished, tmp_path):
 
 def _copy_until(src, dst, last_stage):
     """Copies a finished workdir, keeping the stage markers up to `last_stage` only."""
-    from nas.pipeline import STAGES
+    from nas.runs.pipeline import STAGES
 
     shutil.copytree(src, dst)
     for stage in STAGES[STAGES.index(last_stage) + 1:]:
@@ -245,16 +245,16 @@ def _copy_until(src, dst, last_stage):
 
 
 def _spy_distill(monkeypatch):
-    import nas.distill
+    import nas.training.distill
 
     calls = []
-    real = nas.distill.distill_arch
+    real = nas.training.distill.distill_arch
 
     def spy(space, arch, data, config, dconfig, teachers, **kw):
         calls.append({"arch": dict(arch), "teachers": list(teachers), **kw})
         return real(space, arch, data, config, dconfig, teachers, **kw)
 
-    monkeypatch.setattr(nas.distill, "distill_arch", spy)
+    monkeypatch.setattr(nas.training.distill, "distill_arch", spy)
     return calls
 
 
@@ -329,7 +329,7 @@ def test_retrain_runs_on_ray_when_configured(finished, tmp_path, monkeypatch):
 
 
 def test_teacher_from_a_given_checkpoint(finished, tmp_path, monkeypatch):
-    from nas.checkpoint import load_trained
+    from nas.training.checkpoint import load_trained
 
     src = finished[0]
     workdir = _copy_until(src, tmp_path / "w", "retrain")
@@ -372,7 +372,7 @@ def test_teacher_from_a_bigger_arch_is_trained_first(finished, tmp_path, monkeyp
 
 
 def test_single_path_runner_ups_fall_back_to_neighbours():
-    from nas.pipeline import runner_ups
+    from nas.runs.pipeline import runner_ups
     from nas.space import Space
 
     space = Space.by_name("tiny")

@@ -19,9 +19,9 @@ from nas.archfile import ArchFile
 from nas.blocks.act_points import activation_points
 from nas.blocks.quant import init_quant_steps
 from nas.data import load_data
-from nas.export import compare_logits, jax_logits
-from nas.export_onnx import export_onnx, run_onnx
-from nas.export_pack import pack_variables, unpack_variables
+from nas.export.exporter import compare_logits, jax_logits
+from nas.export.to_onnx import export_onnx, run_onnx
+from nas.export.packed import pack_variables, unpack_variables
 from nas.latency.onnx_blocks import network_to_onnx
 from nas.latency.onnx_graph import GraphBuilder
 from nas.model import build_model, init_variables

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from nas.history import History, make_record
 from nas.pareto import pareto_front
-from nas.pipeline import stage_marker, write_json_atomic
-from nas.report import candidates_table, write_report
+from nas.runs.pipeline import stage_marker, write_json_atomic
+from nas.runs.report import candidates_table, write_report
 from nas.space import Space
 from nas.strategies.outputs import epoch_record, write_epoch_record
 

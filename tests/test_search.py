@@ -5,7 +5,7 @@ import json
 import pytest
 
 from nas.cli import main
-from nas.config import parse_config
+from nas.runs.config import parse_config
 from nas.errors import NasInputError
 from nas.history import History
 from nas.search import run_search

@@ -239,7 +239,7 @@ def test_threshold_rule_is_frozen_during_warmup_then_keeps_relative_speeds():
 
 def test_search_optimizer_routes_only_thresholds_to_the_threshold_rule():
     from nas.single_path.threshold_opt import search_optimizer
-    from nas.train import TrainConfig
+    from nas.training.trainer import TrainConfig
 
     tx = search_optimizer(TrainConfig(epochs=1), warmup_steps=5)
     params = {"s1": {"t_kernel": jnp.zeros((2,)), "dw": {"kernel": jnp.ones((3, 3, 1, 4))}}}

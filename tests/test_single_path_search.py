@@ -13,7 +13,7 @@ from nas.single_path.cost import SlotCosts
 from nas.strategies import parse_params
 from nas.strategies.single_path import SinglePathParams
 from nas.strategies.single_path_run import SinglePathSetup, search
-from nas.train import TrainConfig
+from nas.training.trainer import TrainConfig
 
 from single_path_helpers import fake_table, small_space
 
@@ -111,7 +111,7 @@ def test_cli_search_writes_best_arch_and_child_weights_and_resumes(tmp_path, cap
     import yaml
 
     from nas.archfile import load_arch
-    from nas.checkpoint import load_trained
+    from nas.training.checkpoint import load_trained
     from nas.cli import main
 
     from single_path_helpers import SMALL

@@ -16,7 +16,7 @@ import json
 import pytest
 
 from nas.archfile import load_arch
-from nas.config import parse_config
+from nas.runs.config import parse_config
 from nas.errors import NasInputError
 from nas.history import History
 from nas.search import run_search

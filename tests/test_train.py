@@ -11,7 +11,7 @@ import pytest
 from nas.data import load_data
 from nas.errors import NasInputError
 from nas.space import Space
-from nas.train import (TrainConfig, cross_entropy, make_schedule, make_train_step,
+from nas.training.trainer import (TrainConfig, cross_entropy, make_schedule, make_train_step,
                        classification_loss, TrainState, make_optimizer, train_arch)
 
 #: The cheapest network of the tiny space (small kernels, skips): keeps compiles short.
@@ -134,7 +134,7 @@ def test_kill_and_resume_gives_the_same_params(tmp_path, space, small_arch, data
     for f in glob.glob(str(tmp_path / "cut" / "checkpoints" / str(newest) / "**" / "d" / "*"), recursive=True):
         with open(f, "wb") as fh:
             fh.write(b"corrupt!" * 4)
-    from nas.checkpoint import CheckpointCorruptWarning
+    from nas.training.checkpoint import CheckpointCorruptWarning
     with pytest.warns(CheckpointCorruptWarning, match="falling back"):
         again = train_arch(space, small_arch, data, cfg, workdir=str(tmp_path / "cut"))
     for a, b in zip(jax.tree_util.tree_leaves(full["state"].params),

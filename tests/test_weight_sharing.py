@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from nas.config import parse_config
+from nas.runs.config import parse_config
 from nas.errors import NasInputError
 from nas.search import run_search
 from nas.space import Space
@@ -61,12 +61,12 @@ def test_supernet_scores_rank_the_needed_kernel_first(supernet_dir):
 
 
 def test_search_in_supernet_mode_trains_nothing(supernet_dir, tmp_path, monkeypatch):
-    import nas.train
+    import nas.training.trainer
     import nas.weight_sharing
 
     folder, data = supernet_dir
     trained, scored = [], []
-    monkeypatch.setattr(nas.train, "train_arch", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(nas.training.trainer, "train_arch", lambda *a, **k: trained.append(a))
     real = nas.weight_sharing.path_accuracy
     monkeypatch.setattr(nas.weight_sharing, "path_accuracy",
                         lambda sn, arch, *a: scored.append(dict(arch)) or real(sn, arch, *a))

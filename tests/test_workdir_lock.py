@@ -12,12 +12,12 @@ import pytest
 
 from nas.cli import main
 from nas.errors import NasInputError
-from nas.workdir import (HOLDER_FILE, WorkdirBusyError, check_workdir_usable, claim_workdir,
+from nas.runs.workdir import (HOLDER_FILE, WorkdirBusyError, check_workdir_usable, claim_workdir,
                          lock_workdir)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = ("import sys, time\n"
-        "from nas.workdir import lock_workdir\n"
+        "from nas.runs.workdir import lock_workdir\n"
         "claim = lock_workdir(sys.argv[1], command='holder test')\n"
         "print('held', flush=True)\n"
         "time.sleep(120)\n")
@@ -109,7 +109,7 @@ def test_claims_are_reentrant_in_one_process_and_nested_ones_inherit_resume(tmp_
 
 
 def test_another_config_in_the_workdir_is_refused_and_the_lock_released(tmp_path):
-    from nas.config import parse_config
+    from nas.runs.config import parse_config
 
     base = {"space": "tiny", "budget": 2}
     a = parse_config({**base, "strategy": {"name": "random"}}, "a.yaml").config

@@ -5,7 +5,7 @@ One Arch of the `tiny` space, trained on the bundled digits data with the same s
 every bit-width (blocks at w/a bits, stem and head at 8 bits as usual in the QAT literature),
 for each quantizer (``lsq``: learned step sizes, the default; ``minmax``: steps from max |w| and
 the running max |x|) and each seed. After training, each network is exported to ONNX
-(:func:`nas.export_onnx.export_onnx`, the trained quantizers as int8 QDQ) and run by
+(:func:`nas.export.to_onnx.export_onnx`, the trained quantizers as int8 QDQ) and run by
 onnxruntime on the whole test split: top-1 agreement with the JAX model and the accuracy gap.
 
 Usage:
@@ -30,11 +30,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 from nas.data import load_data  # noqa: E402
-from nas.export import compare_logits, jax_logits  # noqa: E402
-from nas.export_onnx import export_onnx, run_onnx  # noqa: E402
+from nas.export.exporter import compare_logits, jax_logits  # noqa: E402
+from nas.export.to_onnx import export_onnx, run_onnx  # noqa: E402
 from nas.model import with_bits  # noqa: E402
 from nas.space import Space  # noqa: E402
-from nas.train import TrainConfig, train_arch  # noqa: E402
+from nas.training.trainer import TrainConfig, train_arch  # noqa: E402
 
 
 def parse_config(name: str) -> tuple[int, int]:

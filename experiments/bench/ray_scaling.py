@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin trials to cores (to compare)")
     args = parser.parse_args()
 
-    from nas.evaluate import CandidateEvaluator
+    from nas.training.evaluate import CandidateEvaluator
     from nas.executor import RayExecutor, start_ray
     from nas.space import Space
 

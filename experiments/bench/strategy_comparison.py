@@ -103,8 +103,8 @@ def main() -> None:
 
     import numpy as np
 
-    from nas.config import parse_config
-    from nas.evaluate import CandidateEvaluator
+    from nas.runs.config import parse_config
+    from nas.training.evaluate import CandidateEvaluator
     from nas.executor import LocalExecutor, RayExecutor
     from nas.search import best_records, run_search
     from nas.space import Space

@@ -47,7 +47,7 @@ from nas.strategies.oneshot_base import OneShotParams  # noqa: E402
 from nas.strategies import make_strategy  # noqa: E402
 from nas.supernet.network import SuperNet  # noqa: E402
 from nas.supernet.synthetic import macs_latency_table  # noqa: E402
-from nas.train import cross_entropy  # noqa: E402
+from nas.training.trainer import cross_entropy  # noqa: E402
 
 ROWS: dict = {}
 #: {row: the row its ratios are relative to}.

@@ -35,10 +35,10 @@ import numpy as np  # noqa: E402
 
 from nas.data import load_data  # noqa: E402
 from nas.data.sources import read_digits  # noqa: E402
-from nas.distill import DistillConfig, distill_arch  # noqa: E402
+from nas.training.distill import DistillConfig, distill_arch  # noqa: E402
 from nas.model import with_bits  # noqa: E402
 from nas.space import Space  # noqa: E402
-from nas.train import TrainConfig, train_arch  # noqa: E402
+from nas.training.trainer import TrainConfig, train_arch  # noqa: E402
 
 #: A small student of the tiny space: 3x3 kernels, expansion 3, half width, skips where allowed.
 STUDENT = {"s1_b1_op": "dwsep", "s1_b1_kernel": 3, "s2_b1_kernel": 3, "s2_b1_expand": 3,
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                 print(f"#   w{bw}a{ba}: {s['drop_points']:+.2f} points below float")
                 figures["runs"].append(s)
         if "kd" not in skip:
-            from nas.checkpoint import load_trained
+            from nas.training.checkpoint import load_trained
 
             student = space.canonical(dict(arch, **STUDENT))
             _, tmodel, tvars, _ = load_trained(os.path.join(tmp, "float"))

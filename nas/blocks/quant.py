@@ -3,7 +3,7 @@
 Every quantizer is ``s * round(clip(x / s, qn, qp))`` with a straight-through estimator (STE)
 for the rounding: an integer grid ``[qn, qp]`` and a step ``s``, which is exactly what an int8
 runtime stores (QuantizeLinear / DequantizeLinear with scale ``s`` and zero point 0), so a
-trained network exports without moving any value off its grid (:mod:`nas.export_onnx`).
+trained network exports without moving any value off its grid (:mod:`nas.export.to_onnx`).
 
 - **Weights**: symmetric, per output channel (last axis): ``[-(2^(b-1)-1), 2^(b-1)-1]``
   (8 bits: +-127, 4 bits: +-7, 2 bits: ternary).

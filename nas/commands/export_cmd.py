@@ -58,9 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from nas.archfile import load_arch
-    from nas.checkpoint import load_trained
+    from nas.training.checkpoint import load_trained
     from nas.data import load_data
-    from nas.export import (ExportOptions, export_model, parse_formats, preprocess_meta,
+    from nas.export.exporter import (ExportOptions, export_model, parse_formats, preprocess_meta,
                             raise_on_failed_check)
 
     formats = parse_formats(args.format)

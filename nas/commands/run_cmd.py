@@ -6,7 +6,7 @@ import argparse
 import json
 
 from nas.commands.search_cmd import drift_check
-from nas.workdir import add_resume_flag, locked_command
+from nas.runs.workdir import add_resume_flag, locked_command
 
 
 RUN_DESCRIPTION = """\
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_validated(args: argparse.Namespace) -> int:
     """Validates the config and flags before the workdir is locked (bad input creates nothing)."""
-    from nas.config import apply_cli_overrides, load_config
+    from nas.runs.config import apply_cli_overrides, load_config
 
     args.loaded = load_config(args.config, smoke=args.smoke)
     apply_cli_overrides(args.loaded.config, args.ray_address, args.budget)
@@ -89,8 +89,8 @@ def _run_validated(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nas.pipeline import run_pipeline
-    from nas.report import candidates_table, load_history, stage_result
+    from nas.runs.pipeline import run_pipeline
+    from nas.runs.report import candidates_table, load_history, stage_result
 
     loaded = args.loaded  # loaded and checked by _run_validated
     summary = run_pipeline(loaded, args.workdir, progress=not args.json,
@@ -122,7 +122,7 @@ def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nas.errors import NasInputError
-    from nas.report import write_report
+    from nas.runs.report import write_report
 
     wd = Path(args.workdir)
     if not (wd / "search").is_dir():

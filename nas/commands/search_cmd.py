@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from nas.workdir import add_resume_flag, locked_command
+from nas.runs.workdir import add_resume_flag, locked_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _search_validated(args: argparse.Namespace) -> int:
     """Validates the config (and applies the command-line overrides) before the workdir is
     locked, so a bad config or a bad flag creates nothing."""
-    from nas.config import apply_cli_overrides, check_inputs, load_config
+    from nas.runs.config import apply_cli_overrides, check_inputs, load_config
     from nas.errors import NasInputError
 
     loaded = load_config(args.config, smoke=args.smoke)

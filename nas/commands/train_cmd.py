@@ -12,7 +12,7 @@ from typing import Any
 
 from nas.errors import NasInputError
 from nas.space_files import add_space_option
-from nas.workdir import add_resume_flag, locked_command
+from nas.runs.workdir import add_resume_flag, locked_command
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from nas.train import TrainConfig
+    from nas.training.trainer import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                        learning_rate=args.lr, weight_decay=args.weight_decay,
@@ -101,7 +101,7 @@ def _report(result: dict[str, Any], as_json: bool) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from nas.archfile import load_arch
-    from nas.train import train_arch
+    from nas.training.trainer import train_arch
 
     config = _config(args)
     af = load_arch(args.arch, args.space)
@@ -112,8 +112,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from nas.archfile import load_arch
-    from nas.checkpoint import load_trained
-    from nas.distill import DistillConfig, distill_arch
+    from nas.training.checkpoint import load_trained
+    from nas.training.distill import DistillConfig, distill_arch
 
     config = _config(args)
     dconfig = DistillConfig(temperature=args.temperature, kd_weight=args.kd_weight,

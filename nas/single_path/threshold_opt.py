@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nas.train import make_optimizer
+from nas.training.trainer import make_optimizer
 
 #: Momentum and second-moment decay of the threshold rule (Adam's defaults).
 B1, B2, EPS = 0.9, 0.999, 1e-12

@@ -3,7 +3,7 @@
 Sample-based strategies (random, evolution, rl) share the ask/tell interface of :mod:`.base`;
 one-shot strategies (fbnet, proxyless, single_path) share the one-shot protocol of
 :mod:`.protocol` (init / weight_step / arch_step / derive / distribution): they train a supernet
-with the one trainer (:func:`nas.train_loop.run_training`) and derive an Arch. Use
+with the one trainer (:func:`nas.training.loop.run_training`) and derive an Arch. Use
 :func:`make_strategy` to build one from its config name and :func:`parse_params` to validate its
 parameters (a bad parameter raises :class:`~nas.errors.NasInputError` naming
 ``strategy.params.FIELD``); ``registry.entry(name).family`` says which family a name belongs to.

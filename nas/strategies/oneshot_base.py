@@ -31,7 +31,7 @@ from nas.space import Space
 from nas.strategies.protocol import OneShot, OneShotState
 from nas.supernet import gates
 from nas.supernet.network import SuperNet, merge_trainable, trainable
-from nas.train import TrainConfig, cross_entropy, make_optimizer
+from nas.training.trainer import TrainConfig, cross_entropy, make_optimizer
 
 
 class OneShotParams(pydantic.BaseModel):

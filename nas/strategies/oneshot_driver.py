@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from nas.config import LoadedConfig
+from nas.runs.config import LoadedConfig
 from nas.cost_table import objective_table
 from nas.data import load_data
 from nas.latency.table import LatencyTable
@@ -29,7 +29,7 @@ from nas.strategies import single_path_run
 from nas.strategies.oneshot_loop import run_oneshot
 from nas.strategies.outputs import BEST_ARCH_FILE, write_summary
 from nas.strategies.registry import entry
-from nas.workdir import claim_workdir
+from nas.runs.workdir import claim_workdir
 
 #: objective.metric -> the single_path ``cost`` of the same quantity (a constant factor apart).
 SINGLE_PATH_COST = {"params": "params", "macs": "macs", "bops": "bops", "size_bytes": "size_bits",

@@ -1,7 +1,7 @@
 """The one-shot driver of the 'paths' strategies: the protocol's steps run by the one trainer.
 
 It calls only the five functions of a :class:`~nas.strategies.protocol.OneShot` (fbnet,
-proxyless) and trains with :func:`nas.train_loop.run_training`: ``init`` builds the state;
+proxyless) and trains with :func:`nas.training.loop.run_training`: ``init`` builds the state;
 the trainer's weight pass runs ``weight_step`` over 80% of the training split (the supernet's
 weights, AdamW with a cosine schedule); its ``arch_step`` hook runs, after ``warmup_epochs``,
 ``arch_step`` over the held-out 20% (the architecture logits, Adam); ``derive`` and
@@ -51,8 +51,8 @@ from nas.strategies.protocol import OneShot, OneShotState
 from nas.strategies.registry import entry, make_strategy
 from nas.supernet.gates import entropy, probabilities, temperature
 from nas.supernet.network import SuperNet
-from nas.train import TrainConfig, TrainState, make_schedule
-from nas.train_loop import run_training
+from nas.training.trainer import TrainConfig, TrainState, make_schedule
+from nas.training.loop import run_training
 
 
 def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:

@@ -12,7 +12,7 @@ Every one-shot strategy (fbnet, proxyless, single_path) is a :class:`OneShot`::
   (batch statistics updated by a training forward pass); it never touches the architecture.
 * ``arch_step`` changes only ``state.arch`` and ``state.arch_opt``.
 * ``weight_step``'s metrics hold the batch sums ``loss_sum`` (cross-entropy), ``correct`` and
-  ``count`` (as :func:`nas.train.batch_metrics`), which the trainer turns into the epoch's
+  ``count`` (as :func:`nas.training.trainer.batch_metrics`), which the trainer turns into the epoch's
   ``train_loss`` and ``train_accuracy``.
 * ``derive(state)`` is the most probable Arch of ``distribution(state)`` (its argmax per label).
 

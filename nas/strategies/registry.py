@@ -41,7 +41,7 @@ from nas.strategies.random import RandomParams, random_search
 from nas.strategies.rl import RLParams, reinforce
 from nas.strategies.single_path import SinglePathParams, single_path_strategy
 from nas.supernet.network import SuperNet
-from nas.train import TrainConfig
+from nas.training.trainer import TrainConfig
 
 Family = Literal["sample", "one_shot"]
 

@@ -35,7 +35,7 @@ from nas.single_path.network import SinglePathNetwork, init_single_path
 from nas.single_path.plan import space_plan
 from nas.single_path.threshold_opt import scale_by_shared_rms
 from nas.strategies.protocol import OneShot, OneShotState, one_hot_distribution
-from nas.train import TrainConfig, batch_metrics, cross_entropy, make_optimizer
+from nas.training.trainer import TrainConfig, batch_metrics, cross_entropy, make_optimizer
 
 
 class SinglePathParams(pydantic.BaseModel):

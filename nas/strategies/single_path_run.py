@@ -2,7 +2,7 @@
 
 The strategy (parameters, loss, the one-shot protocol) is :mod:`nas.strategies.single_path`;
 this module resolves a config into a :class:`SinglePathSetup`, trains the superkernel network
-with the shared trainer (:func:`nas.train_loop.run_training`, whose train step is the
+with the shared trainer (:func:`nas.training.loop.run_training`, whose train step is the
 protocol's ``weight_step`` and ``arch_step`` taken from the same state on each batch: weights
 and thresholds learn together) and writes the outputs every search writes
 (:mod:`nas.strategies.outputs`):
@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nas.archfile import ArchFile
-from nas.checkpoint import Checkpointer, write_arch
-from nas.config import train_config
+from nas.training.checkpoint import Checkpointer, write_arch
+from nas.runs.config import train_config
 from nas.data import load_data
 from nas.errors import NasInputError
 from nas.latency.table import LatencyTable
@@ -53,9 +53,9 @@ from nas.strategies.registry import entry
 from nas.strategies.protocol import OneShotState
 from nas.strategies.single_path import (SinglePathParams, decision_metrics, merge_thresholds,
                                         split_thresholds)
-from nas.train import TrainState
-from nas.train_loop import run_training
-from nas.workdir import claim_workdir
+from nas.training.trainer import TrainState
+from nas.training.loop import run_training
+from nas.runs.workdir import claim_workdir
 
 CHILD_DIR = "child"
 NAME = "single_path"
@@ -83,7 +83,7 @@ def setup_from_config(loaded: Any) -> SinglePathSetup:
     """Resolves space, data, latency table, costs and trainer settings of a loaded config.
 
     Args:
-        loaded: :func:`nas.config.load_config`'s result (strategy single_path).
+        loaded: :func:`nas.runs.config.load_config`'s result (strategy single_path).
 
     Returns:
         The SinglePathSetup.
@@ -254,7 +254,7 @@ def run_single_path(loaded: Any, workdir: str | os.PathLike, progress: bool = Fa
     """Runs (or resumes) ``strategy: single_path`` of a loaded config (the ``nas search`` entry).
 
     Args:
-        loaded: :func:`nas.config.load_config`'s result.
+        loaded: :func:`nas.runs.config.load_config`'s result.
         workdir: output folder.
         progress: show a progress bar.
 

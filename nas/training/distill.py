@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from nas.archfile import ArchFile
 from nas.errors import NasInputError
 from nas.model import build_model, init_variables
-from nas.train import TrainConfig, batch_metrics, cross_entropy, init_quantizers
-from nas.train_loop import run_training
+from nas.training.trainer import TrainConfig, batch_metrics, cross_entropy, init_quantizers
+from nas.training.loop import run_training
 
 
 @dataclasses.dataclass
@@ -138,7 +138,7 @@ def default_hint_layer(model: Any) -> str:
 
 def distillation_loss(student: Any, teachers: Sequence[Any], config: DistillConfig,
                       label_smoothing: float = 0.0, adapter: HintAdapter | None = None) -> Callable:
-    """Returns the loss function of distillation training (see :mod:`nas.train`).
+    """Returns the loss function of distillation training (see :mod:`nas.training.trainer`).
 
     ``consts`` of the step is the list of teacher variables; ``params`` is
     {"model": student params, "adapter": adapter params (only with hints)}.
@@ -192,12 +192,12 @@ def distill_arch(space: Any, arch: Mapping[str, Any], data: Any, config: TrainCo
         config: training hyper-parameters.
         dconfig: distillation settings.
         teachers: [(teacher network, {"params", "batch_stats"})], one or more.
-        workdir: output/resume directory (see :func:`nas.train.train_arch`).
+        workdir: output/resume directory (see :func:`nas.training.trainer.train_arch`).
         teacher_ids: ids of the teachers, recorded in the result and checkpoints.
         on_epoch_end: per-epoch callback.
 
     Returns:
-        The result dict of :func:`nas.train.train_arch`, plus "distill" (the settings).
+        The result dict of :func:`nas.training.trainer.train_arch`, plus "distill" (the settings).
     """
     config.validate()
     dconfig.validate()

@@ -295,7 +295,7 @@ def claim_workdir(workdir: str | os.PathLike, config: Any, *, resume: bool | Non
 
     Args:
         workdir: the search's folder.
-        config: the :class:`nas.config.SearchConfig` (``fingerprint()``, ``model_dump()``).
+        config: the :class:`nas.runs.config.SearchConfig` (``fingerprint()``, ``model_dump()``).
         resume, command: see :func:`lock_workdir`.
 
     Returns:

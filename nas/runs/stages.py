@@ -1,6 +1,6 @@
 """Stage markers of a pipeline workdir: ``W/stages/<stage>.json``, one per finished stage.
 
-Shared by :mod:`nas.pipeline` (which writes them) and :mod:`nas.report` (which reads them), so
+Shared by :mod:`nas.runs.pipeline` (which writes them) and :mod:`nas.runs.report` (which reads them), so
 neither imports the other to reach them.
 
 Example:

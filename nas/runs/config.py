@@ -28,7 +28,7 @@ from typing import Any, Literal, Mapping
 
 import pydantic
 
-from nas.config_compose import compose_config
+from nas.runs.config_compose import compose_config
 from nas.errors import NasInputError
 from nas.objective import CONSTRAINTS, MnasObjective
 from nas.space import resolve_space
@@ -146,7 +146,7 @@ class DistillSection(_Section):
             ``teacher_train``) or 'ckpt:DIR' (a finished 'nas train' work directory).
         train: TrainConfig fields overriding the retrain settings for the student.
         teacher_train: TrainConfig fields overriding the retrain settings for an 'arch:' teacher.
-        temperature, kd_weight, hint_weight: see :class:`nas.distill.DistillConfig`.
+        temperature, kd_weight, hint_weight: see :class:`nas.training.distill.DistillConfig`.
     """
 
     enabled: bool = True
@@ -304,7 +304,7 @@ def load_config(path: str | os.PathLike, smoke: bool = False) -> LoadedConfig:
 
     Args:
         path: the config file.
-        smoke: apply its ``smoke:`` overrides (see :mod:`nas.config_compose`).
+        smoke: apply its ``smoke:`` overrides (see :mod:`nas.runs.config_compose`).
 
     Returns:
         The LoadedConfig.
@@ -341,7 +341,7 @@ def _check_strategy(config: SearchConfig, source: str | None) -> None:
 
 
 def _check_train(train: Mapping[str, Any], source: str | None, section: str = "train") -> None:
-    from nas.train import TrainConfig
+    from nas.training.trainer import TrainConfig
 
     for key in train:
         if key not in TRAIN_FIELDS:
@@ -362,7 +362,7 @@ def train_config(config: SearchConfig, seed: int | None = None):
         config: the search config.
         seed: the training seed (default: the search seed).
     """
-    from nas.train import TrainConfig
+    from nas.training.trainer import TrainConfig
 
     return TrainConfig(**dict(config.train), seed=config.seed if seed is None else seed,
                        progress=False)

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from nas.history import History
 from nas.pareto import plot_front
 from nas.safe_write import write_atomic
-from nas.stages import read_marker
+from nas.runs.stages import read_marker
 from nas.strategies.outputs import HISTORY_FILE, candidate_records
 
 REPORT_FILE = "report.md"

@@ -1,6 +1,6 @@
 """The one epoch loop: training, distillation and supernets; batches, checkpoints, logs, resume.
 
-Used through :func:`nas.train.train_arch`, :func:`nas.distill.distill_arch`, the Single-Path
+Used through :func:`nas.training.trainer.train_arch`, :func:`nas.training.distill.distill_arch`, the Single-Path
 search (:mod:`nas.strategies.single_path_run`) and the 'paths' one-shot searches
 (:mod:`nas.strategies.oneshot_loop`: its own ``train_step`` = the strategy's weight step, and
 an ``arch_step`` hook run after each epoch's weight pass). A run with a
@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from nas.archfile import ArchFile, load_arch
-from nas.checkpoint import (ARCH_FILE, Checkpointer, read_json_lines, write_arch,
+from nas.training.checkpoint import (ARCH_FILE, Checkpointer, read_json_lines, write_arch,
                             write_json_lines)
 from nas.data import Dataset, epoch_rng, prefetch, train_batches
 from nas.errors import NasInputError
 from nas.safe_write import append_line, write_atomic
-from nas.train_step import (NonFiniteLossError, TrainConfig, TrainState, count_params, evaluate,
+from nas.training.step import (NonFiniteLossError, TrainConfig, TrainState, count_params, evaluate,
                        make_eval_step, make_optimizer, make_schedule, make_train_step)
 
 #: Config fields that may change between a run and its resumption.
@@ -118,7 +118,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
         model: the network (evaluated with ``params["model"]``).
         params: {"model": network params, ...extra trained params}.
         batch_stats: the network's initial batch statistics.
-        loss_fn: ``loss_fn(params, batch_stats, batch, rng, consts)`` (see :mod:`nas.train`).
+        loss_fn: ``loss_fn(params, batch_stats, batch, rng, consts)`` (see :mod:`nas.training.trainer`).
         data: the Dataset.
         config: hyper-parameters (validated).
         workdir: output/resume directory, or None.
@@ -129,12 +129,12 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
         meta: extra JSON metadata stored in checkpoints and result.json.
         epoch_metrics: optional ``fn(state) -> {name: number}`` merged into each epoch's record
             (metrics.jsonl, TensorBoard), e.g. a supernet's decisions and expected latency.
-        tx: the optimizer's direction transform (default :func:`nas.train.make_optimizer` of
+        tx: the optimizer's direction transform (default :func:`nas.training.trainer.make_optimizer` of
             `config`), e.g. one with its own rule for architecture parameters.
         result_file: the file name of the result summary in the work directory (None: not
             written, e.g. a search that writes its own summary.json).
         train_step: ``step(state, batch, key, lr, consts) -> (state, metrics)`` replacing
-            :func:`nas.train.make_train_step` of `loss_fn` (metrics must hold loss_sum, correct
+            :func:`nas.training.trainer.make_train_step` of `loss_fn` (metrics must hold loss_sum, correct
             and count), e.g. a one-shot strategy's weight step.
         opt_state: the initial optimizer state (default ``tx.init(params)``).
         arch_step: hook ``(state, epoch) -> (state, metrics)`` run after each epoch's weight
@@ -145,7 +145,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
         extend_epochs: a resumed run may have more ``config.epochs`` than the saved one.
 
     Returns:
-        The result dict (see :func:`nas.train.train_arch`).
+        The result dict (see :func:`nas.training.trainer.train_arch`).
     """
     space, arch = archfile.space, archfile.arch
     expected = (*space.resolution, space.in_channels)

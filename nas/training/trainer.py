@@ -1,10 +1,10 @@
-"""The trainer: one jitted train step and eval step (:mod:`nas.train_step`), the epoch loop
-(:mod:`nas.train_loop`) and :func:`train_arch`, the entry that trains one Arch.
+"""The trainer: one jitted train step and eval step (:mod:`nas.training.step`), the epoch loop
+(:mod:`nas.training.loop`) and :func:`train_arch`, the entry that trains one Arch.
 
 The step is generic: it takes a *loss function* ``loss_fn(params, batch_stats, batch, rng,
 consts) -> (loss, (batch_stats, metrics))`` and an optax transform, so the same step trains a
-fixed Arch, a distillation student (``nas.distill``) or a supernet. Every name of
-:mod:`nas.train_step` (TrainConfig, TrainState, make_train_step, ...) is importable from here.
+fixed Arch, a distillation student (``nas.training.distill``) or a supernet. Every name of
+:mod:`nas.training.step` (TrainConfig, TrainState, make_train_step, ...) is importable from here.
 
 Example:
     >>> result = train_arch(space, arch, load_data("digits", space), TrainConfig(epochs=30))
@@ -20,8 +20,8 @@ import jax
 from nas.archfile import ArchFile
 from nas.data import Dataset
 from nas.model import build_model, init_variables
-from nas.train_loop import run_training
-from nas.train_step import (LossFn, NonFiniteLossError, TrainConfig, TrainState, batch_metrics,
+from nas.training.loop import run_training
+from nas.training.step import (LossFn, NonFiniteLossError, TrainConfig, TrainState, batch_metrics,
                             classification_loss, count_params, cross_entropy, evaluate,
                             init_quantizers, make_eval_step, make_optimizer, make_schedule,
                             make_train_step)

@@ -4,13 +4,13 @@ Formats (files under the output folder):
 
 - ``json``: ``arch.json``, the Arch file (space + arch + meta with the export's metrics).
 - ``packed``: ``model.npk``, the standalone model: only the chosen network's tensors, quantized
-  kernels as bit-packed integers plus per-channel scales, BatchNorm folded (:mod:`nas.export_pack`).
+  kernels as bit-packed integers plus per-channel scales, BatchNorm folded (:mod:`nas.export.packed`).
 - ``orbax``: ``orbax/``, the float variables {"params", "batch_stats"} as an orbax checkpoint.
 - ``stablehlo``: ``model.stablehlo``, ``jax.export`` serialized inference function (weights as
-  constants, int8 kernels dequantized in the graph, symbolic batch) (:mod:`nas.export_hlo`).
+  constants, int8 kernels dequantized in the graph, symbolic batch) (:mod:`nas.export.to_stablehlo`).
 - ``onnx``: ``model.onnx``, the trained quantizers as int8 QDQ (BatchNorm folded into the weight
   scales), int8 kernels for layers with both bit-widths <= 8 (optionally int8-stored weights for
-  weight-only quantized layers) (:mod:`nas.export_onnx`).
+  weight-only quantized layers) (:mod:`nas.export.to_onnx`).
 
 Every written format is loaded back from its file and run on check images (the whole test
 split, in ``nas export`` and the pipeline); its logits are compared (``max_abs_diff``, top-1
@@ -18,11 +18,11 @@ split, in ``nas export`` and the pipeline); its logits are compared (``max_abs_d
 (packed) weights, which is itself compared with the trained model (check ``standalone``).
 Without quantized activations every format must agree within :data:`FLOAT_RTOL` of the logit
 scale. With quantized activations the formats compute the trained quantizers exactly (see
-:mod:`nas.export_onnx`), but a different float summation order can still move a value across a
+:mod:`nas.export.to_onnx`), but a different float summation order can still move a value across a
 rounding boundary now and then, so the check is on what a user sees: top-1 agreement >=
 :data:`QUANT_AGREEMENT` and test accuracy within :data:`ACCURACY_POINTS` points of the JAX
 model's. A failed ONNX check names the layer whose output diverges most
-(:func:`nas.export_onnx.diverging_layer`); :func:`raise_on_failed_check` turns a failed report
+(:func:`nas.export.to_onnx.diverging_layer`); :func:`raise_on_failed_check` turns a failed report
 into one :class:`~nas.errors.ExportCheckError` line (exit code 1 in the CLI).
 The ONNX model's batch-1 latency is measured with onnxruntime (one thread, one core) and set
 beside the latency table's prediction. ``export.json`` holds all of it.
@@ -46,9 +46,9 @@ import orbax.checkpoint as ocp
 
 from nas.archfile import ArchFile
 from nas.errors import ExportCheckError, NasInputError
-from nas.export_hlo import export_stablehlo, run_stablehlo
-from nas.export_onnx import diverging_layer, export_onnx, measure_latency_ms, run_onnx
-from nas.export_pack import load_packed, pack_variables, packed_nbytes, save_packed, unpack_variables
+from nas.export.to_stablehlo import export_stablehlo, run_stablehlo
+from nas.export.to_onnx import diverging_layer, export_onnx, measure_latency_ms, run_onnx
+from nas.export.packed import load_packed, pack_variables, packed_nbytes, save_packed, unpack_variables
 from nas.latency.table import LatencyTable
 from nas.latency.validate import measure_arch_ms
 from nas.model import Network, build_model, init_variables
@@ -93,7 +93,7 @@ class ExportOptions:
         measure_latency: measure the ONNX model's latency with onnxruntime.
         latency_table: path of a latency table to predict the latency from (None: no prediction).
         onnx_weight_only_int8: store weight-only quantized layers' ONNX weights as int8 (smaller
-            file, slower onnxruntime inference; see :mod:`nas.export_onnx`).
+            file, slower onnxruntime inference; see :mod:`nas.export.to_onnx`).
         onnx_recalibrate: replace the trained activation steps of the ONNX model by
             post-training ones from `calibration` (off: the ONNX model is the trained one).
     """

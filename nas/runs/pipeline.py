@@ -1,7 +1,7 @@
 """The one-command pipeline: search -> retrain top-k -> distill the winner -> export -> report.
 
 ``run_pipeline(loaded, W)`` runs the stages of a pipeline config (a search config plus the
-optional ``retrain``, ``distill`` and ``export`` sections of :mod:`nas.config`). Each stage writes
+optional ``retrain``, ``distill`` and ``export`` sections of :mod:`nas.runs.config`). Each stage writes
 its outputs under its own folder of the workdir and, when it completes, a marker
 ``W/stages/<stage>.json`` (written atomically, holding the stage's result). A rerun skips every
 stage whose marker exists, and a stage interrupted midway resumes from what it left (the search
@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from nas.config import LoadedConfig, SearchConfig
+from nas.runs.config import LoadedConfig, SearchConfig
 from nas.errors import NasInputError
-from nas.report import write_report
+from nas.runs.report import write_report
 from nas.space import resolve_space
-from nas.stages import STAGES, read_marker, stage_marker, write_json_atomic
+from nas.runs.stages import STAGES, read_marker, stage_marker, write_json_atomic
 from nas.strategies import registry
 from nas.strategies.outputs import HISTORY_FILE, candidate_records
 
@@ -68,7 +68,7 @@ class RetrainJob:
         """Trains `arch` (resuming from its checkpoints) and returns its result summary."""
         from nas.data import load_data
         from nas.space import Space
-        from nas.train import TrainConfig, train_arch
+        from nas.training.trainer import TrainConfig, train_arch
 
         space = Space.from_dict(json.loads(self.space_json))
         data = load_data(self.data, space, seed=self.seed)
@@ -122,7 +122,7 @@ class Pipeline:
 
     def costs(self, arch: Mapping[str, Any]) -> dict[str, Any]:
         """Cost metrics of an Arch (latency_ms from the config's table, if any)."""
-        from nas.evaluate import CandidateEvaluator
+        from nas.training.evaluate import CandidateEvaluator
 
         ev = CandidateEvaluator.for_space(self.space, latency_table=self.loaded.latency_table)
         return ev.costs(arch)
@@ -247,7 +247,7 @@ class Pipeline:
 
     def _teacher(self, retrain: Mapping[str, Any]) -> tuple[Any, Any, str]:
         from nas.archfile import load_arch
-        from nas.checkpoint import load_trained
+        from nas.training.checkpoint import load_trained
 
         spec = self.config.distill.teacher
         ok = [r for r in retrain["candidates"] if r["status"] == "ok"]
@@ -263,7 +263,7 @@ class Pipeline:
             self._check_teacher_io(taf.space, path)
             return model, variables, f"checkpoint {path}"
         if kind == "arch" and path:
-            from nas.train import TrainConfig, train_arch
+            from nas.training.trainer import TrainConfig, train_arch
 
             taf = load_arch(path)
             self._check_teacher_io(taf.space, path)
@@ -306,8 +306,8 @@ class Pipeline:
 
     def distill(self, retrain: Mapping[str, Any]) -> dict:
         """Stage 3: distill the winner from the teacher; keep the better of student and winner."""
-        from nas.distill import DistillConfig, distill_arch
-        from nas.train import TrainConfig
+        from nas.training.distill import DistillConfig, distill_arch
+        from nas.training.trainer import TrainConfig
 
         winner = next(r for r in retrain["candidates"] if r["arch_id"] == retrain["winner"])
         d = self.config.distill
@@ -330,8 +330,8 @@ class Pipeline:
 
     def export(self, distill: Mapping[str, Any]) -> dict:
         """Stage 4: export the final model (see :mod:`nas.export`)."""
-        from nas.checkpoint import load_trained
-        from nas.export import (ExportOptions, export_model, preprocess_meta,
+        from nas.training.checkpoint import load_trained
+        from nas.export.exporter import (ExportOptions, export_model, preprocess_meta,
                                 raise_on_failed_check)
 
         af, _, variables, _ = load_trained(distill["final_workdir"])
@@ -353,7 +353,7 @@ class Pipeline:
     # ----------------------------------------------------------------------------------- all
     def run(self) -> dict:
         """Runs every stage not yet done, then writes the report; returns the run's summary."""
-        from nas.workdir import lock_workdir
+        from nas.runs.workdir import lock_workdir
 
         claim = lock_workdir(self.workdir)  # flock, held for this run (re-entrant under `nas run`)
         write_json_atomic(self.workdir / "pipeline.json",

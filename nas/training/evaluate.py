@@ -6,7 +6,7 @@ can ship it to workers; each process loads the Space, data set and latency table
 them for later candidates.
 
 The trainer and the latency predictor can be injected (``train_fn``, ``latency_fn``) - tests
-use synthetic ones; by default they are :func:`nas.train.train_arch` and
+use synthetic ones; by default they are :func:`nas.training.trainer.train_arch` and
 :meth:`nas.latency.table.LatencyTable.predict`.
 """
 
@@ -22,7 +22,7 @@ from nas.data import load_data
 from nas.latency.table import LatencyTable
 from nas.metrics import arch_metrics
 from nas.space import Arch, Space
-from nas.train import TrainConfig, train_arch
+from nas.training.trainer import TrainConfig, train_arch
 
 
 @functools.lru_cache(maxsize=4)

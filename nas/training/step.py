@@ -1,11 +1,11 @@
 """The trainer's pieces: config, state, losses, optimizer, the jitted train and eval steps.
 
-:mod:`nas.train_loop` runs them epoch by epoch; :mod:`nas.train` (``train_arch``) is the entry
+:mod:`nas.training.loop` runs them epoch by epoch; :mod:`nas.training.trainer` (``train_arch``) is the entry
 that trains one Arch and re-exports these names.
 
 The step is generic: it takes a *loss function* ``loss_fn(params, batch_stats, batch, rng,
 consts) -> (loss, (batch_stats, metrics))`` and an optax transform, so the same step trains a
-fixed Arch, a distillation student (``nas.distill``) or a supernet. ``params`` is a dict whose
+fixed Arch, a distillation student (``nas.training.distill``) or a supernet. ``params`` is a dict whose
 ``"model"`` entry holds the network's parameters; other entries are extra trained parameters
 (a hint adapter, architecture weights). ``consts`` carries arrays the loss reads but does not
 train (teacher variables), passed as arguments so they are not baked into the compiled program.

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nas.export_pack import unflatten, unpack_arrays
+from nas.export.packed import unflatten, unpack_arrays
 
 
 def inference_fn(model: Any, packed: Mapping[str, Any]):
@@ -25,7 +25,7 @@ def inference_fn(model: Any, packed: Mapping[str, Any]):
 
     Args:
         model: the Network (``build_model(space, arch)``).
-        packed: from :func:`nas.export_pack.pack_variables` or :func:`load_packed`.
+        packed: from :func:`nas.export.packed.pack_variables` or :func:`load_packed`.
     """
     flat = unpack_arrays(packed, dequantize=False)
 
