@@ -120,8 +120,6 @@ SMALL = {"name": "crash_small", "input": {"resolution": 8, "channels": 1}, "num_
 ONE_SHOT = {
     "fbnet": {"strategy": {"name": "fbnet", "params": {
         "epochs": 4, "warmup_epochs": 1, "batch_size": 64, "objective": "none"}}},
-    "proxyless": {"strategy": {"name": "proxyless", "params": {
-        "epochs": 4, "warmup_epochs": 1, "batch_size": 64, "objective": "none"}}},
     "single_path": {"strategy": {"name": "single_path", "params": {"lam": 1.0, "cost": "bops"}},
                     "train": {"epochs": 5, "batch_size": 64}},
 }
@@ -141,7 +139,9 @@ def _numbers(obj, prefix=""):
     return {prefix: obj}
 
 
-@pytest.mark.parametrize("strategy", ["fbnet", "proxyless", "single_path"])
+# fbnet and proxyless share one driver (strategies/oneshot_loop.py) and its checkpoints: fbnet
+# stands for both here; tests/test_strategy_contract.py interrupts and resumes every strategy.
+@pytest.mark.parametrize("strategy", ["fbnet", "single_path"])
 def test_one_shot_search_killed_midway_ends_as_an_uninterrupted_run(tmp_path, capsys, strategy):
     from nas.cli import main
 

@@ -7,6 +7,7 @@ import pytest
 from nas.errors import NasInputError
 from nas.latency.build import build_table, keys_to_measure
 from nas.latency.measure import TimingConfig
+from nas.latency.processes import ProcessMedianMeasurer
 from nas.single_thread import xla_flags_problem
 from nas.latency.table import LatencyTable, sample_archs
 from nas.space import Space
@@ -136,3 +137,56 @@ def test_build_killed_during_calibration_resumes_the_networks_left(tmp_path):
                         progress=False)
     assert len(second.measured) == 3 and not set(second.measured) & done
     assert table.model["n"] == 8
+
+
+class ProcessFakeMeasurer:
+    """Each ``measure`` call is a 'process' whose whole-network times are scaled by its own
+    factor (the per-process effect of whole jax networks); one item fails in one process."""
+
+    def __init__(self, factors, fail=None):
+        self.factors, self.calls, self.fail = list(factors), 0, fail
+
+    def measure(self, items):
+        factor = self.factors[self.calls % len(self.factors)]
+        self.calls += 1
+        yield from FakeMeasurer().measure([])  # the info reply
+        for item in items:
+            if item["id"] == self.fail and self.calls == 2:
+                yield {"type": "error", "id": item["id"], "error": "boom"}
+                continue
+            ms = (0.01 * len(item["specs"]) + 0.001 * (len(item["id"]) % 7)) * factor
+            yield {"type": "result", "id": item["id"], "median_ms": ms, "p10_ms": ms,
+                   "p90_ms": ms, "n": 3}
+
+
+def test_process_median_measurer_keeps_the_median_over_fresh_processes():
+    items = [{"id": "a", "specs": [1, 2]}, {"id": "bb", "specs": [1]}]
+    fake = ProcessFakeMeasurer([1.0, 1.3, 0.9], fail="bb")
+    replies = list(ProcessMedianMeasurer(lambda: fake, 3).measure(items))
+    assert fake.calls == 3 and [r["type"] for r in replies] == ["info", "result", "error"]
+    a = replies[1]
+    base = 0.02 + 0.001
+    assert a["median_ms"] == pytest.approx(base) and a["p10_ms"] == pytest.approx(0.9 * base)
+    assert a["p90_ms"] == pytest.approx(1.3 * base) and len(a["processes"]) == 3
+    assert replies[2]["id"] == "bb"          # failed in one process: reported, not hidden
+    with pytest.raises(ValueError, match="processes"):
+        ProcessMedianMeasurer(lambda: fake, 0)
+
+
+def test_build_times_calibration_networks_in_several_processes(tmp_path):
+    space = Space.by_name("tiny")
+    fake = ProcessFakeMeasurer([1.0])            # the layers: one process, factor 1
+    out = tmp_path / "t.json"
+    table = build_table(space, "onnxruntime", out, measurer=fake, calibration_samples=6,
+                        progress=False, network_processes=3)
+    assert fake.calls == 1 + 3                   # layers once, the networks in 3 processes
+    assert table.data["provenance"]["network_processes"] == 3
+    fake3 = ProcessFakeMeasurer([1.0, 1.5, 0.5])
+    plain = build_table(space, "onnxruntime", tmp_path / "u.json", measurer=fake3,
+                        calibration_samples=6, progress=False, network_processes=3)
+    # layers were timed at factor 1 (first call); each network's median over x1.5 and x0.5
+    # processes and the layers' process is the unscaled time
+    for p in plain.data["calibration"]["points"]:
+        m = p["measured"]
+        assert m["p10_ms"] < m["median_ms"] < m["p90_ms"]
+        assert m["p90_ms"] == pytest.approx(3 * m["p10_ms"])

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "follows the table)")
     b.add_argument("--calibration-samples", type=int, default=40,
                    help="random Archs measured end to end to calibrate (default 40)")
+    b.add_argument("--network-processes", type=int, default=1,
+                   help="fresh worker processes that time each calibration network, median "
+                        "kept (default 1; 3 where whole-network times vary by process, e.g. "
+                        "jax networks of several ms)")
     _timing_args(b)
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
@@ -58,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--no-store", action="store_true",
                    help="do not write the result into the table file")
     v.add_argument("--core", type=int, default=None, help="core to pin to (default: the last)")
+    v.add_argument("--processes", type=int, default=1,
+                   help="fresh worker processes that time each Arch, median kept (default 1)")
     v.add_argument("--json", action="store_true", help="last line: the report as one JSON object")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
     v.set_defaults(func=_validate)
@@ -124,7 +130,7 @@ def _build(args: argparse.Namespace) -> int:
     from nas.latency.measure import TimingConfig
     from nas.space import Space
 
-    for field in ("batch", "min_reps", "rounds"):
+    for field in ("batch", "min_reps", "rounds", "network_processes"):
         _positive(getattr(args, field), f"--{field.replace('_', '-')}")
     space = Space.by_name(args.space)
     timing = TimingConfig(warmup=args.warmup, min_reps=args.min_reps,
@@ -134,7 +140,7 @@ def _build(args: argparse.Namespace) -> int:
     table = build_table(space, args.backend, args.out, batch=args.batch, timing=timing,
                         threads=args.threads, core=args.core, realtime=args.realtime,
                         calibration_samples=args.calibration_samples,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, network_processes=args.network_processes)
     print(f"wrote {args.out}: {len(table.entries)} entries; calibration "
           f"{describe_model(table.model)}")
     return 0
@@ -168,6 +174,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.samples < 2 and not args.archs:
         raise NasInputError(f"{args.samples} is not allowed; expected an integer >= 2 (the "
                             "fastest and the slowest Arch are always measured)", field="--samples")
+    _positive(args.processes, "--processes")
     table = _load(args)
     plot = _plot_path(args, table)
     archs = None
@@ -180,7 +187,7 @@ def _validate(args: argparse.Namespace) -> int:
                                     f"{table.space.name!r}", path, "space")
             archs.append((path, af.arch))
     report = validate_table(table, args.samples, args.seed, archs=archs, core=args.core,
-                            plot=plot, progress=not args.no_progress)
+                            plot=plot, progress=not args.no_progress, processes=args.processes)
     stored = archs is None and not args.no_store
     if stored:
         store_validation(table, validation_record(report, args.seed))

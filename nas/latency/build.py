@@ -20,6 +20,7 @@ from nas.latency.backends import check_backend, precision_rule
 from nas.latency.calibrate import IDENTITY_MODEL, class_stats, fit_model
 from nas.latency.measure import TimingConfig
 from nas.latency.precision import effective_spec
+from nas.latency.processes import ProcessMedianMeasurer
 from nas.latency.sampling import extreme_archs, stratified_archs
 from nas.latency.table import LatencyTable, new_table_data, read_table_json, space_hash
 from nas.latency.worker import make_job, run_worker
@@ -198,7 +199,8 @@ def build_table(space: Space, backend: str, out: str | os.PathLike, *, batch: in
                 threads: int = 1, core: int | None = None, realtime: bool = False,
                 calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
                 calibration_seed: int = CALIBRATION_SEED, progress: bool = True,
-                flush_every: int = 20, flush_seconds: float = 15.0) -> LatencyTable:
+                flush_every: int = 20, flush_seconds: float = 15.0,
+                network_processes: int = 1) -> LatencyTable:
     """Measures (or resumes measuring) the latency table of a Space.
 
     Args:
@@ -220,6 +222,9 @@ def build_table(space: Space, backend: str, out: str | os.PathLike, *, batch: in
         flush_every: write the file after this many new measurements (and every
             `flush_seconds`).
         flush_seconds: see `flush_every`.
+        network_processes: fresh worker processes that time every calibration network (the
+            median of their medians is kept, :mod:`nas.latency.processes`); recorded in the
+            provenance, and a resumed build keeps the file's.
 
     Returns:
         The finished table.
@@ -234,6 +239,7 @@ def build_table(space: Space, backend: str, out: str | os.PathLike, *, batch: in
         timing = stored_timing(b.data, timing)
         threads = int(b.data["provenance"].get("threads", threads))
         realtime = b.data["provenance"].get("scheduler") == "fifo"
+        network_processes = int(b.data["provenance"].get("network_processes", network_processes))
     measurer = measurer or WorkerMeasurer(backend, batch, threads, core, timing, realtime)
     todo = keys_to_measure(space, precision_rule(backend))
     have = b.data["entries"] if b.data else {}
@@ -253,7 +259,9 @@ def build_table(space: Space, backend: str, out: str | os.PathLike, *, batch: in
     net_items = [network_item(aid, [effective_spec(s, precision_rule(backend))
                                     for s in space.block_specs(a)])
                  for aid, a in by_id.items() if aid not in done_ids]
-    errors = _measure(b, measurer, net_items, by_id, calibration_seed, progress, "networks")
+    b.data["provenance"]["network_processes"] = network_processes
+    networks = ProcessMedianMeasurer(lambda: measurer, network_processes)
+    errors = _measure(b, networks, net_items, by_id, calibration_seed, progress, "networks")
     if errors:
         raise NasInputError(f"{len(errors)} item(s) could not be measured, first: {errors[0]}; "
                             "the file keeps what was measured", out)

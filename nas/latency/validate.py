@@ -24,6 +24,7 @@ import numpy as np
 from nas.latency.build import Measurer, WorkerMeasurer, network_item, stored_timing
 from nas.latency.measure import TimingConfig, cpu_model
 from nas.latency.precision import effective_spec
+from nas.latency.processes import ProcessMedianMeasurer
 from nas.latency.sampling import extreme_archs, stratified_archs
 from nas.latency.table import LatencyTable
 from nas.safe_write import write_figure
@@ -200,7 +201,7 @@ def validate_table(table: LatencyTable, samples: int, seed: int, *,
                    archs: Sequence[tuple[str, Mapping[str, Any]]] | None = None,
                    measurer: Measurer | None = None, timing: TimingConfig | None = None,
                    core: int | None = None, plot: str | os.PathLike | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, processes: int = 1) -> dict[str, Any]:
     """Measures Archs end to end and compares them with the table's predictions.
 
     Args:
@@ -214,6 +215,8 @@ def validate_table(table: LatencyTable, samples: int, seed: int, *,
         core: core to pin to (default: the last one).
         plot: where to write the scatter PNG (None: no plot).
         progress: show a progress bar.
+        processes: fresh worker processes that time every Arch; the median of their medians
+            is kept (:class:`~nas.latency.processes.ProcessMedianMeasurer`; 1 = one process).
 
     Returns:
         :func:`accuracy_metrics` of the calibrated prediction, plus the same for the plain sum
@@ -223,7 +226,8 @@ def validate_table(table: LatencyTable, samples: int, seed: int, *,
         [{arch_id, role, predicted_ms, measured_ms}].
     """
     space = table.space
-    measurer = measurer or table_measurer(table, core, timing)
+    if measurer is None:
+        measurer = ProcessMedianMeasurer(lambda: table_measurer(table, core, timing), processes)
     if archs is None:
         chosen = validation_archs(table, samples, seed)
         sampling = VALIDATION_SAMPLING
@@ -251,6 +255,7 @@ def validate_table(table: LatencyTable, samples: int, seed: int, *,
     calibrated = {p["arch_id"] for p in table.data.get("calibration", {}).get("points", [])}
     report["calibration_overlap"] = len(calibrated & set(ids))
     report["machine"] = machine_description(info)
+    report["processes"] = processes
     report["points"] = points
     if plot:
         tau = report["kendall_tau"]
@@ -282,7 +287,7 @@ def validation_record(report: Mapping[str, Any], seed: int | None) -> dict[str, 
         seed: the seed of the stratified draw (None for given Archs).
     """
     keys = ("within_10pct", "rmse_ms", "rmspe", "kendall_tau", "n", "plain_sum", "sampling",
-            "extremes", "calibration_overlap", "machine")
+            "extremes", "calibration_overlap", "machine", "processes")
     record = {k: report[k] for k in keys if k in report}
     record["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     if seed is not None:
