@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from nas.blocks.depthwise import resolve_impl
 from nas.blocks.host_init import host_init
 from nas.blocks.layers import make_block
+from nas.blocks.program import Conv, program
 from nas.blocks.quant import is_quant_step
 from nas.errors import NasInputError
 from nas.space import Space
@@ -100,8 +101,8 @@ def check_buildable(specs: Sequence[BlockSpec], names: Sequence[str], source: st
     """Checks knob combinations the blocks cannot build, with one clear error line.
 
     Raises:
-        NasInputError: a block combines groups with rank, or its channels are not divisible by
-            its groups.
+        NasInputError: a block combines groups with rank, or the channels of one of its grouped
+            1x1 convs (read from its program) are not divisible by its groups.
     """
     for spec, name in zip(specs, names):
         if spec.groups == 1 or not op_traits(spec.op).bottleneck:
@@ -109,7 +110,9 @@ def check_buildable(specs: Sequence[BlockSpec], names: Sequence[str], source: st
         if spec.rank is not None:
             raise NasInputError("groups and rank cannot be combined in one block (a factorized 1x1 "
                                 "conv is dense); set rank: null or groups: 1", source, name)
-        for c in {spec.cin, spec.mid_channels, spec.cout}:
+        grouped = [op for op in program(spec)
+                   if isinstance(op, Conv) and op.kind == "pointwise" and op.groups > 1]
+        for c in sorted({c for op in grouped for c in (op.cin, op.cout)}):
             if c % spec.groups:
                 raise NasInputError(f"groups={spec.groups} does not divide {c} channels; choose "
                                     "a width/expand giving divisible channels or groups: 1",

@@ -1,6 +1,8 @@
 """The model builder: every shipped space builds, runs forward and backward, and its parameter
 count equals the count computed from its BlockSpecs (nas.metrics)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,9 +12,10 @@ from nas.blocks.quant import weight_count
 
 from nas.errors import NasInputError
 from nas.metrics import layer_costs, network_costs
-from nas.model import (build_model, default_block_names, init_variables, variable_shapes,
-                       with_resolution)
+from nas.model import (build_model, check_buildable, default_block_names, init_variables,
+                       variable_shapes, with_resolution)
 from nas.space import Space
+from nas.spec import BlockSpec
 
 # fbnet and proxyless are 224x224 spaces: built at 32x32 here (same slots, smaller shapes).
 SPACES = {"tiny": None, "mixed": None, "fbnet": 32, "proxyless": 32}
@@ -124,3 +127,15 @@ def test_host_init_matches_module_init_structure_and_scale():
     other = init_variables(model, jax.random.key(1), (1, 16, 16, 1))
     np.testing.assert_array_equal(kernel, again["params"]["head"]["conv"]["kernel"])
     assert not np.array_equal(kernel, other["params"]["head"]["conv"]["kernel"])
+
+
+def test_group_divisibility_is_checked_on_the_grouped_convs_of_the_program():
+    """A Fused-MBConv groups only its 1x1 project (mid -> cout): its input channels need not
+    divide; an MBConv's grouped expand reads them, so there they must."""
+    fused = BlockSpec("fused_mbconv", 12, 16, 1, (8, 8), expand=2, groups=8)   # mid 24
+    check_buildable([fused], ["s1_b1"])
+    with pytest.raises(NasInputError, match="groups=8 does not divide 12 channels") as err:
+        check_buildable([dataclasses.replace(fused, op="mbconv")], ["s1_b1"])
+    assert "s1_b1" in str(err.value)
+    with pytest.raises(NasInputError, match="does not divide 20 channels"):
+        check_buildable([dataclasses.replace(fused, cout=20)], ["s1_b1"])
