@@ -50,13 +50,15 @@ def crop_to(value: Any, shape: tuple[int, ...]) -> Any:
     return value[tuple(index)]
 
 
-def _get(tree: Tree, path: str) -> Tree:
+def get_path(tree: Tree, path: str) -> Any:
+    """Returns ``tree[a][b]...`` for a '/'-joined `path` (a Flax module path: 'se/reduce')."""
     for part in path.split("/"):
         tree = tree[part]
     return tree
 
 
-def _set(tree: dict, path: str, value: Any) -> None:
+def set_path(tree: dict, path: str, value: Any) -> None:
+    """Sets ``tree[a][b]... = value`` for a '/'-joined `path`, making the parents it lacks."""
     *parents, last = path.split("/")
     for part in parents:
         tree = tree.setdefault(part, {})
@@ -100,7 +102,7 @@ def slice_block_variables(spec: BlockSpec, params: Tree, stats: Tree | None = No
     for op in program(spec):
         if not isinstance(op, Conv):
             continue
-        _set(out_p, op.name, _conv_params(op, _get(params, op.name)))
+        set_path(out_p, op.name, _conv_params(op, get_path(params, op.name)))
         if op.bn is not None:
             out_p[op.bn] = {k: v[:op.cout] for k, v in params[op.bn].items()}
             if stats is not None and op.bn in stats:

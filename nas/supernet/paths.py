@@ -39,7 +39,7 @@ from nas.blocks.depthwise import depthwise_conv
 from nas.blocks.layers import BN_EPSILON
 from nas.blocks.program import (FLOAT_BITS, INPUT, Act, Add, Conv, Mul, Op, Pool, Quantize,
                                 Shuffle, output_of)
-from nas.blocks.slicing import slice_block_variables
+from nas.blocks.slicing import get_path, set_path, slice_block_variables
 from nas.supernet.mixing import (Choice, Fixed, Pick, apply_choice, center_crop, center_mask,
                                  prefix_mask, quantize_input, quantize_weight, weighted_values)
 from nas.supernet.path_program import PathProgram, path_program
@@ -81,21 +81,6 @@ class PathCall:
 
 
 # ------------------------------------------------------------------------------------ init
-def _set(tree: dict[str, Any], path: str, value: Any) -> None:
-    """Sets ``tree[a][b]... = value`` for a '/'-joined `path`."""
-    *parents, leaf = path.split("/")
-    for name in parents:
-        tree = tree.setdefault(name, {})
-    tree[leaf] = value
-
-
-def _get(tree: Mapping[str, Any], path: str) -> Any:
-    """Returns ``tree[a][b]...`` for a '/'-joined `path`."""
-    for name in path.split("/"):
-        tree = tree[name]
-    return tree
-
-
 def init_path_params(path: PathPlan, rng: jax.Array) -> dict[str, Any]:
     """Initializes a path's weights at its largest shape (He-normal kernels, BN scale 1), one
     entry per conv of its program: 1x1 convs of a rank stage get ``kernel`` where some option
@@ -131,7 +116,7 @@ def init_path_params(path: PathPlan, rng: jax.Array) -> dict[str, Any]:
             out["kernel_v"] = init((1, 1, rank, conv.cout))
         if conv.bias:
             out["bias"] = jnp.zeros((conv.cout,), jnp.float32)
-        _set(p, conv.name, out)
+        set_path(p, conv.name, out)
         if conv.bn is not None:
             p[conv.bn] = {"scale": jnp.ones((conv.cout,), jnp.float32),
                           "bias": jnp.zeros((conv.cout,), jnp.float32)}
@@ -372,7 +357,7 @@ class _Interpreter:
 
     def _conv(self, op: Conv, x: jax.Array, se: int) -> jax.Array:
         call, pp = self.call, self.pp
-        q = _get(self.p, op.name)
+        q = get_path(self.p, op.name)
         cm = call.channel_mask
         if se:  # inside the optional segment: squeeze width, else the segment's input width
             cout = se if op.cout == pp.se else self.env[pp.ops[pp.optional[0]].x].shape[-1]
