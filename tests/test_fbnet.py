@@ -10,7 +10,8 @@ from nas.data import Dataset
 from nas.space import Space
 from nas.strategies.oneshot_base import OneShotParams
 from nas.strategies import make_strategy
-from nas.strategies.oneshot_loop import make_steps, run_oneshot
+from nas.strategies.oneshot_loop import run_oneshot
+from nas.strategies.oneshot_train import make_steps
 from nas.supernet.gates import derive
 from nas.supernet.network import SuperNet
 from nas.supernet.synthetic import KERNEL_TASK_SPACE, macs_latency_table, pair_distance_task

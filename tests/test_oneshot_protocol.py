@@ -13,7 +13,7 @@ from nas.single_path.network import SinglePathNetwork
 from nas.single_path.threshold_opt import search_optimizer
 from nas.space import Space
 from nas.strategies import registry
-from nas.strategies.oneshot_loop import make_steps
+from nas.strategies.oneshot_train import make_steps
 from nas.strategies.protocol import OneShot, OneShotState
 from nas.strategies.single_path import (SinglePathParams, make_loss, merge_thresholds,
                                         split_thresholds)

@@ -85,7 +85,7 @@ def test_non_additive_metric_is_refused_in_one_line():
 def test_fbnet_with_a_huge_size_weight_derives_the_smallest_arch():
     from nas.strategies.oneshot_base import OneShotParams
     from nas.strategies import make_strategy
-    from nas.strategies.oneshot_loop import make_steps
+    from nas.strategies.oneshot_train import make_steps
     from nas.supernet.network import SuperNet
     from test_supernet import SMALL
 

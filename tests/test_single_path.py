@@ -97,7 +97,7 @@ def test_a_space_with_a_searched_activation_bit_width_is_refused_in_one_line():
 def test_a_slot_choosing_between_mbconv_and_fused_mbconv_is_refused_in_one_line():
     d = copy.deepcopy(dict(SMALL, stages=SMALL["stages"] + [FUSED_STAGE]))
     d["stages"][-1]["knobs"]["op"] = ["mbconv", "fused_mbconv"]
-    with pytest.raises(NasInputError, match="s4_b1_op.*single_path cannot search.*fused_mbconv alone"):
+    with pytest.raises(NasInputError, match="s4_b1_op.*single_path cannot search.*one operator"):
         space_plan(Space.from_dict(d))
 
 
@@ -140,6 +140,55 @@ def test_exported_child_computes_what_the_superkernel_computes(small_net):
         got = jax.jit(child.apply)(child_vars, x)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert len(seen) == 3
+
+
+#: int8 activations and hswish (pre-activation points) in an MBConv slot with skip, mid, kernel,
+#: SE, rank and bits ladders, and an MBConv vs DWSep slot: the superkernel quantizes at the
+#: child's points (a Fused-MBConv's points are the same ops).
+QUANT = {
+    "name": "sp_quant", "input": {"resolution": 8, "channels": 1}, "num_classes": 10,
+    "stem": {"channels": 8, "kernel": 3, "stride": 1, "act": "relu"},
+    "head": {"channels": 16, "act": "relu", "dropout": 0.0},
+    "defaults": {"act": "hswish", "se_ratio": 0.25, "bits_a": 8},
+    "stages": [
+        {"channels": 8, "stride": 1, "repeats": 1,
+         "knobs": {"op": ["mbconv", "dwsep"], "kernel": [3, 5], "expand": 1, "act": "relu"}},
+        {"channels": 8, "stride": 1, "repeats": 1,
+         "knobs": {"op": ["mbconv", "skip"], "kernel": [3, 5], "expand": [3, 6],
+                   "width": [0.5, 1.0], "se": [False, True], "rank": [None, 0.5],
+                   "bits_w": [8, 32]}}]}
+
+
+def test_quantized_activations_child_computes_what_the_superkernel_computes():
+    space = Space.from_dict(QUANT, "tests:sp_quant")
+    net = SinglePathNetwork(space)
+    variables = init_single_path(net, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(7), (3, 8, 8, 1))
+    # training statistics: BatchNorm moments and the quantizers' running ranges
+    _, upd = jax.jit(lambda v: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
+    variables = {"params": variables["params"], "batch_stats": upd["batch_stats"]}
+    assert "q_dw_pre_act" in variables["batch_stats"]["s2_b1"]      # hswish: pre-act points
+    assert "q_se_pool" in variables["batch_stats"]["s2_b1"]["se"]
+    rng = np.random.default_rng(3)
+    eval_checked = 0
+    for i in range(3):  # eager on both sides: jit may round a quantizer's input differently
+        levels = _random_levels(space, rng)
+        levels["s2_b1"].update(keep=1, se=1, rank=i % 2, bits=int(i < 2))
+        levels["s1_b1"]["op"] = i % 2                                  # dwsep, then mbconv
+        params = force_levels(space, variables["params"], levels)
+        full = {"params": params, "batch_stats": variables["batch_stats"]}
+        arch, child_vars = export_child(space, full)
+        child = build_model(space, arch)
+        ref = init_variables(child, jax.random.key(1), (1, 8, 8, 1))
+        assert jax.tree_util.tree_structure(ref) == jax.tree_util.tree_structure(child_vars)
+        want, _ = net.apply(full, x, train=True, mutable=["batch_stats"])
+        got, _ = child.apply(child_vars, x, train=True, mutable=["batch_stats", "intermediates"])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        if arch["s2_b1_bits_w"] == 32:   # int8 children round BN biases onto the kernel's grid
+            np.testing.assert_allclose(child.apply(child_vars, x), net.apply(full, x),
+                                       rtol=1e-5, atol=1e-5)
+            eval_checked += 1
+    assert eval_checked == 2
 
 
 def test_exported_weights_are_exact_slices_of_the_superkernel(small_net):

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from nas.blocks.program import Conv, program
+from nas.blocks.program import Conv, program, quantizers
 from nas.spec import BlockSpec
 
 Tree = Mapping[str, Any]
@@ -65,6 +65,14 @@ def set_path(tree: dict, path: str, value: Any) -> None:
     tree[last] = value
 
 
+def _has_path(tree: Tree, path: str) -> bool:
+    for part in path.split("/"):
+        if not isinstance(tree, Mapping) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
 def _conv_params(conv: Conv, parent: Tree) -> dict[str, Any]:
     out = {}
     for name, shape in conv.kernel_shapes().items():
@@ -90,8 +98,9 @@ def slice_block_variables(spec: BlockSpec, params: Tree, stats: Tree | None = No
         stats: the parent's batch_stats, or None.
 
     Returns:
-        (params, batch_stats) for ``make_block(spec)``, without weight steps or activation
-        quantizers (minmax until they are set).
+        (params, batch_stats) for ``make_block(spec)``, without weight steps (minmax until
+        they are set); activation quantizers of the child's program (per-tensor scalars) are
+        copied where the parent holds them (a Single-Path superkernel does), else left out.
 
     Raises:
         KeyError: the parent lacks a conv or BatchNorm of the child's program.
@@ -99,6 +108,10 @@ def slice_block_variables(spec: BlockSpec, params: Tree, stats: Tree | None = No
     """
     out_p: dict[str, Any] = {}
     out_s: dict[str, Any] = {}
+    for point in quantizers(program(spec)):
+        for tree, out in ((params, out_p), (stats, out_s)):
+            if tree is not None and _has_path(tree, point.module):
+                set_path(out, point.module, dict(get_path(tree, point.module)))
     for op in program(spec):
         if not isinstance(op, Conv):
             continue

@@ -4,12 +4,14 @@
 turns them into a canonical Arch of the Space. :func:`export_child` cuts that Arch's variables
 out of the superkernel in the params layout of :func:`nas.model.build_model`'s Network, read
 from the child's op program (:func:`nas.blocks.slicing.slice_block_variables`): the
-first m channels, the centre k x k taps (of the depthwise or the fused kxk conv), the first r singular directions, the SE and expand
-convs only when chosen, and BatchNorm statistics of the kept channels (single-path spaces
-have float activations: no activation quantizers; the child's weight steps are 0, i.e. minmax,
-which is what the superkernel's nested quantizer computes). A full-rank child of a factorized superkernel gets the product of its factors (the
-superkernel computes the same product). The child network built from these weights computes
-what the superkernel network computes with the same gates.
+first m channels, the centre k x k taps of every kxk conv, the first r singular directions,
+the convs of a switched segment (SE, the expand of an MBConv vs DWSep) only when chosen,
+BatchNorm statistics of the kept channels, and the running ranges of the activation quantizers
+the child has (the child's weight steps are 0, i.e. minmax, which is what the superkernel's
+nested quantizer computes). A full-rank child of a factorized superkernel gets the product of
+its factors (the superkernel computes the same product). The child network built from these
+weights computes what the superkernel network computes with the same gates (at inference, up to
+the int8 bias rounding of :mod:`nas.single_path.superblock`).
 
 Example:
     >>> arch, child_vars = export_child(space, variables)

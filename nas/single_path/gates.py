@@ -18,9 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nas.blocks.program import Conv
+from nas.blocks.slicing import get_path
 from nas.single_path.indicators import NORM_EPS, hard_level, indicator, ladder_levels, log_rms, reached
 from nas.single_path.nested_quant import residual_parts
 from nas.single_path.plan import SlotPlan
+from nas.single_path.roles import slot_program
 
 #: Thresholds are stored divided by this factor: a threshold moves THRESHOLD_SCALE times the
 #: learning rate per step at most about (its rule, :mod:`nas.single_path.threshold_opt`, divides by
@@ -58,14 +61,8 @@ def _weights(p: Mapping[str, Any]) -> list[jax.Array]:
 
 
 def block_weights(plan: SlotPlan, params: Mapping[str, Any]) -> list[jax.Array]:
-    """Returns every quantized weight tensor of a slot's superkernel."""
-    out = []
-    for name in ("expand", "dw", "project"):
-        if name in params:
-            out += _weights(params[name])
-    if "se" in params:
-        out += _weights(params["se"]["reduce"]) + _weights(params["se"]["expand"])
-    return out
+    """Returns every quantized weight tensor of a slot's superkernel (its program's convs)."""
+    return [w for conv in slot_program(plan).convs() for w in _weights(get_path(params, conv.name))]
 
 
 def rank_bounds(plan: SlotPlan, cin: int, cout: int) -> tuple[int, ...]:
@@ -78,10 +75,11 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Ar
 
     Args:
         plan: the slot's plan.
-        params: the slot's params (child layout: expand, dw, se/reduce, se/expand, project).
+        params: the slot's params (child layout: the convs of its program by name).
     """
+    sp = slot_program(plan)
     out: dict[str, jax.Array] = {}
-    kxk = params[plan.spatial_conv]["kernel"]  # [K, K, 1 (depthwise) or cin (fused), M]
+    kxk = get_path(params, sp.spatial[0])["kernel"]  # [K, K, 1 (depthwise) or cin (full), M]
     mids = plan.mids
     k, fan = kxk.shape[0], kxk.shape[2]
     if "keep" in plan.ladders or "mid" in plan.ladders:
@@ -94,24 +92,23 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Ar
             out["keep"] = log_group[:1]
         if "mid" in plan.ladders:
             out["mid"] = log_group[1:]
-    if "op" in plan.ladders:
-        out["op"] = jnp.stack([log_rms(*_weights(params["expand"]))])
+    for switch in ("op", "se"):  # the first conv of the segment the gate turns on
+        if switch in plan.ladders:
+            first = sp.segment_convs(switch)[0]
+            out[switch] = jnp.stack([log_rms(*_weights(get_path(params, first.name)))])
     if "kernel" in plan.ladders:
         rings = np.stack(ring_masks(plan.kernel_sizes)[1:], axis=-1).reshape(k * k, -1)
         per_tap = jnp.sum(jnp.square(kxk), axis=(2, 3)).reshape(k * k)
         ring_ms = jnp.dot(per_tap, rings / (rings.sum(0) * fan * kxk.shape[-1]))
         out["kernel"] = 0.5 * jnp.log(ring_ms + NORM_EPS)
-    if "se" in plan.ladders:
-        out["se"] = jnp.stack([log_rms(params["se"]["reduce"]["kernel"])])
     if "rank" in plan.ladders:
-        convs = [c for c in ("expand", "project") if "kernel_v" in params.get(c, {})]
+        top_mid = len(plan.mids) - 1
         parts = []
         for i in range(1, len(plan.ranks)):
             tail = []
-            for c in convs:
-                v = params[c]["kernel_v"]
-                cin, cout = _conv_io(plan, c)
-                bounds = rank_bounds(plan, cin, cout) + (v.shape[-2],)
+            for conv in sp.factorized():
+                v = get_path(params, conv.name)["kernel_v"]
+                bounds = rank_bounds(plan, *sp.conv_io(conv, top_mid)) + (v.shape[-2],)
                 tail.append(v[..., bounds[i - 1]:bounds[i], :])
             parts.append(log_rms(*tail))
         out["rank"] = jnp.stack(parts)
@@ -122,13 +119,6 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Ar
         out["bits"] = jnp.stack([log_rms(*[r[i] for r in residuals])
                                  for i in range(len(plan.bits) - 1)])
     return out
-
-
-def _conv_io(plan: SlotPlan, conv: str) -> tuple[int, int]:
-    """(cin, cout) of a 1x1 conv of the superkernel at the largest mid level."""
-    if conv == "expand":
-        return plan.slot.cin, plan.max_mid
-    return plan.max_mid, plan.slot.cout
 
 
 def init_thresholds(log_rms_values: jax.Array) -> jax.Array:
@@ -162,7 +152,8 @@ def kernel_mask(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array:
     return sum(on[i] * r for i, r in enumerate(rings))
 
 
-def rank_row_mask(plan: SlotPlan, gates: Mapping[str, jax.Array], conv: str, width: int) -> jax.Array:
+def rank_row_mask(plan: SlotPlan, gates: Mapping[str, jax.Array], conv: Conv, width: int
+                  ) -> jax.Array:
     """Returns the [width] mask of the singular directions a factorized conv keeps.
 
     The rank of a level depends on the conv's channels, hence on the mid level: the mask is the
@@ -171,16 +162,16 @@ def rank_row_mask(plan: SlotPlan, gates: Mapping[str, jax.Array], conv: str, wid
     Args:
         plan: the slot's plan.
         gates: the slot's gates.
-        conv: 'expand' or 'project'.
+        conv: the factorized conv (an op of the slot's program).
         width: rows of the conv's ``kernel_v``.
     """
+    sp = slot_program(plan)
     mid_p = (jax.lax.stop_gradient(ladder_levels(gates["mid"])) if "mid" in gates
              else jnp.ones((1,)))
     rank_on = reached(gates["rank"]) if "rank" in gates else jnp.ones((1,))
     total = 0.0
-    for j, m in enumerate(plan.mids):
-        cin, cout = (plan.slot.cin, m) if conv == "expand" else (m, plan.slot.cout)
-        groups = range_masks(rank_bounds(plan, cin, cout), width)
+    for j in range(len(plan.mids)):
+        groups = range_masks(rank_bounds(plan, *sp.conv_io(conv, j)), width)
         total = total + mid_p[j] * sum(rank_on[i] * g for i, g in enumerate(groups))
     return total
 

@@ -17,7 +17,9 @@ rank   ranks ascending, then full       the trailing singular directions [r(l-1)
 bits   bit-widths ascending (32 last)   the quantization residual Q_b(l) - Q_b(l-1)
 ====== ================================ ===============================================
 
-The kxk kernel is the depthwise conv's ('dw'), or the full conv of a Fused-MBConv ('expand').
+The kxk kernel is the first kxk conv of the slot's op program (the depthwise conv of an MBConv,
+the full conv of a Fused-MBConv); how each ladder acts on the program's ops is read from the
+program (:mod:`nas.single_path.roles`).
 A ladder of n levels has n - 1 gates (learned thresholds). The mid ladder's levels are the
 distinct values of ``round(cin * expand * width)`` over the slot's expand and width choices;
 where two (expand, width) pairs give the same channel count, the level maps to the one with the
@@ -69,7 +71,7 @@ class SlotPlan:
 
     Attributes:
         slot: the Space's slot.
-        base_op: 'mbconv', 'fused_mbconv' or 'dwsep' (the operator of the non-skip levels;
+        base_op: the operator of the non-skip levels ('mbconv', 'dwsep', 'fused_mbconv', ...;
             'mbconv' when the op ladder exists).
         ladders: {name: Ladder} for the searched decisions (fixed knobs have none).
         kernel_sizes: kernel sizes, ascending (one entry when fixed).
@@ -78,8 +80,6 @@ class SlotPlan:
         ranks: rank fractions ascending, None (full) last; ``(None,)`` when not factorized.
         bits: weight bit-widths ascending.
         se: (False,), (True,) or (False, True).
-        bits_a: the slot's fixed activation bit-width.
-        act: the slot's activation.
         can_skip: whether the keep ladder exists.
     """
 
@@ -92,8 +92,6 @@ class SlotPlan:
     ranks: tuple
     bits: tuple[int, ...]
     se: tuple[bool, ...]
-    bits_a: int
-    act: str
     can_skip: bool
 
     @property
@@ -107,39 +105,9 @@ class SlotPlan:
         return self.mids[-1]
 
     @property
-    def max_kernel(self) -> int:
-        """Size of the depthwise superkernel."""
-        return self.kernel_sizes[-1]
-
-    @property
     def factorized(self) -> bool:
         """Whether the 1x1 convs are held as factors (some rank level is not full)."""
         return any(r is not None for r in self.ranks)
-
-    @property
-    def has_se(self) -> bool:
-        """Whether the superkernel holds SE weights."""
-        return any(self.se)
-
-    @property
-    def has_op_gate(self) -> bool:
-        """Whether the expand conv can be switched off (dwsep vs mbconv)."""
-        return "op" in self.ladders
-
-    @property
-    def has_expand(self) -> bool:
-        """Whether the superkernel holds an expand 1x1 conv."""
-        return self.base_op == "mbconv"
-
-    @property
-    def fused(self) -> bool:
-        """Whether the layer is a Fused-MBConv (a kxk expand conv, no depthwise)."""
-        return self.base_op == "fused_mbconv"
-
-    @property
-    def spatial_conv(self) -> str:
-        """The param name of the kxk conv that the kernel, mid and keep ladders cut."""
-        return "expand" if self.fused else "dw"
 
     def level_values(self, levels: Mapping[str, int]) -> dict[str, Any]:
         """Returns the slot's knob values {knob: value} for one level per ladder.
@@ -155,7 +123,7 @@ class SlotPlan:
             v[knob] = vals[0]
         get = lambda name: levels.get(name, 0)  # noqa: E731
         v["op"] = self.base_op
-        if self.has_op_gate:
+        if "op" in self.ladders:
             v["op"] = ("dwsep", "mbconv")[get("op")]
         if op_traits(v["op"]).expands:
             v["expand"], v["width"] = self.mid_knobs[get("mid") if "mid" in self.ladders else 0]
@@ -192,13 +160,13 @@ def _refuse(space: Space, slot: Slot, knob: str, why: str) -> NasInputError:
                          slot.label(knob))
 
 
-def _mid_ladder(slot: Slot) -> tuple[tuple[int, ...], tuple[tuple[Any, float], ...]]:
+def _mid_ladder(slot: Slot, op: str) -> tuple[tuple[int, ...], tuple[tuple[Any, float], ...]]:
     expands = slot.choices.get("expand", (slot.fixed["expand"],))
     widths = slot.choices.get("width", (slot.fixed["width"],))
     best: dict[int, tuple[Any, float]] = {}
     for e in expands:
         for w in widths:
-            m = BlockSpec("mbconv", slot.cin, slot.cout, 1, slot.in_hw, expand=e, width=w).mid_channels
+            m = BlockSpec(op, slot.cin, slot.cout, 1, slot.in_hw, expand=e, width=w).mid_channels
             if m not in best or w > best[m][1]:
                 best[m] = (e, w)
     mids = tuple(sorted(best))
@@ -231,20 +199,18 @@ def slot_plan(space: Space, slot: Slot) -> SlotPlan:
         ladders["keep"] = Ladder("keep", ("skip", "layer"))
     if ops - {"skip"} == {"mbconv", "dwsep"}:
         base_op = "mbconv"
-    elif ops - {"skip"} in ({"mbconv"}, {"dwsep"}, {"fused_mbconv"}):
+    elif len(ops - {"skip"}) == 1:
         base_op = next(iter(ops - {"skip"}))
     else:
-        raise _refuse(space, slot, "op", "a layer must be mbconv or dwsep, or fused_mbconv alone")
+        raise _refuse(space, slot, "op", "operators other than mbconv vs dwsep are not nested; "
+                      "give the layer one operator (besides skip)")
     if op_traits(base_op).expands:
-        mids, mid_knobs = _mid_ladder(slot)
+        mids, mid_knobs = _mid_ladder(slot, base_op)
     else:
         mids, mid_knobs = (slot.cin,), ((1, 1.0),)
     if ops - {"skip"} == {"mbconv", "dwsep"}:
         if mids != (slot.cin,):
             raise _refuse(space, slot, "op", "mbconv vs dwsep nests only at expand 1, width 1")
-        if int(slot.fixed["bits_a"]) < 32 or "bits_a" in ch:
-            raise _refuse(space, slot, "op", "mbconv vs dwsep quantize the depthwise input "
-                          "differently; use bits_a 32 in this slot")
         ladders["op"] = Ladder("op", ("dwsep", "mbconv"))
     if len(mids) > 1:
         ladders["mid"] = Ladder("mid", tuple((m, *k) for m, k in zip(mids, mid_knobs)))
@@ -264,10 +230,7 @@ def slot_plan(space: Space, slot: Slot) -> SlotPlan:
     if len(bits) > 1:
         ladders["bits"] = Ladder("bits", bits)
     return SlotPlan(slot=slot, base_op=base_op, ladders=ladders, kernel_sizes=kernels, mids=mids,
-                    mid_knobs=mid_knobs, ranks=ranks, bits=bits, se=se,
-                    bits_a=int(slot.fixed["bits_a"] if "bits_a" not in ch else ch["bits_a"][0]),
-                    act=slot.fixed["act"] if "act" not in ch else ch["act"][0],
-                    can_skip=can_skip)
+                    mid_knobs=mid_knobs, ranks=ranks, bits=bits, se=se, can_skip=can_skip)
 
 
 def space_plan(space: Space) -> tuple[SlotPlan, ...]:

@@ -1,113 +1,192 @@
-"""The superkernel block of one slot: the largest MBConv / Fused-MBConv / DWSep of the slot, with
-every smaller choice a masked (nested) part of it.
+"""The superkernel block of one slot: the op program of the slot's largest BlockSpec
+(:func:`nas.blocks.program.program`, where each block is defined once), interpreted with every
+smaller choice a masked (nested) part of it.
 
-Params use the child layout of :mod:`nas.blocks.layers` (``expand``, ``expand_bn``, ``dw``,
-``dw_bn``, ``se/reduce``, ``se/expand``, ``project``, ``project_bn``, input quantizers
-``<conv>/input_quant``) at the largest shapes, plus one threshold vector ``t_<ladder>`` per
-ladder; a factorized slot holds ``kernel_u`` [cin, R] and ``kernel_v`` [R, cout] with R the full
-rank. The child of any choice is a slice of these (:mod:`nas.single_path.export`).
+Variables use the child layout of :mod:`nas.blocks.layers`, named by the program (``expand``,
+``expand_bn``, ``dw``, ``se/reduce``, ``project``, activation quantizers ``q_<point>``) at the
+largest shapes, plus one threshold vector ``t_<ladder>`` per ladder; a factorized 1x1 conv
+holds ``kernel_u`` [cin, R] and ``kernel_v`` [R, cout] with R the full rank. The child of any
+choice is a slice of these (:mod:`nas.single_path.export`).
 
-The forward pass computes what the chosen child computes: weights are masked before they are
-quantized (per-output-channel scales then see only the kept part), activations are masked after
-each act (per-tensor activation ranges see only kept channels), and whole alternatives (skip,
-dwsep, SE, full rank) are chosen with the exact :func:`~nas.single_path.indicators.select`.
-The convolutions are the project's own (:func:`nas.blocks.convs.pointwise`,
-:func:`nas.blocks.depthwise.depthwise_conv`, :func:`nas.blocks.convs.full_conv`), so is the fake
-quantizer. A Fused-MBConv's kxk ``expand`` conv takes the depthwise conv's place: its taps and
-output channels carry the kernel and mid masks.
+How each ladder acts on the ops is read from the program (:mod:`nas.single_path.roles`): switch
+ladders (keep, op, se) choose a segment or its input with the exact
+:func:`~nas.single_path.indicators.select`; kxk convs carry the kernel ring mask; 1x1 convs
+reading the mid channels have their input rows masked; factorized convs keep their first inner
+directions (or, at the full-rank level, run the product of their factors); every weight goes
+through the nested quantizer (masks applied first, so per-output-channel scales see only the
+kept part); where activations are quantized, mid tensors are masked before each quantizer and
+after each activation, so per-tensor ranges see only kept channels.
+
+So the superkernel computes what the chosen child computes: exactly in training mode and in
+float (or float-weight) layers at inference; an int8 layer's child additionally rounds its
+BatchNorm bias onto the integer kernel's grid at inference (:mod:`nas.blocks.layers`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nas.blocks.activations import NONNEGATIVE, activation
-from nas.blocks.convs import conv_init, full_conv, pointwise
+from nas.blocks.activations import activation
+from nas.blocks.convs import channel_shuffle, conv_init, full_conv, pointwise
 from nas.blocks.depthwise import depthwise_conv
-from nas.blocks.layers import batch_norm
-from nas.blocks.quant import FLOAT_BITS, ActQuant
-from nas.blocks.slicing import factor_product
+from nas.blocks.layers import BN_EPSILON, BN_MOMENTUM
+from nas.blocks.program import (INPUT, Act, Add, Conv, Mul, Op, Pool, Quantize, Shuffle,
+                                output_of)
+from nas.blocks.quant import ActQuant
+from nas.blocks.slicing import factor_product, set_path
 from nas.single_path.gates import (channel_mask, full_rank_gate, init_thresholds, kernel_mask,
                                    outer_log_rms, rank_row_mask, slot_gates)
 from nas.single_path.indicators import select
 from nas.single_path.nested_quant import nested_fake_quant_weight
 from nas.single_path.plan import SlotPlan, space_plan
+from nas.single_path.roles import SlotProgram, slot_program
 from nas.space import Space
 
 _factor_v_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
 
-class SuperConv(nn.Module):
-    """The parameters of one superkernel conv and its input quantizer (child names).
+class ConvWeights(nn.Module):
+    """The parameters of one superkernel conv at its largest shape (child param names).
 
     Attributes:
-        shapes: ((param name, shape), ...): 'kernel', 'kernel_u', 'kernel_v', 'bias'.
-        bits_a: input-activation bit-width (32 = float, no quantizer).
-        signed_input: whether the input can be negative.
+        conv: the conv's op in the slot's program.
+        factorized: held as factors at the full rank R = min(cin, cout).
     """
 
-    shapes: tuple
-    bits_a: int = FLOAT_BITS
-    signed_input: bool = True
+    conv: Conv
+    factorized: bool = False
 
-    def setup(self):
-        inits = {"kernel": conv_init, "kernel_u": conv_init, "kernel_v": _factor_v_init,
-                 "bias": nn.initializers.zeros}
-        self.w = {name: self.param(name, inits[name], tuple(shape)) for name, shape in self.shapes}
-        if self.bits_a < FLOAT_BITS:
-            self.input_quant = ActQuant(bits=self.bits_a, signed=self.signed_input)
-
-    def weights(self) -> dict[str, jax.Array]:
-        """Returns the raw superkernel params {name: array}."""
-        return dict(self.w)
-
-    def quant_input(self, x: jax.Array, train: bool) -> jax.Array:
-        """Fake-quantizes the conv's input (identity at 32 bits)."""
-        if self.bits_a >= FLOAT_BITS:
-            return x
-        return self.input_quant(x, train)
+    @nn.compact
+    def __call__(self) -> dict[str, jax.Array]:
+        """Returns {name: array}: 'kernel' or 'kernel_u' + 'kernel_v', and 'bias'."""
+        c = self.conv
+        if self.factorized:
+            r = min(c.cin, c.cout)
+            shapes = {"kernel_u": (1, 1, c.cin, r), "kernel_v": (1, 1, r, c.cout)}
+        else:
+            shapes = c.kernel_shapes()
+        inits = {"kernel": conv_init, "kernel_u": conv_init, "kernel_v": _factor_v_init}
+        out = {name: self.param(name, inits[name], tuple(shape)) for name, shape in shapes.items()}
+        if c.bias:
+            out["bias"] = self.param("bias", nn.initializers.zeros, (c.cout,))
+        return out
 
 
-class SuperSE(nn.Module):
-    """Holds the two SE convs ('reduce', 'expand') of a superkernel at the largest width."""
+class _Scope(nn.Module):
+    """A submodule (e.g. 'se') holding the variables of the ops run inside it."""
 
-    channels: int
-    mid: int
-    bits_a: int = FLOAT_BITS
-    signed_input: bool = True
-    act: str = "relu"
-
-    def setup(self):
-        self.reduce = SuperConv((("kernel", (1, 1, self.mid, self.channels)),
-                                 ("bias", (self.channels,))), self.bits_a, self.signed_input)
-        self.expand = SuperConv((("kernel", (1, 1, self.channels, self.mid)), ("bias", (self.mid,))),
-                                self.bits_a, self.act not in NONNEGATIVE)
-
-    def weights(self) -> dict[str, Any]:
-        """Returns {'reduce': {...}, 'expand': {...}}."""
-        return {"reduce": self.reduce.weights(), "expand": self.expand.weights()}
-
-    def __call__(self, y, train, mid_mask, quant):
-        """Applies SE to `y` [N, H, W, M] with the reduce conv's input rows masked."""
-        w = self.weights()
-        s = jnp.mean(y, axis=(1, 2), keepdims=True)
-        s = pointwise(self.reduce.quant_input(s, train),
-                      quant(w["reduce"]["kernel"] * mid_mask[:, None])) + w["reduce"]["bias"]
-        s = activation(self.act)(s)
-        s = pointwise(self.expand.quant_input(s, train), quant(w["expand"]["kernel"])) \
-            + w["expand"]["bias"]
-        return y * jax.nn.sigmoid(s)
+    @nn.compact
+    def __call__(self, make: Callable[[], Any]) -> Any:
+        return make()
 
 
-def _pointwise_shapes(cin: int, cout: int, factorized: bool) -> tuple:
-    if not factorized:
-        return (("kernel", (1, 1, cin, cout)),)
-    r = min(cin, cout)
-    return (("kernel_u", (1, 1, cin, r)), ("kernel_v", (1, 1, r, cout)))
+class _Run:
+    """Interprets a slot's program once, inside :class:`SuperBlock`'s ``__call__`` (see the
+    module docstring). Tensors live in ``env``."""
+
+    def __init__(self, block: "SuperBlock", sp: SlotProgram, weights: Mapping[str, Any],
+                 gates: Mapping[str, jax.Array], train: bool):
+        self.block, self.sp, self.w, self.gates, self.train = block, sp, weights, gates, train
+        self.plan = block.plan
+        self.mid_mask = channel_mask(self.plan, gates)
+        self.kernel_mask = kernel_mask(self.plan, gates)
+        self.quantized = any(isinstance(op, Quantize) for op in sp.ops)
+        self.env: dict[str, jax.Array] = {}
+
+    def quant_w(self, w: jax.Array) -> jax.Array:
+        """The nested fake-quantizer of the bits ladder."""
+        return nested_fake_quant_weight(w, self.plan.bits, self.gates.get("bits"))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self.env[INPUT] = x
+        self._run(0, len(self.sp.ops), frozenset())
+        return self.env[output_of(self.sp.ops)]
+
+    def _run(self, start: int, stop: int, entered: frozenset[str]) -> None:
+        """Runs ops [start, stop); a switch segment starting inside is run as a unit."""
+        i = start
+        while i < stop:
+            seg = next(((name, s, e) for name, (s, e) in self.sp.segments.items()
+                        if s == i and e <= stop and name not in entered), None)
+            if seg is None:
+                self._op(self.sp.ops[i])
+                i += 1
+                continue
+            name, s, e = seg
+            self._run(s, e, entered | {name})
+            off, out = self.sp.ops[s].x, self.sp.ops[e - 1].out
+            self.env[out] = select(self.gates[name][0], self.env[off], self.env[out])
+            i = e
+
+    def _mask_mid(self, name: str, y: jax.Array) -> jax.Array:
+        """Masks a mid tensor where activations are quantized (ranges see kept channels only)."""
+        return y * self.mid_mask if self.quantized and name in self.sp.mid_tensors else y
+
+    def _op(self, op: Op) -> None:
+        env, x = self.env, self.env[op.x]
+        if isinstance(op, Quantize):
+            y = self._quantize(op, self._mask_mid(op.x, x))
+        elif isinstance(op, Conv):
+            y = self._conv(op, x)
+        elif isinstance(op, Act):
+            y = jax.nn.sigmoid(x) if op.fn == "sigmoid" else activation(op.fn)(x)
+            y = self._mask_mid(op.out, y)
+        elif isinstance(op, Shuffle):
+            y = channel_shuffle(x, op.groups)
+        elif isinstance(op, Pool):
+            y = jnp.mean(x, axis=(1, 2), keepdims=len(op.out_shape) == 3)
+        elif isinstance(op, Mul):
+            y = x * env[op.y]
+        elif isinstance(op, Add):
+            y = x + env[op.y]
+        else:
+            raise ValueError(f"a superkernel cannot run {type(op).__name__} ops")
+        env[op.out] = y
+
+    def _quantize(self, op: Quantize, x: jax.Array) -> jax.Array:
+        quant = self.block.in_scope(op.module, lambda leaf: ActQuant(op.bits, op.signed, name=leaf))
+        return quant(x, self.train)
+
+    def _conv(self, op: Conv, x: jax.Array) -> jax.Array:
+        w, q = self.w[op.name], self.quant_w
+        if op.kind != "pointwise":
+            kernel = q(w["kernel"] * self.kernel_mask[:, :, None, None])
+            if op.kind == "depthwise":
+                y = depthwise_conv(x, kernel, op.stride, self.block.depthwise_impl)
+            else:
+                y = full_conv(x, kernel, op.stride)
+        else:
+            y = self._pointwise(op, x, w)
+        if op.bias:
+            y = y + w["bias"]
+        if op.bn is None:
+            return y
+        bn = self.block.in_scope(op.bn, lambda leaf: nn.BatchNorm(
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=leaf))
+        return bn(y, use_running_average=not self.train)
+
+    def _pointwise(self, op: Conv, x: jax.Array, w: Mapping[str, jax.Array]) -> jax.Array:
+        """A 1x1 conv: full, factorized, or both chosen by the full-rank gate."""
+        q = self.quant_w
+        rows = ((lambda k: k * self.mid_mask[:, None]) if self.sp.reads_mid(op)
+                else (lambda k: k))
+        if "kernel" in w:
+            return pointwise(x, q(rows(w["kernel"])), op.groups)
+        u, v = rows(w["kernel_u"]), w["kernel_v"]
+        keep = rank_row_mask(self.plan, self.gates, op, v.shape[-2])
+        inner = pointwise(x, q(u))
+        point = self.sp.inner_points[op.name]
+        if point is not None:  # the inner tensor's quantizer sees only the kept directions
+            inner = self._quantize(point, inner * keep)
+        y_fact = pointwise(inner, q(v * keep[:, None]))
+        g_full = full_rank_gate(self.plan, self.gates)
+        if g_full is None:
+            return y_fact
+        return select(g_full, y_fact, pointwise(x, q(factor_product(u, v))))
 
 
 class SuperBlock(nn.Module):
@@ -128,21 +207,21 @@ class SuperBlock(nn.Module):
         """The slot's single-path plan."""
         return space_plan(self.space)[self.index]
 
-    def _pointwise(self, conv, x, train, gates, name, in_mask, quant):
-        """One superkernel 1x1 conv: full, factorized, or both selected by the full-rank gate."""
-        plan, w = self.plan, conv.weights()
-        x = conv.quant_input(x, train)
-        rows = (lambda k: k * in_mask[:, None]) if in_mask is not None else (lambda k: k)
-        if "kernel" in w:
-            return pointwise(x, quant(rows(w["kernel"])))
-        u = rows(w["kernel_u"])
-        v = w["kernel_v"] * rank_row_mask(plan, gates, name, w["kernel_v"].shape[-2])[:, None]
-        y_fact = pointwise(pointwise(x, quant(u)), quant(v))
-        g_full = full_rank_gate(plan, gates)
-        if g_full is None:
-            return y_fact
-        y_full = pointwise(x, quant(factor_product(u, w["kernel_v"])))
-        return select(g_full, y_fact, y_full)
+    def in_scope(self, path: str, make: Callable[[str], Any]) -> Any:
+        """Returns ``make(leaf)`` created under the submodule path of `path` ('se/reduce' ->
+        inside 'se'); call only from ``__call__``.
+
+        Raises:
+            ValueError: `path` is nested deeper than one submodule.
+        """
+        parent, _, leaf = path.rpartition("/")
+        if not parent:
+            return make(leaf)
+        if "/" in parent:
+            raise ValueError(f"superkernel variables nest one submodule deep, not {path!r}")
+        if parent not in self._scopes:
+            self._scopes[parent] = _Scope(name=parent)
+        return self._scopes[parent](lambda: make(leaf))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, gates: dict | None = None) -> jax.Array:
@@ -158,32 +237,15 @@ class SuperBlock(nn.Module):
         Returns:
             [N, H', W', cout].
         """
-        plan, slot = self.plan, self.plan.slot
-        act = activation(plan.act)
-        unsigned = plan.act in NONNEGATIVE
-        m_max, k_max = plan.max_mid, plan.max_kernel
-        se_channels = plan.max_spec().se_channels if plan.has_se else 0
-        if not se_channels and plan.has_se:
-            se_channels = max(1, int(round(slot.cin * slot.se_ratio)))
-        bits_a = plan.bits_a
-        convs = {}
-        if plan.has_expand:
-            convs["expand"] = SuperConv(_pointwise_shapes(slot.cin, m_max, plan.factorized),
-                                        bits_a, True, name="expand")
-        if plan.fused:
-            convs["expand"] = SuperConv((("kernel", (k_max, k_max, slot.cin, m_max)),), bits_a, True,
-                                        name="expand")
-        else:
-            dw_signed = not (plan.has_expand and unsigned) or plan.has_op_gate
-            convs["dw"] = SuperConv((("kernel", (k_max, k_max, 1, m_max)),), bits_a, dw_signed,
-                                    name="dw")
-        if plan.has_se:
-            se = SuperSE(se_channels, m_max, bits_a, not unsigned, plan.act, name="se")
-        convs["project"] = SuperConv(_pointwise_shapes(m_max, slot.cout, plan.factorized), bits_a,
-                                     not unsigned, name="project")
-        params = {name: conv.weights() for name, conv in convs.items()}
-        if plan.has_se:
-            params["se"] = se.weights()
+        plan, sp = self.plan, slot_program(self.plan)
+        object.__setattr__(self, "_scopes", {})
+        weights: dict[str, Any] = {}
+        params: dict[str, Any] = {}
+        for conv in sp.convs():
+            factors = conv.name in sp.inner_points
+            weights[conv.name] = self.in_scope(
+                conv.name, lambda leaf, c=conv, f=factors: ConvWeights(c, f, name=leaf)())
+            set_path(params, conv.name, weights[conv.name])
         norms = outer_log_rms(plan, params) if self.is_initializing() else None
 
         def t_init(rng, name):
@@ -196,38 +258,6 @@ class SuperBlock(nn.Module):
             params[f"t_{ladder}"] = self.param(f"t_{ladder}", t_init, ladder)
         if gates is None:
             gates = slot_gates(plan, params)
-
-        def quant(w):
-            return nested_fake_quant_weight(w, plan.bits, gates.get("bits"))
-
-        mid_mask = channel_mask(plan, gates)
-        # Weight masks alone cut channels >= m out of every output (project and SE-reduce rows);
-        # activations are masked too only where per-tensor activation ranges would see them.
-        act_mask = (lambda t: t * mid_mask) if bits_a < FLOAT_BITS else (lambda t: t)
-        if plan.has_expand:
-            y = self._pointwise(convs["expand"], x, train, gates, "expand", None, quant)
-            y = act_mask(act(batch_norm(train, "expand_bn")(y)))
-            if plan.has_op_gate:
-                y = select(gates["op"][0], x, y)
-        else:
-            y = x
-        spatial = plan.spatial_conv
-        kernel = params[spatial]["kernel"] * kernel_mask(plan, gates)[:, :, None, None]
-        y = convs[spatial].quant_input(y, train)
-        if plan.fused:
-            y = full_conv(y, quant(kernel), slot.stride)
-        else:
-            y = depthwise_conv(y, quant(kernel), slot.stride, self.depthwise_impl)
-        y = act_mask(act(batch_norm(train, f"{spatial}_bn")(y)))
-        if plan.has_se:
-            y_se = se(y, train, mid_mask, quant)
-            y = select(gates["se"][0], y, y_se) if "se" in gates else y_se
-        y = self._pointwise(convs["project"], act_mask(y), train, gates, "project", mid_mask, quant)
-        y = batch_norm(train, "project_bn")(y)
-        spec = plan.max_spec()
-        if spec.has_residual:
-            y = y + x
-        if "keep" in gates:
-            y = select(gates["keep"][0], x, y)
+        y = _Run(self, sp, weights, gates, train)(x)
         self.sow("intermediates", "features", y)
         return y

@@ -1,12 +1,10 @@
-"""The one-shot driver of the 'paths' strategies: the protocol's steps run by the one trainer.
-
-It calls only the five functions of a :class:`~nas.strategies.protocol.OneShot` (fbnet,
-proxyless) and trains with :func:`nas.training.loop.run_training`: ``init`` builds the state;
-the trainer's weight pass runs ``weight_step`` over 80% of the training split (the supernet's
-weights, AdamW with a cosine schedule); its ``arch_step`` hook runs, after ``warmup_epochs``,
-``arch_step`` over the held-out 20% (the architecture logits, Adam); ``derive`` and
-``distribution`` after every epoch and at the end. The Gumbel temperature follows
-``tau0 * tau_decay ** epoch`` (computed by the strategy from the epoch it is given).
+"""The run of the 'paths' one-shot strategies (fbnet, proxyless): a supernet of weight-sharing
+paths trained by the one-shot loop (:func:`nas.strategies.oneshot_train.train_oneshot`, held-out
+schedule): ``weight_step`` over 80% of the training split (the supernet's weights, AdamW with a
+cosine schedule); after ``warmup_epochs``, ``arch_step`` over the held-out 20% after each epoch
+(the architecture logits, Adam); ``derive`` and ``distribution`` after every epoch and at the end.
+The Gumbel temperature follows ``tau0 * tau_decay ** epoch`` (computed by the strategy from the
+epoch it is given).
 
 A run with a work directory writes the trainer's files (``checkpoints/``: model item
 {"params": supernet weights, "batch_stats": stem/head statistics}, train item {"step",
@@ -28,19 +26,16 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nas.archfile import ArchFile
-from nas.data import Dataset, epoch_rng, stratified_split, train_batches
+from nas.data import Dataset
 from nas.errors import NasInputError
 from nas.metrics import arch_metrics
 from nas.space import Space
@@ -51,8 +46,8 @@ from nas.strategies.protocol import OneShot, OneShotState
 from nas.strategies.registry import entry, make_strategy
 from nas.supernet.gates import entropy, probabilities, temperature
 from nas.supernet.network import SuperNet
-from nas.training.trainer import TrainConfig, TrainState, make_schedule
-from nas.training.loop import run_training
+from nas.strategies.oneshot_train import OneShotSchedule, train_oneshot
+from nas.training.trainer import TrainConfig
 
 
 def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:
@@ -60,26 +55,6 @@ def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:
                        "params": params.model_dump(exclude={"progress", "checkpoint_every", "epochs"})},
                       sort_keys=True, default=str)
     return "oneshot-" + hashlib.sha256(body.encode()).hexdigest()[:12]
-
-
-def make_steps(strategy: OneShot) -> tuple[Any, Any]:
-    """Returns the jitted ``(weight_step, arch_step)`` of a one-shot strategy.
-
-    Args:
-        strategy: the :class:`~nas.strategies.protocol.OneShot`
-            (:func:`nas.strategies.registry.make_strategy`).
-
-    Returns:
-        ``weight_step(state, batch, key, lr, epoch) -> (state, metrics)`` and
-        ``arch_step(state, batch, key, lr, epoch) -> (state, metrics)``, compiled once.
-    """
-    return jax.jit(strategy.weight_step), jax.jit(strategy.arch_step)
-
-
-def _mean(records: list[dict]) -> dict[str, float]:
-    if not records:
-        return {}
-    return {k: float(np.mean([float(r[k]) for r in records])) for k in records[0]}
 
 
 def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, table: Any = None,
@@ -115,96 +90,37 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
     if latency is None and cost_metric == "latency_ms":
         latency = table
     predict = _predictor(space, name, table, cost_metric, latency)
-    w_idx, a_idx = stratified_split(data.y_train, (params.arch_fraction,), seed)
-    xw, yw, xa, ya = data.x_train[w_idx], data.y_train[w_idx], data.x_train[a_idx], data.y_train[a_idx]
-    batch = min(params.batch_size, len(yw), len(ya))
-    steps_per_epoch = len(yw) // batch
-    tconf = TrainConfig(epochs=params.epochs, batch_size=batch, learning_rate=params.weight_lr,
-                        weight_decay=params.weight_decay, seed=seed, progress=params.progress,
-                        checkpoint_every=params.checkpoint_every,
+    tconf = TrainConfig(epochs=params.epochs, batch_size=params.batch_size,
+                        learning_rate=params.weight_lr, weight_decay=params.weight_decay, seed=seed,
+                        progress=params.progress, checkpoint_every=params.checkpoint_every,
                         depthwise_impl=params.depthwise_impl)
-    lrs = np.asarray(make_schedule(tconf, steps_per_epoch)(
-        jnp.arange(params.epochs * steps_per_epoch + 1)), np.float32)
-
     container = ArchFile(space, space.decode([0] * len(space.labels())),
                          {"strategy": name, "note": "a supernet search; its derived Arch is "
                           "best_arch.json"})
-    weight_data = dataclasses.replace(data, x_train=xw, y_train=yw, augment=False)
-    state = strategy.init(jax.random.PRNGKey(seed))
-    base = jax.random.PRNGKey(seed + 1)
-    weight_step, arch_step = make_steps(strategy)
-    current: dict[str, OneShotState] = {}
     wd = Path(workdir).absolute() if workdir is not None else None
 
-    @jax.jit
-    def train_step(ts, b, key, lr, consts=None):
-        del key, consts  # the one-shot keys: fold_in(seed + 1, 2 * step), as the arch pass's
-        epoch = (ts.step // steps_per_epoch).astype(jnp.float32)
-        new, m = weight_step(to_oneshot(ts), b, jax.random.fold_in(base, 2 * ts.step), lr, epoch)
-        return to_train(new, ts.step + 1), m
-
-    def arch_pass(ts, epoch: int):
-        state, metrics = to_oneshot(ts), []
-        if epoch >= params.warmup_epochs:
-            step = int(ts.step)
-            lr = jnp.float32(lrs[min(step, len(lrs) - 1)])
-            for i, b in enumerate(train_batches(xa, ya, batch, epoch_rng(seed, epoch, 1))):
-                key = jax.random.fold_in(base, 2 * (step + i) + 1)
-                state, m = arch_step(state, b, key, lr, jnp.float32(epoch))
-                metrics.append(m)
-        current["state"] = state
+    def describe(state: OneShotState, epoch: int) -> dict[str, float]:
         tau = float(temperature(epoch, params.tau0, params.tau_decay))
-        return to_train(state, ts.step), _arch_record(strategy, state, tau, table, metrics)
+        return _arch_record(strategy, state, tau, table)
 
-    def on_epoch_end(epoch: int, record: Mapping[str, Any]) -> None:
+    def on_epoch(epoch: int, arch: dict, record: Mapping[str, Any]) -> None:
         if wd is not None:
-            write_epoch_record(wd / HISTORY_FILE, predict(epoch, strategy.derive(current["state"]),
-                                                          record))
+            write_epoch_record(wd / HISTORY_FILE, predict(epoch, arch, record))
 
-    result = run_training(
-        model=net, params={"model": state.weights, "arch": state.arch}, batch_stats=state.stats,
-        loss_fn=None, data=weight_data, config=tconf, workdir=wd, archfile=container,
+    out = train_oneshot(
+        strategy, data, OneShotSchedule(tconf, params.arch_fraction, params.warmup_epochs),
+        model=net, container=container, workdir=wd, seed=seed,
         meta={"strategy": name, "run_id": _run_id(space, name, params, seed)},
-        opt_state={"weights": state.weight_opt, "arch": state.arch_opt}, train_step=train_step,
-        arch_step=arch_pass, on_epoch_end=on_epoch_end, evaluate_model=False,
-        extend_epochs=True, result_file=None)
-    return _finish(space, strategy, params, to_oneshot(result["state"]), result["history"],
-                   float(result["train_seconds"]), wd, seed, predict, latency)
+        describe=describe, on_epoch=on_epoch)
+    return _finish(space, strategy, params, out.state, out.history, out.train_seconds, wd, seed,
+                   predict, latency)
 
 
-def to_oneshot(ts: TrainState) -> OneShotState:
-    """Returns the OneShotState held by the trainer's TrainState (see :func:`to_train`).
-
-    Args:
-        ts: the trainer's state (params {"model": weights, "arch": logits}, opt_state
-            {"weights", "arch"}, batch_stats = the strategy's stats).
-
-    Returns:
-        The strategy's state.
-    """
-    return OneShotState(ts.params["model"], ts.params["arch"], ts.opt_state["weights"],
-                        ts.opt_state["arch"], ts.batch_stats)
-
-
-def to_train(state: OneShotState, step: Any) -> TrainState:
-    """Returns the trainer's TrainState of a OneShotState (checkpointed by run_training).
-
-    Args:
-        state: the strategy's state.
-        step: the global weight-step count.
-
-    Returns:
-        The TrainState (see :func:`to_oneshot`).
-    """
-    return TrainState(jnp.asarray(step, jnp.int32), {"model": state.weights, "arch": state.arch},
-                      state.stats, {"weights": state.weight_opt, "arch": state.arch_opt})
-
-
-def _arch_record(strategy: OneShot, state: OneShotState, tau: float, table: Any,
-                 metrics: list[dict]) -> dict[str, float]:
-    """The epoch's architecture metrics: temperature, mean arch-step metrics, entropies, latency."""
+def _arch_record(strategy: OneShot, state: OneShotState, tau: float, table: Any
+                 ) -> dict[str, float]:
+    """The epoch's architecture metrics: temperature, entropies, expected and derived latency."""
     alpha = state.arch
-    record = {"temperature": tau, **_mean(metrics)}
+    record = {"temperature": tau}
     ent = entropy(alpha)
     record["mean_entropy"] = float(np.mean(list(ent.values()))) if ent else 0.0
     record.update({f"entropy/{label}": value for label, value in ent.items()})

@@ -100,13 +100,13 @@ def decision_metrics(space: Any, costs: Any, model_params: Mapping[str, Any]) ->
     """Returns the per-epoch log values: the cost and every decision of the gates' Arch.
 
     Decisions are logged as numbers: kernel, expand, width, bits_w, rank (1 = full), se and
-    op (1 = mbconv or fused_mbconv / the layer kept, 0 = dwsep / skip).
+    op (0 = the lower level of the op or keep ladder: dwsep / skip; 1 = the layer's operator).
     """
     gates = [slot_gates(plan, model_params[plan.prefix]) for plan in space_plan(space)]
     out = {"cost": float(costs.expected(gates))}
     for label, value in derive_arch(space, model_params).items():
         if isinstance(value, str):
-            value = {"mbconv": 1.0, "fused_mbconv": 1.0, "dwsep": 0.0, "skip": 0.0}[value]
+            value = 0.0 if value in ("dwsep", "skip") else 1.0
         out[f"decision/{label}"] = 1.0 if value is None else float(value)
     return out
 

@@ -2,8 +2,8 @@
 
 The strategy (parameters, loss, the one-shot protocol) is :mod:`nas.strategies.single_path`;
 this module resolves a config into a :class:`SinglePathSetup`, trains the superkernel network
-with the shared trainer (:func:`nas.training.loop.run_training`, whose train step is the
-protocol's ``weight_step`` and ``arch_step`` taken from the same state on each batch: weights
+with the one-shot loop (:func:`nas.strategies.oneshot_train.train_oneshot`, joint schedule: the
+protocol's ``weight_step`` and ``arch_step`` taken from the same state on each batch, so weights
 and thresholds learn together) and writes the outputs every search writes
 (:mod:`nas.strategies.outputs`):
 
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nas.archfile import ArchFile
@@ -51,10 +50,8 @@ from nas.strategies.outputs import (BEST_ARCH_FILE, HISTORY_FILE, epoch_record,
                                     write_epoch_record, write_summary)
 from nas.strategies.registry import entry
 from nas.strategies.protocol import OneShotState
-from nas.strategies.single_path import (SinglePathParams, decision_metrics, merge_thresholds,
-                                        split_thresholds)
-from nas.training.trainer import TrainState
-from nas.training.loop import run_training
+from nas.strategies.oneshot_train import OneShotSchedule, train_oneshot
+from nas.strategies.single_path import SinglePathParams, decision_metrics, merge_thresholds
 from nas.runs.workdir import claim_workdir
 
 CHILD_DIR = "child"
@@ -151,80 +148,52 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
     strategy = entry(NAME).factory(
         space, setup.params, setup.costs, setup.target, train, net=net,
         warmup_steps=int(round(setup.params.warmup_epochs * steps_per_epoch)))
-    state = strategy.init(jax.random.PRNGKey(seed))
     container = ArchFile(space, max_arch(space, space_plan(space)),
                          {"strategy": NAME, "note": "the superkernel's largest Arch"})
     meta = {"strategy": NAME, "lam": setup.params.lam, "cost": setup.params.cost,
             "margin": setup.params.margin, "target": setup.target,
             "warmup_epochs": setup.params.warmup_epochs}
     wd = Path(workdir).absolute() if workdir is not None else None
-    derived: dict[str, Any] = {}
 
-    @jax.jit
-    def train_step(ts, batch, key, lr, consts=None):
-        """Single-Path learns weights and thresholds together: both steps from the same state,
-        batch and key (the joint gradient of one loss, each half with its own rule)."""
-        del consts
-        rng, now = jax.random.fold_in(key, ts.step), _to_oneshot(space, ts)
-        epoch = (ts.step // steps_per_epoch).astype(jnp.float32)
-        after_weights, m = strategy.weight_step(now, batch, rng, lr, epoch)
-        after_arch, _ = strategy.arch_step(now, batch, rng, lr, epoch)
-        new = after_weights._replace(arch=after_arch.arch, arch_opt=after_arch.arch_opt)
-        return _to_train(new, ts.step + 1), m
+    def describe(state: OneShotState, epoch: int) -> dict[str, float]:
+        del epoch
+        return decision_metrics(space, setup.costs, merge_thresholds(state.weights, state.arch))
 
-    def epoch_metrics(ts) -> dict[str, float]:
-        derived["arch"] = strategy.derive(_to_oneshot(space, ts))
-        return decision_metrics(space, setup.costs, ts.params["model"])
-
-    def on_epoch_end(epoch: int, record: Mapping[str, Any]) -> None:
-        if wd is None:
-            return
-        arch = derived["arch"]
-        write_epoch_record(wd / HISTORY_FILE, epoch_record(
-            NAME, space, epoch, arch, record, predicted_cost=record.get("cost"),
-            cost_metric=cost_metric(setup),
-            predicted_latency_ms=setup.table.predict(arch) if setup.table is not None else None))
+    def on_epoch(epoch: int, arch: dict, record: Mapping[str, Any]) -> None:
+        if wd is not None:
+            write_epoch_record(wd / HISTORY_FILE, epoch_record(
+                NAME, space, epoch, arch, record, predicted_cost=record.get("cost"),
+                cost_metric=cost_metric(setup),
+                predicted_latency_ms=setup.table.predict(arch) if setup.table is not None else None))
 
     t0 = time.perf_counter()
-    start = _to_train(state, 0)
-    result = run_training(model=net, params=start.params, batch_stats=start.batch_stats,
-                          loss_fn=None, data=setup.data, config=train, workdir=workdir,
-                          archfile=container, meta=meta, opt_state=start.opt_state,
-                          train_step=train_step, epoch_metrics=epoch_metrics,
-                          on_epoch_end=on_epoch_end, result_file=None)
+    out = train_oneshot(strategy, setup.data, OneShotSchedule(train, evaluate=True), model=net,
+                        container=container, workdir=wd, seed=seed, meta=meta, describe=describe,
+                        on_epoch=on_epoch, model_variables=superkernel_variables)
     seconds = time.perf_counter() - t0
-    state = result["state"]
-    final = {"params": state.params["model"], "batch_stats": state.batch_stats}
-    arch = strategy.derive(_to_oneshot(space, state))
+    final = superkernel_variables(out.state)
+    arch = strategy.derive(out.state)
     gates = [jax.device_get(g) for g in gates_of(space, final["params"])]
     cost = float(setup.costs.expected(gates))
     predicted = setup.table.predict(arch) if setup.table is not None else None
-    out = {
+    result = {
         "arch": arch, "arch_id": space.arch_id(arch), "cost": cost, "cost_unit": setup.costs.unit,
         "predicted_latency_ms": predicted, "target": setup.target,
         "feasible": None if setup.target is None or predicted is None else predicted <= setup.target,
-        "val_accuracy": result["val_accuracy"], "test_accuracy": result["test_accuracy"],
-        "search_seconds": round(seconds, 3), "train_seconds": result.get("train_seconds"),
+        "val_accuracy": out.val_accuracy, "test_accuracy": out.test_accuracy,
+        "search_seconds": round(seconds, 3), "train_seconds": out.train_seconds,
         "levels": derive_levels(space, final["params"]), "gates": gate_values(space, final["params"]),
-        "history": result["history"], "variables": final, "lam": setup.params.lam,
+        "history": out.history, "variables": final, "lam": setup.params.lam,
     }
     if wd is not None:
-        _write_outputs(wd, space, out, export_child(space, final))
-    return out
+        _write_outputs(wd, space, result, export_child(space, final))
+    return result
 
 
-def _to_oneshot(space: Any, ts: TrainState) -> OneShotState:
-    """The protocol's state of the trainer's (params {"model": superkernel params})."""
-    weights, thresholds = split_thresholds(space, ts.params["model"])
-    return OneShotState(weights, thresholds, ts.opt_state["weights"], ts.opt_state["arch"],
-                        ts.batch_stats)
-
-
-def _to_train(state: OneShotState, step: Any) -> TrainState:
-    """The trainer's state (checkpointed, evaluated) of the protocol's."""
-    return TrainState(jnp.asarray(step, jnp.int32),
-                      {"model": merge_thresholds(state.weights, state.arch)}, state.stats,
-                      {"weights": state.weight_opt, "arch": state.arch_opt})
+def superkernel_variables(state: OneShotState) -> dict[str, Any]:
+    """The superkernel network's variables of a single-path state (weights and thresholds
+    merged back into one params tree)."""
+    return {"params": merge_thresholds(state.weights, state.arch), "batch_stats": state.stats}
 
 
 def _write_outputs(wd: Path, space: Any, out: Mapping[str, Any], child: tuple) -> None:

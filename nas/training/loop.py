@@ -111,6 +111,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                  train_step: Callable | None = None, opt_state: Any = None,
                  arch_step: Callable[[TrainState, int], tuple[TrainState, Mapping[str, float]]]
                  | None = None, evaluate_model: bool = True,
+                 model_variables: Callable[[TrainState], dict[str, Any]] | None = None,
                  extend_epochs: bool = False) -> dict[str, Any]:
     """Trains `params` with `loss_fn` for ``config.epochs`` epochs, resuming if possible.
 
@@ -142,6 +143,8 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
             architecture pass; its metrics join the epoch's record.
         evaluate_model: evaluate `model` on the validation split after each epoch and on
             validation and test at the end (False: no evaluation, accuracies are None).
+        model_variables: ``state -> {"params", "batch_stats"}`` that `model` is evaluated with
+            (default: ``params["model"]`` and the state's batch statistics).
         extend_epochs: a resumed run may have more ``config.epochs`` than the saved one.
 
     Returns:
@@ -191,6 +194,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
     train_step = make_train_step(loss_fn, tx) if train_step is None else train_step
     step_key = jax.random.PRNGKey(config.seed)
     eval_step = make_eval_step(model) if evaluate_model else None
+    variables_of = _variables if model_variables is None else model_variables
     writer = _tensorboard(wd)
     bar = _progress(config, start_epoch)
     augment = data.augment_fn()
@@ -215,7 +219,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
             seconds = time.perf_counter() - t0
             record.update({k: float(v) for k, v in hook_metrics.items()})
             if eval_step is not None:
-                val = evaluate(eval_step, _variables(state), data.x_val, data.y_val,
+                val = evaluate(eval_step, variables_of(state), data.x_val, data.y_val,
                                config.eval_batch_size)
                 record.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
             record.update(lr=float(lrs[max(int(state.step) - 1, 0)]), seconds=round(seconds, 3))
@@ -241,9 +245,9 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                 on_epoch_end(epoch + 1, record)
         test = val = {"accuracy": None, "loss": None}
         if eval_step is not None:
-            test = evaluate(eval_step, _variables(state), data.x_test, data.y_test,
+            test = evaluate(eval_step, variables_of(state), data.x_test, data.y_test,
                             config.eval_batch_size)
-            val = evaluate(eval_step, _variables(state), data.x_val, data.y_val,
+            val = evaluate(eval_step, variables_of(state), data.x_val, data.y_val,
                            config.eval_batch_size)
     finally:
         if bar is not None:
