@@ -1,4 +1,5 @@
-"""``nas latency build|validate|check|show``: device latency lookup tables."""
+"""``nas latency build|validate|check|show`` (and, from :mod:`nas.commands.latency_device_cmd`,
+``bundle|import|predict``): device latency lookup tables."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from nas.commands import latency_device_cmd
 from nas.errors import NasInputError
 from nas.latency.calibrate import describe_model
 
@@ -88,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--arch", default=None, help="arch JSON file: print its predicted latency")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_show)
+    latency_device_cmd.register(lsub)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 

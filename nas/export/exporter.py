@@ -377,7 +377,10 @@ def _latency(onnx_model: Any, space: Any, arch: Mapping[str, Any], options: Expo
     backend = table.backend if table is not None else "onnxruntime"
     prov = table.data.get("provenance", {}) if table is not None else {}
     out: dict[str, Any] = {"backend": backend, "batch": 1, "threads": int(prov.get("threads", 1))}
-    if options.measure_latency:
+    if table is not None and table.remote_device is not None:
+        out["note"] = (f"the table was measured on {table.remote_device}; time the exported "
+                       "model there (its measure.py) - it is not timed on this machine")
+    elif options.measure_latency:
         if backend == "jax":
             out["measured"] = measure_arch_ms(table, arch)
         else:

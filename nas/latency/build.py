@@ -180,12 +180,13 @@ def stored_timing(data: Mapping[str, Any], default: TimingConfig = TimingConfig(
     return TimingConfig(**given) if given else default
 
 
-def _timing_entry(reply: Mapping[str, Any]) -> dict:
+def timing_entry(reply: Mapping[str, Any]) -> dict:
+    """Returns the table entry {median_ms, p10_ms, p90_ms, n} of a measurement reply."""
     return {k: reply[k] for k in ("median_ms", "p10_ms", "p90_ms", "n")}
 
 
-def _energy_entries(space: Space) -> dict[str, dict]:
-    """Per-layer energy estimates from :mod:`nas.metrics`, labelled 'estimated'."""
+def energy_estimates(space: Space) -> dict[str, dict]:
+    """Returns per-layer energy estimates from :mod:`nas.metrics`, labelled 'estimated'."""
     try:
         from nas.metrics import layer_costs
     except ImportError:
@@ -304,9 +305,9 @@ def _store(b: _Builder, reply: Mapping[str, Any], archs_by_id: Mapping[str, Any]
     if reply["id"] in archs_by_id:
         cal = b.data.setdefault("calibration", {"seed": seed, "points": []})
         cal["points"].append({"arch_id": reply["id"], "arch": archs_by_id[reply["id"]],
-                              "measured": _timing_entry(reply)})
+                              "measured": timing_entry(reply)})
     else:
-        b.data["entries"][reply["id"]] = _timing_entry(reply)
+        b.data["entries"][reply["id"]] = timing_entry(reply)
 
 
 def fit_calibration(table: LatencyTable, points: Iterable[Mapping[str, Any]]) -> dict:
@@ -328,7 +329,7 @@ def _finish(b: _Builder, space: Space, archs: Sequence[Mapping[str, Any]], seed:
     table = LatencyTable(b.data, space, b.out)
     cal["model"] = fit_calibration(table, points)
     if "energy" not in b.data:
-        energy = _energy_entries(space)
+        energy = energy_estimates(space)
         if energy:
             b.data["energy"] = energy
     b.data["complete"] = True

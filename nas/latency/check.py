@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from nas.errors import NasInputError
 from nas.latency.build import Measurer, block_item, keys_to_measure, network_item, stored_timing
 from nas.latency.measure import TimingConfig
 from nas.latency.precision import effective_spec
@@ -98,6 +99,10 @@ def check_table(table: LatencyTable, *, n_entries: int = 12, n_networks: int = 3
     Raises:
         RuntimeError: an item could not be measured.
     """
+    if table.remote_device is not None:
+        raise NasInputError(f"was measured on {table.remote_device}, not on this machine; check "
+                            "it there by running the bundle's measure.py again and importing",
+                            table.source, "provenance.remote")
     keys, nets = check_sample(table, n_entries, n_networks)
     specs = keys_to_measure(table.space, table.rule)
     items = [block_item(k, specs[k]) for k in keys if k in specs]
@@ -201,7 +206,10 @@ def warn_if_drifted(table_path: str | None, space, no_drift_check: bool = False,
     """
     if not table_path or drift_check_skipped(no_drift_check):
         return None
-    line = quick_drift_warning(LatencyTable.load(table_path, space), measurer=measurer)
+    table = LatencyTable.load(table_path, space)
+    if table.remote_device is not None:  # another device's table: nothing to compare here
+        return None
+    line = quick_drift_warning(table, measurer=measurer)
     if line:
         print(line + " (skip this check with --no-drift-check)", file=stream or sys.stderr,
               flush=True)

@@ -150,6 +150,13 @@ class LatencyTable:
         return self.data["backend"]["name"]
 
     @property
+    def remote_device(self) -> str | None:
+        """The device a table imported from a measurement bundle was measured on (None: measured
+        by this package on its own machine, so it can be re-measured here)."""
+        remote = self.data["provenance"].get("remote")
+        return None if not remote else str(self.data["backend"]["device"])
+
+    @property
     def rule(self) -> str:
         """The backend's precision rule."""
         return self.data["backend"]["precision_rule"]
@@ -292,7 +299,9 @@ class LatencyTable:
         table = self.data.get("energy", {})
         total, sources = 0.0, set()
         for spec in self.space.block_specs(arch):
-            entry = table.get(spec.key())
+            entry = table.get(self.key(spec))  # measured entries: at the effective precision
+            if entry is None or entry["source"] != "measured":
+                entry = table.get(spec.key())
             if entry is None:
                 entry = {"energy_mj": layer_costs(spec)["energy_pj"] * 1e-9, "source": "estimated"}
             total += entry["energy_mj"]
