@@ -160,20 +160,21 @@ def exported(setup, tmp_path_factory):
     space, arch, model, variables, x = setup
     out = tmp_path_factory.mktemp("export")
     logits = np.asarray(jax.jit(lambda v, xb: model.apply(v, xb))(variables, x))
-    report = export_model(ArchFile(space, arch), variables, out, ExportOptions(measure_latency=True),
+    report = export_model(ArchFile(space, arch), variables, out,
+                          ExportOptions(formats=parse_formats("all"), measure_latency=True),
                           check=(x, logits.argmax(-1)))  # every image, near-ties included
     return out, report
 
 
 def test_every_format_is_written_loaded_back_and_matches(exported, setup):
     out, report = exported
-    assert set(report["files"]) == {"json", "packed", "orbax", "stablehlo", "onnx"}
-    for fmt in ("standalone", "packed", "orbax", "stablehlo", "onnx"):
+    assert set(report["files"]) == {"json", "packed", "orbax", "stablehlo", "onnx", "tflite"}
+    for fmt in ("standalone", "packed", "orbax", "stablehlo", "onnx", "tflite"):
         assert report["checks"][fmt]["ok"], (fmt, report["checks"][fmt])
         assert fmt == "standalone" or report["files"][fmt]["bytes"] > 0
     # every format computes the trained quantizers: the same logits up to float rounding, which
     # moves a value across a rounding boundary in a few images at most
-    for fmt in ("standalone", "packed", "orbax", "stablehlo", "onnx"):
+    for fmt in ("standalone", "packed", "orbax", "stablehlo", "onnx", "tflite"):
         check = report["checks"][fmt]
         assert check["agreement"] == 1.0, (fmt, check)
         assert check["exact_fraction"] >= 0.97, (fmt, check)
@@ -253,8 +254,8 @@ def test_compare_logits_tolerances():
 
 # ---------------------------------------------------------------------------- bad input
 def test_bad_formats_and_files(tmp_path):
-    with pytest.raises(NasInputError, match="tflite"):
-        parse_formats("json,tflite")
+    with pytest.raises(NasInputError, match="coreml"):
+        parse_formats("json,coreml")
     assert parse_formats("all")[0] == "json"
     bad = tmp_path / "m.npk"
     bad.write_text("not a zip")

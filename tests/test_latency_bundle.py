@@ -27,21 +27,42 @@ from nas.space import Space
 REPS, ROUNDS, MIN_SECONDS, WARMUP = 40, 4, 0.04, 5
 
 
-def _device_python(root: Path) -> str:
-    """A virtual environment holding only numpy and onnxruntime (linked from this one): what a
+def _device_python(root: Path, runtime: tuple[str, ...] = ("onnxruntime",)) -> str:
+    """A virtual environment holding only numpy and `runtime` (linked from this one): what a
     device with 'pip install numpy onnxruntime' has. Run with -I (no user site, no PYTHONPATH)."""
-    env = root / "device-venv"
+    env = root / ("device-venv-" + runtime[0])
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
     python = env / "bin" / "python"
     purelib = subprocess.run([str(python), "-I", "-c",
                               "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
     here = Path(np.__file__).parent.parent
-    for name in ("numpy", "numpy.libs", "onnxruntime"):
+    for name in ("numpy", "numpy.libs", *runtime):
         if (here / name).exists():
             (Path(purelib) / name).symlink_to(here / name)
     assert Path(onnxruntime.__file__).parent.parent == here
     return str(python)
+
+
+def test_tflite_bundle_runs_on_a_numpy_litert_only_env(tmp_path):
+    from importlib.metadata import distribution
+
+    from nas.latency.build import keys_to_measure
+
+    dist = Path(distribution("ai-edge-litert")._path).name          # its version metadata too
+    python = _device_python(tmp_path, ("ai_edge_litert", dist))
+    probe = subprocess.run([python, "-I", "-c", "import onnxruntime"], capture_output=True)
+    assert probe.returncode != 0                         # this device has LiteRT, not onnxruntime
+    bundle = tmp_path / "tiny-tflite"
+    space = Space.by_name("tiny")
+    manifest = write_bundle(space, bundle, calibration_samples=4, validation_samples=3, fmt="tflite")
+    assert all(it["file"].endswith(".tflite") for it in manifest["items"])
+    run = _run_runner(python, bundle, "--reps", "8", "--rounds", "1", "--min-seconds", "0")
+    assert run.returncode == 0, run.stderr[-2000:]
+    table, report = import_results(bundle / RESULTS_FILE, tmp_path / "t.json")
+    assert table.backend == "tflite" and table.rule == "float"
+    assert set(table.entries) == set(keys_to_measure(space, "float"))
+    assert "LiteRT" in table.remote_device and report["n"] == 3
 
 
 def _run_runner(python: str, bundle: Path, *extra: str) -> subprocess.CompletedProcess:

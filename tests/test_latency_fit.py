@@ -13,7 +13,6 @@ from nas.errors import NasInputError
 from nas.latency.calibrate import layer_contribution
 from nas.latency.fit import fit_table, read_measurements
 from nas.latency.table import LatencyTable
-from nas.space import Space
 
 PRIOR = "latency_tables/onnxruntime-cpu/mixed.json"
 #: The synthetic device: each operator runs at its own speed relative to the prior device.

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True,
                    help="work directory of a finished 'nas train' or 'nas distill' run")
     p.add_argument("--format", default="all",
-                   help="comma-separated formats: json,packed,orbax,stablehlo,onnx (default: all)")
+                   help="comma-separated formats: json,packed,orbax,stablehlo,onnx,tflite (default: all)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data", default="digits",
                    help="data spec for calibration and checks (default digits; see 'nas train')")

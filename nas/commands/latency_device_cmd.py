@@ -32,6 +32,9 @@ def register(lsub: argparse._SubParsersAction) -> None:
     b.add_argument("--validation-samples", type=int, default=100,
                    help="whole networks to validate on, fastest and slowest included "
                         "(default 100)")
+    b.add_argument("--format", default="onnx", choices=("onnx", "tflite"),
+                   help="onnx: timed with onnxruntime (int8 layers as QDQ); tflite: timed with the "
+                        "LiteRT interpreter, XNNPACK, float kernels (default onnx)")
     b.add_argument("--prior", default=None,
                    help="a table of the same space (e.g. this machine's) to draw the networks "
                         "over (default: a MACs estimate)")
@@ -85,13 +88,15 @@ def _bundle(args: argparse.Namespace) -> int:
     prior = LatencyTable.load(args.prior, space) if args.prior else None
     manifest = write_bundle(space, args.out, batch=args.batch,
                             calibration_samples=args.calibration_samples,
-                            validation_samples=args.validation_samples, prior=prior)
+                            validation_samples=args.validation_samples, prior=prior,
+                            fmt=args.format)
     roles = [it["role"] for it in manifest["items"]]
     print(f"wrote {args.out}: {roles.count('layer')} layers, {roles.count('calibration')} "
           f"calibration and {roles.count('validation')} validation networks, {MANIFEST_FILE}, "
           f"{RUNNER_FILE}")
+    runtime = "ai-edge-litert" if args.format == "tflite" else "onnxruntime"
     print(f"  on the device: python {RUNNER_FILE} [--threads 1] [--provider ...]  (needs numpy "
-          "and onnxruntime); then: nas latency import results.json --out TABLE")
+          f"and {runtime}); then: nas latency import results.json --out TABLE")
     return 0
 
 

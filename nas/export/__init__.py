@@ -5,5 +5,6 @@
   bit-packed at their trained bit-width;
 - :mod:`nas.export.to_onnx`: the ONNX graph (int8 QDQ where both bit-widths are 8 or less);
 - :mod:`nas.export.to_stablehlo`: StableHLO with a symbolic batch;
+- :mod:`nas.export.to_tflite`: a TFLite flatbuffer written from the block programs (LiteRT);
 - the arch JSON (:mod:`nas.archfile`) and orbax checkpoints (:mod:`nas.training.checkpoint`).
 """

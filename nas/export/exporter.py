@@ -11,6 +11,9 @@ Formats (files under the output folder):
 - ``onnx``: ``model.onnx``, the trained quantizers as int8 QDQ (BatchNorm folded into the weight
   scales), int8 kernels for layers with both bit-widths <= 8 (optionally int8-stored weights for
   weight-only quantized layers) (:mod:`nas.export.to_onnx`).
+- ``tflite`` (on request): ``model.tflite``, a TFLite flatbuffer written from the op program
+  (float kernels, BatchNorm folded, activation points as float arithmetic), checked with the
+  LiteRT interpreter (:mod:`nas.export.to_tflite`).
 
 Every written format is loaded back from its file and run on check images (the whole test
 split, in ``nas export`` and the pipeline); its logits are compared (``max_abs_diff``, top-1
@@ -48,21 +51,24 @@ from nas.archfile import ArchFile
 from nas.errors import ExportCheckError, NasInputError
 from nas.export.to_stablehlo import export_stablehlo, run_stablehlo
 from nas.export.to_onnx import diverging_layer, export_onnx, measure_latency_ms, run_onnx
+from nas.export.to_tflite import network_to_tflite, run_tflite
+from nas.latency.flax_weights import onnx_weights
 from nas.export.packed import load_packed, pack_variables, packed_nbytes, save_packed, unpack_variables
 from nas.latency.table import LatencyTable
 from nas.latency.validate import measure_arch_ms
 from nas.model import Network, build_model, init_variables
 from nas.safe_write import write_atomic, write_json_atomic
 
-FORMATS = ("json", "packed", "orbax", "stablehlo", "onnx")
-DEFAULT_FORMATS = FORMATS
+FORMATS = ("json", "packed", "orbax", "stablehlo", "onnx", "tflite")
+#: What ``nas export`` writes without --format (TFLite on request: its check runs image by image).
+DEFAULT_FORMATS = ("json", "packed", "orbax", "stablehlo", "onnx")
 FLOAT_RTOL = 1e-3
 QUANT_AGREEMENT = 0.995
 ACCURACY_POINTS = 0.2
 REPORT_FILE = "export.json"
 _APPLY: dict[int, Any] = {}  # the compiled apply of the model being exported
 FILE_NAMES = {"json": "arch.json", "packed": "model.npk", "orbax": "orbax",
-              "stablehlo": "model.stablehlo", "onnx": "model.onnx"}
+              "stablehlo": "model.stablehlo", "onnx": "model.onnx", "tflite": "model.tflite"}
 
 
 def parse_formats(text: str | Sequence[str]) -> list[str]:
@@ -344,6 +350,11 @@ def export_model(archfile: ArchFile, variables: Mapping[str, Any], out: str | os
             report["diverging_layer"] = diverging_layer(
                 onnx_model, info["layer_outputs"], _jax_features(model, float_vars, sample), sample)
         report["latency"] = _latency(onnx_model, space, arch, options)
+    if "tflite" in formats:
+        write_atomic(out / FILE_NAMES["tflite"],
+                     network_to_tflite(specs, onnx_weights(float_vars), names))
+        blob = record("tflite").read_bytes()
+        report["checks"]["tflite"] = compare_logits(standalone, run_tflite(blob, x), quantized, y)
     report["sizes"] = {"packed_bytes": _packed_file_bytes(out, packed, report),
                        "fp32_counterpart_bytes": fp32_counterpart_bytes(specs, names)}
     report["sizes"]["ratio"] = report["sizes"]["packed_bytes"] / report["sizes"]["fp32_counterpart_bytes"]

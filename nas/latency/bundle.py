@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 from nas.errors import NasInputError
 from nas.latency.build import CALIBRATION_SEED, calibration_archs, keys_to_measure
+from nas.export.to_tflite import block_to_tflite, network_to_tflite
 from nas.latency.onnx_blocks import block_to_onnx, network_to_onnx
 from nas.blocks.act_points import runs_int8
 from nas.latency.precision import RULES, effective_spec
@@ -47,8 +48,8 @@ BUNDLE_FORMAT = "nas-latency-bundle/1"
 MANIFEST_FILE = "manifest.json"
 RUNNER_FILE = "measure.py"
 RESULTS_FILE = "results.json"
-#: The backend a bundle's graphs are built for (the runner times them with onnxruntime).
-BUNDLE_BACKEND = "onnxruntime"
+#: Bundle formats -> the backend whose graphs they hold (the runner times them with its runtime).
+FORMAT_BACKENDS = {"onnx": "onnxruntime", "tflite": "tflite"}
 #: Seed of the validation draw of a bundle.
 VALIDATION_SEED = 0
 #: MACs proxy of a layer's latency where no prior table is given: overhead + MACs * rate.
@@ -70,12 +71,14 @@ def manifest_checksum(manifest: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def proxy_table(space: Space, prior: LatencyTable | None = None) -> LatencyTable:
+def proxy_table(space: Space, prior: LatencyTable | None = None, backend: str = "onnxruntime"
+                ) -> LatencyTable:
     """Returns the table the bundle's networks are drawn over: `prior`, or a MACs estimate.
 
     Args:
         space: the Space.
         prior: a table of the same space (any backend), or None.
+        backend: the backend whose precision rule the MACs estimate's keys follow.
 
     Raises:
         NasInputError: `prior` measures another space definition.
@@ -86,8 +89,8 @@ def proxy_table(space: Space, prior: LatencyTable | None = None) -> LatencyTable
                                 f"{prior.data['space']['name']!r}; give a table of this space",
                                 prior.source, "space.hash")
         return prior
-    rule = RULES[BUNDLE_BACKEND]
-    data = new_table_data(space, {"name": BUNDLE_BACKEND, "precision_rule": rule, "versions": {},
+    rule = RULES[backend]
+    data = new_table_data(space, {"name": backend, "precision_rule": rule, "versions": {},
                                   "device": "MACs proxy"}, {})
     for key, spec in keys_to_measure(space, rule).items():
         ms = PROXY_LAYER_MS + PROXY_MS_PER_MAC * layer_costs(spec)["macs"]
@@ -114,15 +117,27 @@ def bundle_archs(proxy: LatencyTable, calibration: int, validation: int, seed: i
     return cal, val[:validation] + [("stratified", a) for a in rest]
 
 
-def _write_model(model, path: Path) -> str:
+def _write_model(model: bytes, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
+    path.write_bytes(model)
     return file_sha256(path)
+
+
+def _models(fmt: str, rule: str):
+    """(layer model, network model, input shape) writers of a bundle format."""
+    if fmt == "tflite":
+        return (lambda spec, batch: block_to_tflite(spec, batch),
+                lambda specs, batch: network_to_tflite(specs, batch=batch),
+                lambda spec, batch: [batch, *spec.in_hw, spec.cin])
+    return (lambda spec, batch: block_to_onnx(spec, runs_int8(spec), batch).SerializeToString(),
+            lambda specs, batch: network_to_onnx(specs, batch=batch).SerializeToString(),
+            lambda spec, batch: [batch, spec.cin, *spec.in_hw])
 
 
 def write_bundle(space: Space, out: str | os.PathLike, *, batch: int = 1,
                  calibration_samples: int = 40, validation_samples: int = 100,
-                 prior: LatencyTable | None = None, seed: int = VALIDATION_SEED) -> dict[str, Any]:
+                 prior: LatencyTable | None = None, seed: int = VALIDATION_SEED,
+                 fmt: str = "onnx") -> dict[str, Any]:
     """Writes a measurement bundle of `space` into the folder `out` (see the module docstring).
 
     Args:
@@ -133,6 +148,8 @@ def write_bundle(space: Space, out: str | os.PathLike, *, batch: int = 1,
         validation_samples: whole networks for validation (>= 2).
         prior: a table of the same space to draw the networks over (default: a MACs proxy).
         seed: seed of the validation draw.
+        fmt: 'onnx' (timed with onnxruntime; int8 layers as QDQ) or 'tflite' (timed with the
+            LiteRT interpreter; float kernels).
 
     Returns:
         The manifest.
@@ -146,28 +163,33 @@ def write_bundle(space: Space, out: str | os.PathLike, *, batch: int = 1,
     if calibration_samples < 3 or validation_samples < 2:
         raise NasInputError("a bundle needs >= 3 calibration and >= 2 validation networks",
                             field="calibration_samples")
-    rule = RULES[BUNDLE_BACKEND]
+    if fmt not in FORMAT_BACKENDS:
+        raise NasInputError(f"unknown bundle format {fmt!r}; choose from "
+                            f"{', '.join(FORMAT_BACKENDS)}", field="format")
+    backend = FORMAT_BACKENDS[fmt]
+    rule = RULES[backend]
+    layer_model, network_model, input_shape = _models(fmt, rule)
     items = []
     for i, (key, spec) in enumerate(sorted(keys_to_measure(space, rule).items())):
-        name = f"layers/layer_{i:04d}.onnx"
-        sha = _write_model(block_to_onnx(spec, runs_int8(spec), batch), out / name)
+        name = f"layers/layer_{i:04d}.{fmt}"
+        sha = _write_model(layer_model(spec, batch), out / name)
         items.append({"id": key, "role": "layer", "file": name, "sha256": sha,
-                      "input_shape": [batch, spec.cin, *spec.in_hw]})
-    cal, val = bundle_archs(proxy_table(space, prior), calibration_samples, validation_samples,
-                            seed)
+                      "input_shape": input_shape(spec, batch)})
+    cal, val = bundle_archs(proxy_table(space, prior, backend), calibration_samples,
+                            validation_samples, seed)
     nets = [("calibration", "calibration", a) for a in cal] + [("validation", r, a) for r, a in val]
     for i, (role, kind, arch) in enumerate(nets):
         specs = [effective_spec(s, rule) for s in space.block_specs(arch)]
-        name = f"networks/{role}_{i:04d}.onnx"
-        sha = _write_model(network_to_onnx(specs, batch=batch), out / name)
+        name = f"networks/{role}_{i:04d}.{fmt}"
+        sha = _write_model(network_model(specs, batch), out / name)
         items.append({"id": space.arch_id(arch), "role": role, "kind": kind, "file": name,
-                      "sha256": sha, "input_shape": [batch, specs[0].cin, *specs[0].in_hw],
+                      "sha256": sha, "input_shape": input_shape(specs[0], batch),
                       "arch": dict(arch)})
     manifest = {
         "format": BUNDLE_FORMAT, "created": datetime.datetime.now(datetime.timezone.utc)
         .isoformat(timespec="seconds"),
         "space": {"name": space.name, "hash": space_hash(space)},
-        "backend": BUNDLE_BACKEND, "precision_rule": rule, "batch": batch,
+        "model_format": fmt, "backend": backend, "precision_rule": rule, "batch": batch,
         "calibration_seed": CALIBRATION_SEED, "validation_seed": seed,
         "sampling": "prior table" if prior is not None else "MACs proxy",
         "items": items}

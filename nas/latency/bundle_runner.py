@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """The standalone runner of a nas measurement bundle (copied into the bundle as ``measure.py``).
 
-It needs only Python 3.8+, numpy and onnxruntime: run it on the device (phone, board, Jetson)
-inside the bundle folder that ``nas latency bundle`` wrote::
+It needs only Python 3.8+, numpy and the bundle's runtime (onnxruntime for an ONNX bundle,
+``ai-edge-litert`` for a TFLite one): run it on the device (phone, board, Jetson) inside the
+bundle folder that ``nas latency bundle`` wrote::
 
     python measure.py                                  # one thread, CPU execution provider
     python measure.py --provider XnnpackExecutionProvider --threads 1 --core 3
     python measure.py --list-providers
 
 It checks every model file against the manifest's sha256, then times each model (layers,
-calibration networks, validation networks) the way ``nas latency build`` does: a session with
-all graph optimizations and sequential execution, input and output bound once, ``--warmup``
+calibration networks, validation networks) the way ``nas latency build`` does: an onnxruntime
+session with all graph optimizations and sequential execution, input and output bound once (or a
+LiteRT interpreter with ``--threads`` threads and its default XNNPACK delegate), ``--warmup``
 calls, then ``--reps`` timed calls split into ``--rounds`` rounds spread over time (the items of
 a chunk are timed round-robin); the round with the lowest median is kept. ``results.json`` is
 rewritten (atomically) after every chunk, so an interrupted run resumes where it stopped when
@@ -35,7 +37,8 @@ import sys
 import time
 
 import numpy as np
-import onnxruntime as ort
+
+ort = None  # onnxruntime, imported for ONNX bundles only (a TFLite device may not have it)
 
 RESULTS_FORMAT = "nas-latency-results/1"
 MANIFEST = "manifest.json"
@@ -75,6 +78,33 @@ def write_atomic(path: str, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def import_runtime(fmt: str) -> dict:
+    """Imports the runtime of a bundle format; returns its versions."""
+    global ort
+    if fmt == "tflite":
+        import importlib
+        from importlib.metadata import version
+
+        importlib.import_module("ai_edge_litert.interpreter")  # fails here if it is missing
+        return {"ai-edge-litert": version("ai-edge-litert")}
+    import onnxruntime
+    ort = onnxruntime
+    return {"onnxruntime": ort.__version__}
+
+
+def tflite_call(path: str, threads: int):
+    """Returns a call running a TFLite model (LiteRT interpreter, XNNPACK) on a fixed input."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=path, num_threads=max(1, threads))
+    it.allocate_tensors()
+    detail = it.get_input_details()[0]
+    it.set_tensor(detail["index"],
+                  np.random.default_rng(0).standard_normal(detail["shape"]).astype(np.float32))
+    it.invoke()
+    return it.invoke
 
 
 def make_session(path: str, threads: int, provider: str):
@@ -182,18 +212,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     """Runs the bundle; returns the exit status."""
     args = parse_args(argv)
-    if args.list_providers:
+    manifest_path = os.path.join(args.bundle, MANIFEST)
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    fmt = manifest.get("model_format", "onnx")
+    versions = import_runtime(fmt)
+    if fmt == "tflite":
+        args.provider = "LiteRT (XNNPACK)"
+    elif args.list_providers:
         print("\n".join(ort.get_available_providers()))
         return 0
-    if args.provider not in ort.get_available_providers():
+    elif args.provider not in ort.get_available_providers():
         print(f"measure.py: provider {args.provider} is not in this onnxruntime "
               f"({', '.join(ort.get_available_providers())})", file=sys.stderr)
         return 2
     if args.core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.core})
-    manifest_path = os.path.join(args.bundle, MANIFEST)
-    with open(manifest_path) as f:
-        manifest = json.load(f)
     out_path = args.out or os.path.join(args.bundle, "results.json")
     settings = {"threads": args.threads, "provider": args.provider, "core": args.core,
                 "warmup": args.warmup, "reps": args.reps, "min_seconds": args.min_seconds,
@@ -203,9 +237,9 @@ def main(argv=None) -> int:
                "device": {"name": args.device_name, "cpu": cpu_name(),
                           "machine": platform.machine(), "system": platform.platform(),
                           "node": platform.node(), "cpu_count": os.cpu_count()},
-               "runtime": {"onnxruntime": ort.__version__, "numpy": np.__version__,
+               "runtime": {**versions, "numpy": np.__version__,
                            "python": platform.python_version(),
-                           "providers": ort.get_available_providers()}}
+                           "providers": ort.get_available_providers() if ort else []}}
     if os.path.exists(out_path):
         with open(out_path) as f:
             old = json.load(f)
@@ -226,9 +260,12 @@ def main(argv=None) -> int:
         chunk = []
         for it in items[start:start + args.chunk]:
             try:
-                sess = make_session(os.path.join(args.bundle, it["file"]), args.threads,
-                                    args.provider)
-                call = bound_call(sess, it["input_shape"])
+                path = os.path.join(args.bundle, it["file"])
+                if fmt == "tflite":
+                    call = tflite_call(path, args.threads)
+                else:
+                    call = bound_call(make_session(path, args.threads, args.provider),
+                                      it["input_shape"])
                 for _ in range(args.warmup):
                     call()
                 chunk.append((it, call, []))

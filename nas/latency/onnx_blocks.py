@@ -105,14 +105,14 @@ def _same_pads(in_hw: tuple[int, int], kernel: int, stride: int) -> list[int]:
 
 
 @dataclasses.dataclass
-class _Quantized:
+class QuantizedKernel:
     """A kernel on its integer grid: ``q * scale`` per output channel (last axis of HWIO)."""
 
     q: np.ndarray
     scale: np.ndarray
 
 
-class _Layer:
+class LayerEmitter:
     """One layer being emitted: its spec, weights (given or seeded random) and quantizers.
 
     Args:
@@ -151,7 +151,7 @@ class _Layer:
             return np.ones(shape, np.float32)
         return (0.01 * self.g.rng.standard_normal(shape)).astype(np.float32)
 
-    def kernel(self, role: str, name: str, shape: tuple[int, ...]) -> np.ndarray | _Quantized:
+    def kernel(self, role: str, name: str, shape: tuple[int, ...]) -> np.ndarray | QuantizedKernel:
         """Returns a kernel (HWIO), on its trained integer grid when the layer quantizes weights."""
         w = self.array(role, name, shape, "kernel")
         if self.bits_w >= FLOAT_BITS:
@@ -164,7 +164,7 @@ class _Layer:
             learned = np.asarray(learned, np.float32)
             step = np.where(learned > 0, learned, step).astype(np.float32)
         q = np.clip(np.round(w / step), -qp, qp)
-        return _Quantized(q.astype(np.float32), step)
+        return QuantizedKernel(q.astype(np.float32), step)
 
     def folded_bn(self, role: str, cout: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns (per-channel multiplier, bias) of BatchNorm `role` folded into its conv."""
@@ -210,7 +210,7 @@ def _kernel_oihw(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
 
 
-def _conv(lw: _Layer, x: str, w: np.ndarray | _Quantized, mult: np.ndarray | None,
+def _conv(lw: LayerEmitter, x: str, w: np.ndarray | QuantizedKernel, mult: np.ndarray | None,
           bias: np.ndarray | None, *, stride: int, group: int, in_hw: tuple[int, int],
           hint: str) -> str:
     """Adds one Conv with BatchNorm multiplier `mult` folded into its weights.
@@ -220,12 +220,12 @@ def _conv(lw: _Layer, x: str, w: np.ndarray | _Quantized, mult: np.ndarray | Non
     dequantized tensor, whose scale sets the int32 bias scale).
     """
     g = lw.g
-    k = (w.q if isinstance(w, _Quantized) else w).shape[0]
+    k = (w.q if isinstance(w, QuantizedKernel) else w).shape[0]
     attrs = dict(strides=[stride, stride], pads=_same_pads(in_hw, k, stride), group=group,
                  kernel_shape=[k, k])
-    cout = (w.q if isinstance(w, _Quantized) else w).shape[-1]
+    cout = (w.q if isinstance(w, QuantizedKernel) else w).shape[-1]
     mult = np.ones(cout, np.float32) if mult is None else mult
-    if not isinstance(w, _Quantized):
+    if not isinstance(w, QuantizedKernel):
         inputs = [x, g.const(_kernel_oihw(w * mult).astype(np.float32), hint + "_w")]
         if bias is not None:
             inputs.append(g.const(bias.astype(np.float32), hint + "_b"))
@@ -256,7 +256,7 @@ def _conv(lw: _Layer, x: str, w: np.ndarray | _Quantized, mult: np.ndarray | Non
     return g.node("Conv", inputs, hint, **attrs)
 
 
-def _emit_conv(lw: _Layer, x: str, op: Conv) -> str:
+def _emit_conv(lw: LayerEmitter, x: str, op: Conv) -> str:
     """Emits the conv `op` (its BatchNorm folded in), factorized when it has a rank: u, the
     factor point, v."""
     mult, bias = lw.folded_bn(op.bn, op.cout) if op.bn else (None, None)
@@ -286,7 +286,7 @@ def _shuffle(g: GraphBuilder, x: str, channels: int, groups: int, hw: tuple[int,
     return g.node("Reshape", [y, merged], "shuffled")
 
 
-def _emit_dense(lw: _Layer, x: str, op: Dense) -> str:
+def _emit_dense(lw: LayerEmitter, x: str, op: Dense) -> str:
     """Flatten -> Gemm (float logits; a quantized classifier as the float values of its grid:
     onnxruntime turns DequantizeLinear -> Gemm into MatMulNBits, which quantizes its input on
     the fly, not what was trained)."""
@@ -294,12 +294,12 @@ def _emit_dense(lw: _Layer, x: str, op: Dense) -> str:
     flat = g.node("Flatten", [x], "flat", axis=1)
     w = lw.kernel(op.name, "kernel", (op.cin, op.cout))
     b = lw.array(op.name, "bias", (op.cout,), "small")
-    if isinstance(w, _Quantized):
+    if isinstance(w, QuantizedKernel):
         w = (w.q * w.scale).astype(np.float32)
     return g.node("Gemm", [flat, g.const(w, "fc_w"), g.const(b, "fc_b")], "logits")
 
 
-def _emit_op(lw: _Layer, op: Op, env: Mapping[str, str]) -> str:
+def _emit_op(lw: LayerEmitter, op: Op, env: Mapping[str, str]) -> str:
     """Emits one program op reading its inputs from `env`; returns its output tensor."""
     g, x = lw.g, env[op.x]
     if isinstance(op, Quantize):
@@ -340,7 +340,7 @@ def emit_layer(g: GraphBuilder, x: str, spec: BlockSpec, int8: bool,
         The name of the layer's (float) output tensor.
     """
     g.layer = name
-    lw = _Layer(g, spec, int8, weights, int8_weights)
+    lw = LayerEmitter(g, spec, int8, weights, int8_weights)
     ops = program(dataclasses.replace(spec, bits_a=lw.bits_a))
     if not ops:  # skip: an Identity, so that the layer has an output tensor of its own
         return g.node("Identity", [x], "skip")

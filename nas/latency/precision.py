@@ -11,6 +11,8 @@ Rules (also in ``latency_tables/README.md``):
   same int8 kernels, so their key carries ``bw:8-ba:8`` (activations below 8 bits add one Clip
   per activation point to the exported graph, which the key does not time). Any other mix (weight-only or
   activation-only quantization) has no integer kernel there and runs as float (``bw:32-ba:32``).
+- ``tflite`` (rule ``float``): the TFLite models of :mod:`nas.export.to_tflite` run float kernels
+  (activation points as float arithmetic), so every key carries ``bw:32-ba:32``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from nas.spec import BlockSpec
 
 FLOAT_BITS = 32
 INT_BITS = 8
-RULES = {"jax": "float", "onnxruntime": "int8-if-both-le8", "fake": "float"}
+RULES = {"jax": "float", "onnxruntime": "int8-if-both-le8", "tflite": "float", "fake": "float"}
 
 
 

@@ -19,7 +19,8 @@ from nas.latency.precision import RULES
 
 #: backend name -> module implementing it.
 BACKENDS = {"jax": "nas.latency.backends.jax_backend",
-            "onnxruntime": "nas.latency.backends.ort_backend"}
+            "onnxruntime": "nas.latency.backends.ort_backend",
+            "tflite": "nas.latency.backends.tflite_backend"}
 
 
 def check_backend(name: str) -> str:
