@@ -171,9 +171,9 @@ def test_quantized_activations_child_computes_what_the_superkernel_computes():
     assert "q_se_pool" in variables["batch_stats"]["s2_b1"]["se"]
     rng = np.random.default_rng(3)
     eval_checked = 0
-    for i in range(3):  # eager on both sides: jit may round a quantizer's input differently
+    for i in range(2):  # eager on both sides: jit may round a quantizer's input differently
         levels = _random_levels(space, rng)
-        levels["s2_b1"].update(keep=1, se=1, rank=i % 2, bits=int(i < 2))
+        levels["s2_b1"].update(keep=1, se=1, rank=i, bits=1 - i)          # float, then int8
         levels["s1_b1"]["op"] = i % 2                                  # dwsep, then mbconv
         params = force_levels(space, variables["params"], levels)
         full = {"params": params, "batch_stats": variables["batch_stats"]}
@@ -188,7 +188,7 @@ def test_quantized_activations_child_computes_what_the_superkernel_computes():
             np.testing.assert_allclose(child.apply(child_vars, x), net.apply(full, x),
                                        rtol=1e-5, atol=1e-5)
             eval_checked += 1
-    assert eval_checked == 2
+    assert eval_checked == 1
 
 
 def test_exported_weights_are_exact_slices_of_the_superkernel(small_net):

@@ -161,7 +161,6 @@ def _predict(args: argparse.Namespace) -> int:
                 raise NasInputError(f"line {n}: expected an Arch object {{label: value}}", source,
                                     f"line {n}")
             lines.append(table.space.validate(arch, f"{source} line {n}"))
-    for arch in lines:
-        print(json.dumps({"arch_id": table.space.arch_id(arch),
-                          "latency_ms": round(float(table.predict(arch)), 6)}))
+    for arch, ms in zip(lines, table.predict_many(lines)):
+        print(json.dumps({"arch_id": table.space.arch_id(arch), "latency_ms": round(ms, 6)}))
     return 0

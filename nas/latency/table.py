@@ -216,6 +216,33 @@ class LatencyTable:
         """
         return self.predict_specs(self.space.block_specs(arch))
 
+    def predict_many(self, archs: Sequence[Mapping[str, Any]]) -> list[float]:
+        """Returns :meth:`predict` of many valid Archs at once (each slot's contribution is
+        computed once per distinct choice of that slot and then looked up).
+
+        Args:
+            archs: canonical Archs of the table's space (:meth:`Space.validate`).
+        """
+        space, model = self.space, self.model
+        fixed = float(model["intercept_ms"]) + sum(
+            layer_contribution(model, self.key(s), self.entry_ms(self.key(s)))
+            for s in (space.stem_spec, space.head_spec))
+        slot_labels = [[lb for lb in space.labels() if lb.startswith(slot.prefix + "_")]
+                       for slot in space.slots]
+        caches: list[dict[tuple, float]] = [{} for _ in space.slots]
+        out = []
+        for arch in archs:
+            total = fixed
+            for slot, labels, cache in zip(space.slots, slot_labels, caches):
+                choice = tuple(arch[lb] for lb in labels)
+                if choice not in cache:
+                    spec = space.block_specs(arch)[1 + space.slots.index(slot)]
+                    cache[choice] = layer_contribution(model, self.key(spec),
+                                                       self.entry_ms(self.key(spec)))
+                total += cache[choice]
+            out.append(total)
+        return out
+
     def layer_ms(self, key: str) -> float:
         """Returns one layer's contribution to :meth:`predict` (ms): scale * median + offset."""
         return layer_contribution(self.model, key, self.entry_ms(key))
