@@ -32,12 +32,11 @@ import jax
 import jax.numpy as jnp
 
 from nas.blocks.act_points import activation_points, runs_int8
-from nas.blocks.activations import activation
 from nas.blocks.convs import Conv as ConvLayer
 from nas.blocks.convs import Dense as DenseLayer
-from nas.blocks.convs import DepthwiseConv, PointwiseConv, channel_shuffle
-from nas.blocks.program import (INPUT, Act, Add, Conv, Dense, Dropout, Mul, Op, Pool, Quantize,
-                                Shuffle, output_of, program)
+from nas.blocks.convs import DepthwiseConv, PointwiseConv
+from nas.blocks.plain_ops import plain_op
+from nas.blocks.program import INPUT, Conv, Dense, Dropout, Op, Quantize, output_of, program
 from nas.blocks.quant import ActQuant, deployed_bias
 from nas.spec import BlockSpec, op_traits
 
@@ -157,16 +156,9 @@ def _run_op(block: "ProgramBlock", op: Op, env: Mapping[str, jax.Array], points:
         return points(op.point, x)
     if isinstance(op, Conv):
         return _run_conv(block, op, x, points, train)
-    if isinstance(op, Act):
-        return jax.nn.sigmoid(x) if op.fn == "sigmoid" else activation(op.fn)(x)
-    if isinstance(op, Shuffle):
-        return channel_shuffle(x, op.groups)
-    if isinstance(op, Pool):
-        return jnp.mean(x, axis=(1, 2), keepdims=len(op.out_shape) == 3)
-    if isinstance(op, Mul):
-        return x * env[op.y]
-    if isinstance(op, Add):
-        return x + env[op.y]
+    y = plain_op(op, env)
+    if y is not None:
+        return y
     if isinstance(op, Dropout):
         return nn.Dropout(op.rate, deterministic=not train)(x)
     if isinstance(op, Dense):

@@ -30,12 +30,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nas.blocks.activations import activation
-from nas.blocks.convs import channel_shuffle, conv_init, full_conv, pointwise
+from nas.blocks.convs import conv_init, full_conv, pointwise
 from nas.blocks.depthwise import depthwise_conv
 from nas.blocks.layers import BN_EPSILON, BN_MOMENTUM
-from nas.blocks.program import (INPUT, Act, Add, Conv, Mul, Op, Pool, Quantize, Shuffle,
-                                output_of)
+from nas.blocks.plain_ops import plain_op
+from nas.blocks.program import INPUT, Act, Conv, Op, Quantize, output_of
 from nas.blocks.quant import ActQuant
 from nas.blocks.slicing import factor_product, set_path
 from nas.single_path.gates import (channel_mask, full_rank_gate, init_thresholds, kernel_mask,
@@ -132,19 +131,12 @@ class _Run:
             y = self._quantize(op, self._mask_mid(op.x, x))
         elif isinstance(op, Conv):
             y = self._conv(op, x)
-        elif isinstance(op, Act):
-            y = jax.nn.sigmoid(x) if op.fn == "sigmoid" else activation(op.fn)(x)
-            y = self._mask_mid(op.out, y)
-        elif isinstance(op, Shuffle):
-            y = channel_shuffle(x, op.groups)
-        elif isinstance(op, Pool):
-            y = jnp.mean(x, axis=(1, 2), keepdims=len(op.out_shape) == 3)
-        elif isinstance(op, Mul):
-            y = x * env[op.y]
-        elif isinstance(op, Add):
-            y = x + env[op.y]
         else:
-            raise ValueError(f"a superkernel cannot run {type(op).__name__} ops")
+            y = plain_op(op, env)
+            if y is None:
+                raise ValueError(f"a superkernel cannot run {type(op).__name__} ops")
+            if isinstance(op, Act):
+                y = self._mask_mid(op.out, y)
         env[op.out] = y
 
     def _quantize(self, op: Quantize, x: jax.Array) -> jax.Array:

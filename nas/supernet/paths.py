@@ -33,12 +33,11 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from nas.blocks.activations import activation
-from nas.blocks.convs import channel_shuffle, conv_init, pointwise
+from nas.blocks.convs import conv_init, pointwise
 from nas.blocks.depthwise import depthwise_conv
 from nas.blocks.layers import BN_EPSILON
-from nas.blocks.program import (FLOAT_BITS, INPUT, Act, Add, Conv, Mul, Op, Pool, Quantize,
-                                Shuffle, output_of)
+from nas.blocks.plain_ops import plain_op
+from nas.blocks.program import FLOAT_BITS, INPUT, Act, Conv, Op, Quantize, output_of
 from nas.blocks.slicing import get_path, set_path, slice_block_variables
 from nas.supernet.mixing import (Choice, Fixed, Pick, apply_choice, center_crop, center_mask,
                                  prefix_mask, quantize_input, quantize_weight, weighted_values)
@@ -338,20 +337,12 @@ class _Interpreter:
             y = self._conv(op, x, se)
             mid = op.name in self.pp.mid_convs and not se
             self.raw[op.out] = True
-        elif isinstance(op, Act):
-            y = jax.nn.sigmoid(x) if op.fn == "sigmoid" else activation(op.fn)(x)
-            if masked:
-                y = y * call.channel_mask
-        elif isinstance(op, Shuffle):
-            y = channel_shuffle(x, op.groups)
-        elif isinstance(op, Pool):
-            y = jnp.mean(x, axis=(1, 2), keepdims=len(op.out_shape) == 3)
-        elif isinstance(op, Mul):
-            y = x * env[op.y]
-        elif isinstance(op, Add):
-            y = x + env[op.y]
         else:
-            raise ValueError(f"a supernet path cannot run {type(op).__name__} ops")
+            y = plain_op(op, env)
+            if y is None:
+                raise ValueError(f"a supernet path cannot run {type(op).__name__} ops")
+            if isinstance(op, Act) and masked:
+                y = y * call.channel_mask
         env[op.out] = y
         self.mid[op.out] = mid
 
