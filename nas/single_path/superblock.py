@@ -83,13 +83,37 @@ class _Scope(nn.Module):
         return make()
 
 
+class Scopes:
+    """Creates modules under their submodule path ('se/reduce' inside an 'se' submodule) while
+    the block's ``__call__`` runs (so that they belong to the block).
+
+    Raises:
+        ValueError: a path nested deeper than one submodule.
+    """
+
+    def __init__(self):
+        self.scopes: dict[str, _Scope] = {}
+
+    def make(self, path: str, make: Callable[[str], Any]) -> Any:
+        """Returns ``make(leaf)`` created under the submodule of `path`'s parent."""
+        parent, _, leaf = path.rpartition("/")
+        if not parent:
+            return make(leaf)
+        if "/" in parent:
+            raise ValueError(f"superkernel variables nest one submodule deep, not {path!r}")
+        if parent not in self.scopes:
+            self.scopes[parent] = _Scope(name=parent)
+        return self.scopes[parent](lambda: make(leaf))
+
+
 class _Run:
     """Interprets a slot's program once, inside :class:`SuperBlock`'s ``__call__`` (see the
     module docstring). Tensors live in ``env``."""
 
-    def __init__(self, block: "SuperBlock", sp: SlotProgram, weights: Mapping[str, Any],
-                 gates: Mapping[str, jax.Array], train: bool):
-        self.block, self.sp, self.w, self.gates, self.train = block, sp, weights, gates, train
+    def __init__(self, block: "SuperBlock", scopes: Scopes, sp: SlotProgram,
+                 weights: Mapping[str, Any], gates: Mapping[str, jax.Array], train: bool):
+        self.block, self.scopes, self.sp, self.w, self.gates, self.train = \
+            block, scopes, sp, weights, gates, train
         self.plan = block.plan
         self.mid_mask = channel_mask(self.plan, gates)
         self.kernel_mask = kernel_mask(self.plan, gates)
@@ -140,7 +164,7 @@ class _Run:
         env[op.out] = y
 
     def _quantize(self, op: Quantize, x: jax.Array) -> jax.Array:
-        quant = self.block.in_scope(op.module, lambda leaf: ActQuant(op.bits, op.signed, name=leaf))
+        quant = self.scopes.make(op.module, lambda leaf: ActQuant(op.bits, op.signed, name=leaf))
         return quant(x, self.train)
 
     def _conv(self, op: Conv, x: jax.Array) -> jax.Array:
@@ -157,7 +181,7 @@ class _Run:
             y = y + w["bias"]
         if op.bn is None:
             return y
-        bn = self.block.in_scope(op.bn, lambda leaf: nn.BatchNorm(
+        bn = self.scopes.make(op.bn, lambda leaf: nn.BatchNorm(
             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=leaf))
         return bn(y, use_running_average=not self.train)
 
@@ -199,22 +223,6 @@ class SuperBlock(nn.Module):
         """The slot's single-path plan."""
         return space_plan(self.space)[self.index]
 
-    def in_scope(self, path: str, make: Callable[[str], Any]) -> Any:
-        """Returns ``make(leaf)`` created under the submodule path of `path` ('se/reduce' ->
-        inside 'se'); call only from ``__call__``.
-
-        Raises:
-            ValueError: `path` is nested deeper than one submodule.
-        """
-        parent, _, leaf = path.rpartition("/")
-        if not parent:
-            return make(leaf)
-        if "/" in parent:
-            raise ValueError(f"superkernel variables nest one submodule deep, not {path!r}")
-        if parent not in self._scopes:
-            self._scopes[parent] = _Scope(name=parent)
-        return self._scopes[parent](lambda: make(leaf))
-
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, gates: dict | None = None) -> jax.Array:
         """Runs the block with the child its gates choose.
@@ -230,12 +238,12 @@ class SuperBlock(nn.Module):
             [N, H', W', cout].
         """
         plan, sp = self.plan, slot_program(self.plan)
-        object.__setattr__(self, "_scopes", {})
+        scopes = Scopes()
         weights: dict[str, Any] = {}
         params: dict[str, Any] = {}
         for conv in sp.convs():
             factors = conv.name in sp.inner_points
-            weights[conv.name] = self.in_scope(
+            weights[conv.name] = scopes.make(
                 conv.name, lambda leaf, c=conv, f=factors: ConvWeights(c, f, name=leaf)())
             set_path(params, conv.name, weights[conv.name])
         norms = outer_log_rms(plan, params) if self.is_initializing() else None
@@ -250,6 +258,6 @@ class SuperBlock(nn.Module):
             params[f"t_{ladder}"] = self.param(f"t_{ladder}", t_init, ladder)
         if gates is None:
             gates = slot_gates(plan, params)
-        y = _Run(self, sp, weights, gates, train)(x)
+        y = _Run(self, scopes, sp, weights, gates, train)(x)
         self.sow("intermediates", "features", y)
         return y
