@@ -1,5 +1,7 @@
 """Supernet: derived from the Space, shared weights slice to the child network exactly."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +92,27 @@ def test_derive_is_argmax_per_label():
     for label in space.labels():
         alpha[label] = alpha[label].at[space.choices(label).index(want[label])].set(1.0)
     assert derive(space, alpha) == space.canonical(want)
+
+
+def test_a_slot_choosing_skip_and_a_rank_mixes_softly_and_equals_its_children():
+    """The mixed space's slots choose skip beside factorized MBConvs: the skip path has no conv
+    to factorize, and the soft (FBNet) call must not ask it for one."""
+    d = json.loads(json.dumps(SMALL))
+    d["stages"][0]["knobs"]["rank"] = [None, 0.5]
+    space = Space.from_dict(d)
+    net = SuperNet(space)
+    params = net.init(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
+    soft = jax.jit(lambda p, x, g: net.apply(p, x, "soft", g))
+    for op, rank in (("skip", 0.5), ("mbconv", 0.5)):
+        arch = space.validate({**space.sample(0), "s1_b1_op": op, "s1_b1_rank": rank})
+        onehot = {lab: jax.nn.one_hot(space.choices(lab).index(arch[lab]), len(space.choices(lab)))
+                  for lab in space.labels()}
+        model = build_model(space, arch)
+        bs = init_variables(model, jax.random.PRNGKey(0), (1, 8, 8, 1))["batch_stats"]
+        child, _ = model.apply({"params": child_params(net, params, arch), "batch_stats": bs}, x,
+                               train=True, mutable=["batch_stats"])
+        np.testing.assert_allclose(soft(params, x, onehot), child, atol=1e-4)
 
 
 def test_pick_and_one_hot_soft_equal_the_child_network():

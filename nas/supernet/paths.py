@@ -152,6 +152,9 @@ def masked_call(path: PathPlan, choices: Mapping[str, Choice]) -> PathCall:
     """
     s = path.spec
     mid = path_program(s).mid
+    if not path_program(s).ops:  # a skip path: no conv to mask (its rank choice means nothing)
+        return PathCall(0, s.kernel, 0, None, None, None, [], [], choices["bits_w"],
+                        choices["bits_a"])
     se_ch = s.se_channels
     ew = [(dict(expand=e, width=w), we * ww) for (e, we), (w, ww)
           in itertools.product(weighted_values(choices["expand"]), weighted_values(choices["width"]))]
