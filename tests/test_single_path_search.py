@@ -151,3 +151,17 @@ def test_cli_refuses_latency_cost_without_a_table(tmp_path, capsys):
     assert main(["search", str(path), "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err.strip()
     assert "latency_table" in err and len(err.splitlines()) == 1
+
+
+def test_check_refuses_a_space_single_path_cannot_nest_as_the_run_would(tmp_path, capsys):
+    import yaml
+
+    from nas.cli import main
+
+    path = tmp_path / "sp.yaml"
+    path.write_text(yaml.safe_dump({"space": "mixed", "data": "synthetic",
+                                    "strategy": {"name": "single_path", "params": {"cost": "bops"}}}))
+    assert main(["search", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "s1_b1_bits_a" in err and "single_path cannot" in err
+    assert not (tmp_path / "w").exists()

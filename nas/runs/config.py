@@ -384,8 +384,9 @@ def _resolve(path: str, base_dir: str | os.PathLike | None, source: str | None, 
 def check_inputs(loaded: LoadedConfig, data: bool = True) -> dict[str, Any]:
     """Checks everything a config points at, before any work starts.
 
-    Resolves the space, loads the latency table against it (schema, checksum, space hash) and,
-    with ``data``, loads the data set as a search would (files, shapes, labels).
+    Resolves the space, checks that the strategy can search it (Single-Path: every slot
+    nestable), loads the latency table against it (schema, checksum, space hash) and, with
+    ``data``, loads the data set as a search would (files, shapes, labels).
 
     Args:
         loaded: the validated config (:func:`load_config`).
@@ -400,6 +401,9 @@ def check_inputs(loaded: LoadedConfig, data: bool = True) -> dict[str, Any]:
 
     config = loaded.config
     space = resolve_space(config.space, loaded.source)
+    check_space = registry.entry(config.strategy.name, loaded.source).check_space
+    if check_space is not None:  # what the strategy would refuse after loading the data
+        check_space(space)
     summary: dict[str, Any] = {"config": loaded.source, "space": space.name,
                                "slots": len(space.slots), "log10_size": round(space.log10_size(), 2),
                                "strategy": config.strategy.name, "latency_table": None}

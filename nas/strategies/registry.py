@@ -32,6 +32,7 @@ import pydantic
 
 from nas.errors import NasInputError
 from nas.single_path.cost import SlotCosts
+from nas.single_path.plan import space_plan
 from nas.space import Space
 from nas.strategies.evolution import EvolutionParams, regularized_evolution
 from nas.strategies.fbnet import fbnet_strategy
@@ -60,6 +61,8 @@ class StrategyEntry:
         default_objective: 'paths' one-shot only: the loss form used when
             ``params.objective`` is unset ('fbnet' or 'proxyless').
         summary: one line for help texts.
+        check_space: ``f(space)`` raising NasInputError for a space the strategy cannot search
+            (run by ``--check`` and before any work), or None (every space).
     """
 
     name: str
@@ -69,6 +72,7 @@ class StrategyEntry:
     supernet: Literal["paths", "superkernel"] | None = None
     default_objective: str | None = None
     summary: str = ""
+    check_space: Callable[[Space], Any] | None = None
 
     def parse_params(self, params: Mapping[str, Any] | None,
                      source: str | None = None) -> pydantic.BaseModel:
@@ -112,7 +116,8 @@ REGISTRY: dict[str, StrategyEntry] = {e.name: e for e in (
                   default_objective="proxyless", summary="ProxylessNAS: binarized paths"),
     StrategyEntry("single_path", "one_shot", SinglePathParams, single_path_strategy,
                   supernet="superkernel",
-                  summary="Single-Path NAS: one superkernel, learned thresholds"),
+                  summary="Single-Path NAS: one superkernel, learned thresholds",
+                  check_space=space_plan),
 )}
 
 
