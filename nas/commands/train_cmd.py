@@ -36,6 +36,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=0,
                    help="K-fold cross-validation: train on fold --fold of K (default off)")
     p.add_argument("--fold", type=int, default=0, help="which fold is validation (0..K-1)")
+    p.add_argument("--devices", type=int, default=0,
+                   help="local devices to train on, data-parallel (default 0: all; the batch "
+                        "must split evenly)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="end with one JSON line of results")
     add_space_option(p)
@@ -73,7 +76,7 @@ def _config(args: argparse.Namespace):
                        learning_rate=args.lr, weight_decay=args.weight_decay,
                        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                        seed=args.seed, progress=not args.no_progress,
-                       quantizer=args.quantizer).validate()
+                       quantizer=args.quantizer, devices=args.devices).validate()
 
 
 def _data(args: argparse.Namespace, space):
@@ -95,7 +98,8 @@ def _report(result: dict[str, Any], as_json: bool) -> int:
     else:
         print(f"arch {out['arch_id']} ({out['space']}): test accuracy {out['test_accuracy']:.4f}, "
               f"val accuracy {out['val_accuracy']:.4f}, {out['params']} params, "
-              f"{out['train_seconds']:.1f} s training ({out['epochs']} epochs)")
+              f"{out['train_seconds']:.1f} s training ({out['epochs']} epochs, "
+              f"{out.get('devices', 1)} device(s))")
     return 0
 
 

@@ -65,13 +65,16 @@ def num_train_batches(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
-def prefetch(batches: Iterable[Batch], size: int = 2, to_device: bool = True) -> Iterator[Batch]:
+def prefetch(batches: Iterable[Batch], size: int = 2, to_device: bool = True,
+             put: Callable[[Batch], Batch] | None = None) -> Iterator[Batch]:
     """Produces batches in a background thread (and puts them on the device) ahead of use.
 
     Args:
         batches: any iterable of batches.
         size: how many batches to keep ready.
         to_device: whether to ``jax.device_put`` each batch in the thread.
+        put: what puts a batch on the device(s) instead of ``jax.device_put`` (e.g. split over
+            several, :meth:`nas.training.devices.DataParallel.shard`).
 
     Yields:
         The same batches, in order. An exception in the producer is re-raised here.
@@ -87,7 +90,7 @@ def prefetch(batches: Iterable[Batch], size: int = 2, to_device: bool = True) ->
             for b in batches:
                 if stop.is_set():
                     return
-                q.put(jax.device_put(b) if to_device else b)
+                q.put((put or jax.device_put)(b) if to_device else b)
             q.put(done)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             q.put(e)

@@ -63,6 +63,7 @@ class OneShotParams(pydantic.BaseModel):
         checkpoint_every: epochs between checkpoints.
         progress: show a progress bar.
         depthwise_impl: 'auto' | 'shift' | 'xla'.
+        devices: local devices the supernet trains on, data-parallel (0 = all).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -87,6 +88,7 @@ class OneShotParams(pydantic.BaseModel):
     checkpoint_every: int = pydantic.Field(1, ge=1)
     progress: bool = False
     depthwise_impl: Literal["auto", "shift", "xla"] = "auto"
+    devices: int = pydantic.Field(0, ge=0)
 
     @pydantic.model_validator(mode="after")
     def _hinge_needs_target(self) -> "OneShotParams":

@@ -52,7 +52,8 @@ from nas.training.trainer import TrainConfig
 
 def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:
     body = json.dumps({"space": space.to_dict(), "strategy": name, "seed": seed,
-                       "params": params.model_dump(exclude={"progress", "checkpoint_every", "epochs"})},
+                       "params": params.model_dump(exclude={"progress", "checkpoint_every", "epochs",
+                                                            "devices"})},
                       sort_keys=True, default=str)
     return "oneshot-" + hashlib.sha256(body.encode()).hexdigest()[:12]
 
@@ -93,7 +94,7 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
     tconf = TrainConfig(epochs=params.epochs, batch_size=params.batch_size,
                         learning_rate=params.weight_lr, weight_decay=params.weight_decay, seed=seed,
                         progress=params.progress, checkpoint_every=params.checkpoint_every,
-                        depthwise_impl=params.depthwise_impl)
+                        depthwise_impl=params.depthwise_impl, devices=params.devices)
     container = ArchFile(space, space.decode([0] * len(space.labels())),
                          {"strategy": name, "note": "a supernet search; its derived Arch is "
                           "best_arch.json"})
@@ -112,8 +113,7 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
         model=net, container=container, workdir=wd, seed=seed,
         meta={"strategy": name, "run_id": _run_id(space, name, params, seed)},
         describe=describe, on_epoch=on_epoch)
-    return _finish(space, strategy, params, out.state, out.history, out.train_seconds, wd, seed,
-                   predict, latency)
+    return _finish(space, strategy, params, out, wd, seed, predict, latency)
 
 
 def _arch_record(strategy: OneShot, state: OneShotState, tau: float, table: Any
@@ -143,8 +143,8 @@ def _predictor(space: Space, name: str, table: Any, cost_metric: str, latency: A
     return predict
 
 
-def _finish(space, strategy, params, state, history, elapsed, wd, seed, predict,
-            latency) -> dict[str, Any]:
+def _finish(space, strategy, params, out, wd, seed, predict, latency) -> dict[str, Any]:
+    state, history, elapsed = out.state, out.history, out.train_seconds
     name, alpha = strategy.name, state.arch
     arch = strategy.derive(state)
     final = predict(len(history), arch, {})
@@ -153,7 +153,7 @@ def _finish(space, strategy, params, state, history, elapsed, wd, seed, predict,
               "predicted_cost": final["predicted_cost"],
               "predicted_latency_ms": final["predicted_latency_ms"],
               "distribution": strategy.distribution(state), "entropy": entropy(alpha),
-              "history": history, "search_seconds": elapsed, "seed": seed,
+              "history": history, "search_seconds": elapsed, "seed": seed, "devices": out.devices,
               "params": params.model_dump(),
               "alpha": {k: np.asarray(v).tolist() for k, v in alpha.items()}}
     if wd is not None:

@@ -69,6 +69,7 @@ class OneShotOutcome:
         history: the epoch records (as in ``metrics.jsonl``).
         train_seconds: seconds of training (all epochs, resumed ones included).
         val_accuracy, test_accuracy: of the evaluated network (None without ``evaluate``).
+        devices: local devices the weights trained on (data-parallel).
     """
 
     state: OneShotState
@@ -76,6 +77,7 @@ class OneShotOutcome:
     train_seconds: float
     val_accuracy: float | None
     test_accuracy: float | None
+    devices: int = 1
 
 
 def make_steps(strategy: OneShot) -> tuple[Any, Any]:
@@ -212,4 +214,4 @@ def train_oneshot(strategy: OneShot, data: Dataset, schedule: OneShotSchedule, *
         extend_epochs=True, result_file=None)
     return OneShotOutcome(to_oneshot(result["state"]), result["history"],
                           float(result["train_seconds"]), result["val_accuracy"],
-                          result["test_accuracy"])
+                          result["test_accuracy"], int(result["devices"]))

@@ -184,6 +184,7 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
         "search_seconds": round(seconds, 3), "train_seconds": out.train_seconds,
         "levels": derive_levels(space, final["params"]), "gates": gate_values(space, final["params"]),
         "history": out.history, "variables": final, "lam": setup.params.lam,
+        "devices": out.devices,
     }
     if wd is not None:
         _write_outputs(wd, space, result, export_child(space, final))

@@ -26,6 +26,7 @@ from nas.archfile import ArchFile, load_arch
 from nas.training.checkpoint import (ARCH_FILE, Checkpointer, read_json_lines, write_arch,
                             write_json_lines)
 from nas.data import Dataset, epoch_rng, prefetch, train_batches
+from nas.training.devices import DataParallel
 from nas.errors import NasInputError
 from nas.safe_write import append_line, write_atomic
 from nas.training.step import (NonFiniteLossError, TrainConfig, TrainState, count_params, evaluate,
@@ -33,7 +34,7 @@ from nas.training.step import (NonFiniteLossError, TrainConfig, TrainState, coun
 
 #: Config fields that may change between a run and its resumption.
 RESUMABLE_CHANGES = {"progress", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
-                     "depthwise_impl"}
+                     "depthwise_impl", "devices"}
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
 
@@ -163,6 +164,8 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
     lrs = np.asarray(schedule(jnp.arange(config.epochs * steps_per_epoch + 1)), np.float32)
     state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
                        tx.init(params) if opt_state is None else opt_state)
+    parallel = DataParallel.create(config.devices)
+    parallel.check_batch(batch_size)
     arch_id = space.arch_id(arch)
     run_meta = {"config": config.to_dict(), "space": space.name, **(meta or {})}
 
@@ -192,6 +195,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
             write_arch(wd, archfile)
 
     train_step = make_train_step(loss_fn, tx) if train_step is None else train_step
+    state, consts = parallel.replicate(state), parallel.replicate(consts)
     step_key = jax.random.PRNGKey(config.seed)
     eval_step = make_eval_step(model) if evaluate_model else None
     variables_of = _variables if model_variables is None else model_variables
@@ -205,7 +209,7 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                                     epoch_rng(config.seed, epoch), augment)
             totals, step = None, int(state.step)
             first_step, step_losses = step, []
-            for batch in prefetch(batches):
+            for batch in prefetch(batches, put=parallel.shard):
                 lr = lrs[min(step, len(lrs) - 1)]
                 state, m = train_step(state, batch, step_key, lr, consts)
                 step += 1
@@ -215,12 +219,13 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
             hook_metrics = {}
             if arch_step is not None:
                 state, hook_metrics = arch_step(state, epoch)
+                state = parallel.replicate(state)
             record = {"epoch": epoch + 1, "step": int(state.step), **_epoch_metrics(totals)}
             seconds = time.perf_counter() - t0
             record.update({k: float(v) for k, v in hook_metrics.items()})
             if eval_step is not None:
-                val = evaluate(eval_step, variables_of(state), data.x_val, data.y_val,
-                               config.eval_batch_size)
+                val = evaluate(eval_step, parallel.gather(variables_of(state)), data.x_val,
+                               data.y_val, config.eval_batch_size)
                 record.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
             record.update(lr=float(lrs[max(int(state.step) - 1, 0)]), seconds=round(seconds, 3))
             if epoch_metrics is not None:
@@ -230,7 +235,8 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                 append_line(wd / METRICS_FILE, json.dumps(record))  # checkpoint, never loses one
                 last = epoch + 1 == config.epochs
                 if last or (epoch + 1) % config.checkpoint_every == 0:
-                    ckpt.save(int(state.step), _model_item(state), _train_item(state),
+                    host = parallel.gather(state)
+                    ckpt.save(int(state.step), _model_item(host), _train_item(host),
                               dict(run_meta, epoch=epoch + 1))
             if writer is not None:
                 for key, value in record.items():
@@ -245,10 +251,9 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
                 on_epoch_end(epoch + 1, record)
         test = val = {"accuracy": None, "loss": None}
         if eval_step is not None:
-            test = evaluate(eval_step, variables_of(state), data.x_test, data.y_test,
-                            config.eval_batch_size)
-            val = evaluate(eval_step, variables_of(state), data.x_val, data.y_val,
-                           config.eval_batch_size)
+            final = parallel.gather(variables_of(state))
+            test = evaluate(eval_step, final, data.x_test, data.y_test, config.eval_batch_size)
+            val = evaluate(eval_step, final, data.x_val, data.y_val, config.eval_batch_size)
     finally:
         if bar is not None:
             bar.close()
@@ -262,10 +267,11 @@ def run_training(*, model: Any, params: dict[str, Any], batch_stats: Any, loss_f
         "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 3),
         "params": count_params(state.params["model"]), "epochs": config.epochs,
         "steps": int(state.step), "arch_id": arch_id, "space": space.name,
+        "devices": parallel.count,
         "data": data.name, "history": history, **(meta or {})}
     if wd is not None and result_file:
         _write_json(wd / result_file, result)
-    result["state"] = state
+    result["state"] = parallel.gather(state)
     return result
 
 

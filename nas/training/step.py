@@ -59,6 +59,8 @@ class TrainConfig:
         depthwise_impl: depthwise conv implementation passed to the model.
         quantizer: 'lsq' (learned step sizes, initialized on the first training batch) or
             'minmax' (steps follow max |w| and the running max |x|); see :mod:`nas.blocks.quant`.
+        devices: local devices to train on, data-parallel (0 = all; see
+            :mod:`nas.training.devices`); the batch must split evenly over them.
     """
 
     epochs: int = 30
@@ -78,6 +80,7 @@ class TrainConfig:
     progress: bool = False
     depthwise_impl: str = "auto"
     quantizer: str = "lsq"
+    devices: int = 0
 
     def validate(self) -> "TrainConfig":
         """Checks the values; returns self.
@@ -94,7 +97,8 @@ class TrainConfig:
                   ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "in [0, epochs]"),
                   ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
                   ("checkpoint_every", self.checkpoint_every >= 1, "an integer >= 1"),
-                  ("quantizer", self.quantizer in QUANTIZERS, " or ".join(map(repr, QUANTIZERS)))]
+                  ("quantizer", self.quantizer in QUANTIZERS, " or ".join(map(repr, QUANTIZERS))),
+                  ("devices", self.devices >= 0, "an integer >= 0 (0 = all local devices)")]
         for field, ok, expected in checks:
             if not ok:
                 raise NasInputError(f"{getattr(self, field)!r} is not allowed; expected {expected}",
