@@ -45,3 +45,17 @@ def test_devices_are_checked_in_one_line():
     two = DataParallel((dp.devices[0], dp.devices[0]))
     with pytest.raises(NasInputError, match="does not split over 2 devices"):
         two.check_batch(31)
+
+
+def test_a_config_sets_the_devices_and_a_bad_count_is_one_line(tmp_path, capsys):
+    from nas.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("extends: " + str(HERE.parent / "experiments" / "digits_random_smoke.yaml")
+                    + "\ntrain: {devices: 1}\n")
+    assert main(["search", str(path), "--check"]) == 0
+    path.write_text(path.read_text().replace("devices: 1", "devices: -2"))
+    capsys.readouterr()
+    assert main(["search", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.devices" in err[0]

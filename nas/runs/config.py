@@ -39,7 +39,7 @@ COST_METRICS = ("latency_ms", "params", "macs", "bops", "size_bytes", "energy_mj
 # TrainConfig fields a search config may set (the rest are managed by the search).
 TRAIN_FIELDS = ("epochs", "batch_size", "eval_batch_size", "optimizer", "learning_rate",
                 "momentum", "weight_decay", "warmup_epochs", "final_lr_fraction",
-                "label_smoothing", "grad_clip", "depthwise_impl", "quantizer")
+                "label_smoothing", "grad_clip", "depthwise_impl", "quantizer", "devices")
 
 
 class _Section(pydantic.BaseModel):
