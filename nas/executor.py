@@ -43,7 +43,8 @@ import time
 import traceback
 from typing import Any, Callable, Iterator, Sequence
 
-from nas.single_thread import ONE_THREAD_VARS, XLA_ONE_THREAD_FLAGS
+from nas.errors import NasInputError
+from nas.single_thread import ONE_THREAD_VARS, XLA_ONE_THREAD_FLAGS, trial_threads
 
 
 @dataclasses.dataclass
@@ -155,19 +156,25 @@ def _pin_process(cpus: Sequence[int]) -> None:
 
 
 @contextlib.contextmanager
-def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None) -> Iterator[tuple]:
-    """Runs the body on cores of its own, with one-thread pools and the shared compile cache.
+def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None,
+                   gpu: bool = False) -> Iterator[tuple]:
+    """Runs the body on cores of its own, with thread pools sized to its CPUs and the shared
+    compile cache; a GPU trial runs JAX on the GPU Ray gave it.
 
     Args:
         lock_dir: folder of the per-core locks (None: do not pin).
-        cores: cores to claim.
+        cores: cores to claim, and the threads its runtimes may use.
         compile_cache: JAX persistent compile cache folder (None: leave JAX's setting).
+        gpu: the trial holds a GPU (Ray sets CUDA_VISIBLE_DEVICES): JAX may use it.
 
     Yields:
         The pinned cores (empty when none were free or pinning is off).
     """
-    os.environ["XLA_FLAGS"] = XLA_ONE_THREAD_FLAGS  # before this worker first uses JAX
-    os.environ.update(ONE_THREAD_VARS)
+    flags, pools = trial_threads(cores)
+    os.environ["XLA_FLAGS"] = flags  # before this worker first uses JAX
+    os.environ.update(pools)
+    if gpu:
+        os.environ.pop("JAX_PLATFORMS", None)  # the driver's 'cpu' default is for CPU trials
     if compile_cache:
         import jax
 
@@ -186,11 +193,11 @@ def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None) 
 
 
 def _trial(config: dict, fn: Callable[..., dict], items: Sequence[Any], lock_dir: str | None = None,
-           cores: int = 1, compile_cache: str | None = None) -> None:
-    """The Ray Tune trainable: runs fn on one item (isolated on its own core) and reports it."""
+           cores: int = 1, compile_cache: str | None = None, gpu: bool = False) -> None:
+    """The Ray Tune trainable: runs fn on one item (isolated on its own cores) and reports it."""
     from ray import tune
 
-    with _isolate_trial(lock_dir, cores, compile_cache) as cpus:
+    with _isolate_trial(lock_dir, cores, compile_cache, gpu) as cpus:
         item = items[config["index"]]
         start = time.perf_counter()
         last = {"epoch": 0, "val_accuracy": 0.0}  # every report carries the scheduler's fields
@@ -301,15 +308,23 @@ class RayExecutor:
         num_cpus: CPUs of a locally started Ray (default: workers * cpus_per_trial).
         reuse_actors: run later trials in the same worker processes (saves the JAX import and
             data loading per candidate; a worker that dies is replaced).
-        pin_cores: pin each trial to ceil(cpus_per_trial) cores of its own.
+        pin_cores: pin each CPU-only trial to ceil(cpus_per_trial) cores of its own (its
+            runtimes then use that many threads).
         compile_cache: JAX compile cache folder shared by the trials ('auto':
             :func:`default_compile_cache`; None: leave the workers' JAX setting).
+        gpus_per_trial: GPUs per trial (fractions share a GPU); JAX then runs on it.
+        storage: Tune's storage (a folder every node reaches, or a URI such as s3://...);
+            None: a temporary folder of the driver, removed at :meth:`close` (one node only).
+
+    Raises:
+        NasInputError: GPUs asked for where the cluster has none (one line).
     """
 
     def __init__(self, address: str | None = None, workers: int = 1, cpus_per_trial: float = 1.0,
                  retries: int = 2, early_stopping: tuple[int, int] | None = None,
                  num_cpus: int | None = None, reuse_actors: bool = True, pin_cores: bool = True,
-                 compile_cache: str | None = "auto"):
+                 compile_cache: str | None = "auto", gpus_per_trial: float = 0.0,
+                 storage: str | None = None):
         self.reuse_actors = bool(reuse_actors)
         self.pin_cores = bool(pin_cores)
         self.compile_cache = default_compile_cache() if compile_cache == "auto" else compile_cache
@@ -317,9 +332,22 @@ class RayExecutor:
         self.cpus_per_trial = float(cpus_per_trial)
         self.retries = int(retries)
         self.early_stopping = early_stopping
+        self.gpus_per_trial = float(gpus_per_trial)
         cpus = num_cpus or max(1, int(round(self.workers * self.cpus_per_trial)))
         self._owns_ray = start_ray(address, None if address else cpus)
-        self._storage = tempfile.mkdtemp(prefix="nas-tune-")
+        if self.gpus_per_trial > 0:
+            import ray
+
+            have = float(ray.cluster_resources().get("GPU", 0.0))
+            if have < self.gpus_per_trial:
+                self.close()
+                raise NasInputError(f"{self.gpus_per_trial:g} is not allowed: the Ray cluster has "
+                                    f"{have:g} GPUs; set 0, or join a cluster with GPUs "
+                                    "(--ray-address)", field="executor.gpus_per_trial")
+        self._owns_storage = storage is None
+        self._storage = storage or tempfile.mkdtemp(prefix="nas-tune-")
+        # per-core lock files: node-local (made on each node by the first trial that claims)
+        self._locks = tempfile.mkdtemp(prefix="nas-cores-")
 
     def map(self, fn: Callable[..., dict], items: Sequence[Any],
             on_result: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
@@ -348,12 +376,14 @@ class RayExecutor:
             scheduler = ASHAScheduler(metric="val_accuracy", mode="max", time_attr="epoch",
                                       grace_period=grace, max_t=max_t + 1, reduction_factor=2)
             # max_t + 1: a candidate that trains all its epochs ends with its own final report
-        lock_dir = os.path.join(self._storage, "cores") if self.pin_cores else None
+        gpu = self.gpus_per_trial > 0
+        lock_dir = None if gpu or not self.pin_cores else self._locks
         cores = max(1, math.ceil(self.cpus_per_trial))
+        resources = {"cpu": self.cpus_per_trial, **({"gpu": self.gpus_per_trial} if gpu else {})}
         trainable = tune.with_resources(
             tune.with_parameters(_trial, fn=fn, items=list(items), lock_dir=lock_dir, cores=cores,
-                                 compile_cache=self.compile_cache),
-            {"cpu": self.cpus_per_trial})
+                                 compile_cache=self.compile_cache, gpu=gpu),
+            resources)
         name = f"map-{time.strftime('%H%M%S')}-{os.getpid()}"
         tuner = tune.Tuner(
             trainable,
@@ -376,8 +406,12 @@ class RayExecutor:
         return outcomes
 
     def close(self) -> None:
-        """Shuts Ray down if this executor started it; removes Tune's scratch folder."""
-        shutil.rmtree(self._storage, ignore_errors=True)
+        """Shuts Ray down if this executor started it; removes Tune's scratch folder (never a
+        storage the config named)."""
+        if getattr(self, "_owns_storage", False):
+            shutil.rmtree(self._storage, ignore_errors=True)
+        if getattr(self, "_locks", None):
+            shutil.rmtree(self._locks, ignore_errors=True)
         if self._owns_ray:
             import ray
 
@@ -420,13 +454,16 @@ def _recovery_counter():
 
 def make_executor(kind: str = "local", address: str | None = None, workers: int = 1,
                   cpus_per_trial: float = 1.0, retries: int = 2,
-                  early_stopping: tuple[int, int] | None = None):
+                  early_stopping: tuple[int, int] | None = None, gpus_per_trial: float = 0.0,
+                  storage: str | None = None):
     """Returns a LocalExecutor or RayExecutor from config values.
 
     Args:
         kind: 'local' or 'ray'.
-        address, workers, cpus_per_trial, retries, early_stopping: see :class:`RayExecutor`.
+        address, workers, cpus_per_trial, retries, early_stopping, gpus_per_trial, storage:
+            see :class:`RayExecutor`.
     """
     if kind == "local":
         return LocalExecutor()
-    return RayExecutor(address, workers, cpus_per_trial, retries, early_stopping)
+    return RayExecutor(address, workers, cpus_per_trial, retries, early_stopping,
+                       gpus_per_trial=gpus_per_trial, storage=storage)

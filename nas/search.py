@@ -241,7 +241,8 @@ def _executor_for(config: SearchConfig):
     """Returns the executor the config's executor section describes."""
     ex = config.executor
     early = (ex.grace_epochs, int(config.train.get("epochs", 30))) if ex.early_stopping else None
-    return make_executor(ex.kind, ex.address, ex.workers, ex.cpus_per_trial, ex.retries, early)
+    return make_executor(ex.kind, ex.address, ex.workers, ex.cpus_per_trial, ex.retries, early,
+                         ex.gpus_per_trial, ex.storage)
 
 
 class _NoBar:

@@ -70,3 +70,17 @@ def single_thread_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env["XLA_FLAGS"] = flags
     env.update(ONE_THREAD_VARS)
     return env
+
+
+def trial_threads(threads: int) -> tuple[str, dict[str, str]]:
+    """Returns (XLA_FLAGS, pool-size variables) for a worker that may use `threads` threads.
+
+    One thread: :data:`XLA_ONE_THREAD_FLAGS` and :data:`ONE_THREAD_VARS`. More: XLA's own
+    (multi-threaded) defaults, with every pool sized to `threads` (``PJRT_NPROC`` sizes XLA's).
+
+    Args:
+        threads: CPUs the worker was given (>= 1).
+    """
+    if threads <= 1:
+        return XLA_ONE_THREAD_FLAGS, dict(ONE_THREAD_VARS)
+    return "", {name: str(int(threads)) for name in ONE_THREAD_VARS}

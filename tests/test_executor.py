@@ -116,6 +116,23 @@ def test_ray_executor_runs_trials_with_one_xla_thread(ray_session):
     assert ray_session.is_initialized()  # the executor did not own, so did not stop, Ray
 
 
+def test_ray_trials_size_their_threads_to_their_cpus(ray_session):
+    ex = RayExecutor(workers=1, cpus_per_trial=2, retries=0)
+    out = ex.map(work, [("ok", 1)])
+    ex.close()
+    assert out[0].status == "ok", out[0]
+    assert out[0].value["xla"] == "" and out[0].value["omp"] == "2"   # XLA's threads, pools of 2
+    assert len(out[0].cpus) == 2                                      # on two cores of its own
+
+
+def test_gpus_per_trial_on_a_cluster_without_gpus_is_one_line(ray_session):
+    from nas.errors import NasInputError
+
+    with pytest.raises(NasInputError, match="executor.gpus_per_trial.*0 GPUs"):
+        RayExecutor(workers=1, gpus_per_trial=0.5)
+    assert ray_session.is_initialized()                 # the shared session is left running
+
+
 def test_core_claims_are_exclusive_and_released(tmp_path):
     from nas.executor import _claim_cores
 

@@ -109,7 +109,11 @@ class ExecutorConfig(_Section):
         kind: 'local' (in-process, one at a time) or 'ray' (Ray Tune trials).
         address: Ray cluster to join ('auto' or HOST:PORT); None starts Ray locally.
         workers: candidates trained at the same time.
-        cpus_per_trial: CPUs Ray reserves per trial.
+        cpus_per_trial: CPUs Ray reserves per trial (its runtimes use ceil(cpus) threads).
+        gpus_per_trial: GPUs Ray reserves per trial (fractions share one); the trial's JAX then
+            runs on its GPU.
+        storage: Tune's storage, a folder every node reaches or a URI (multi-node clusters);
+            None: a temporary folder of the driver.
         retries: restarts of a trial whose worker died (a candidate that raises is not retried).
         early_stopping: stop weak candidates early with ASHA (Ray only).
         grace_epochs: epochs every candidate trains before ASHA may stop it.
@@ -119,6 +123,8 @@ class ExecutorConfig(_Section):
     address: str | None = None
     workers: int = pydantic.Field(1, ge=1)
     cpus_per_trial: float = pydantic.Field(1.0, gt=0)
+    gpus_per_trial: float = pydantic.Field(0.0, ge=0)
+    storage: str | None = None
     retries: int = pydantic.Field(2, ge=0)
     early_stopping: bool = False
     grace_epochs: int = pydantic.Field(1, ge=1)

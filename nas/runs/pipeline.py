@@ -131,7 +131,8 @@ class Pipeline:
         from nas.executor import make_executor
 
         ex = self.config.executor
-        return make_executor(ex.kind, ex.address, ex.workers, ex.cpus_per_trial, ex.retries)
+        return make_executor(ex.kind, ex.address, ex.workers, ex.cpus_per_trial, ex.retries,
+                             gpus_per_trial=ex.gpus_per_trial, storage=ex.storage)
 
     def stage_settings(self, stage: str) -> str:
         """A hash of the config parts a stage's result depends on (its own and earlier stages')."""
