@@ -38,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -173,8 +174,10 @@ def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None,
     flags, pools = trial_threads(cores)
     os.environ["XLA_FLAGS"] = flags  # before this worker first uses JAX
     os.environ.update(pools)
-    if gpu:
-        os.environ.pop("JAX_PLATFORMS", None)  # the driver's 'cpu' default is for CPU trials
+    if gpu:  # the driver's 'cpu' default is for CPU trials; JAX reads it when imported
+        os.environ.pop("JAX_PLATFORMS", None)
+        if "jax" in sys.modules:
+            sys.modules["jax"].config.update("jax_platforms", None)
     if compile_cache:
         import jax
 
