@@ -21,6 +21,8 @@ from nas.model import build_model
 from nas.space import Space, shipped_space_names
 from nas.training.step import count_params
 
+from model_helpers import random_variables
+
 RESOLUTION = 16
 
 
@@ -38,15 +40,8 @@ def test_flax_onnx_and_tflite_agree_and_params_match(name):
     specs = space.block_specs(arch)
     model = build_model(space, arch)
     shape = (2, RESOLUTION, RESOLUTION, space.in_channels)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-    rng = np.random.default_rng(0)
-
-    def fill(path, a):  # random weights, biases and BatchNorm statistics (variances positive)
-        if "var" in jax.tree_util.keystr(path):
-            return jnp.asarray(0.5 + np.abs(rng.standard_normal(a.shape)), a.dtype)
-        return jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype)
-
-    variables = jax.tree_util.tree_map_with_path(fill, abstract)
+    variables = random_variables(model, shape, scale=0.2)
+    rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)
     want = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))
     names = ["stem"] + [slot.prefix for slot in space.slots] + ["head"]

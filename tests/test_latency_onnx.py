@@ -11,6 +11,8 @@ from nas.latency.flax_weights import onnx_weights
 from nas.latency.onnx_blocks import block_to_onnx, network_to_onnx
 from nas.spec import BlockSpec
 
+from model_helpers import random_variables
+
 # Every block feature at least once: odd input size, stride 2, SE, groups + shuffle, rank, width,
 # every activation, dwsep, skip, head with a hidden conv.
 SPECS = (
@@ -28,15 +30,8 @@ def test_float_network_matches_the_flax_model():
 
     model = Network(specs=SPECS)
     shape = (2, 15, 15, 3)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-    rng = np.random.default_rng(0)
-
-    def fill(path, a):  # random weights, biases and BatchNorm statistics (variances positive)
-        if "var" in jax.tree_util.keystr(path):
-            return jnp.asarray(0.5 + np.abs(rng.standard_normal(a.shape)), a.dtype)
-        return jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype)
-
-    variables = jax.tree_util.tree_map_with_path(fill, abstract)
+    variables = random_variables(model, shape)
+    rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)
     want = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)))
     onx = network_to_onnx(SPECS, int8=[False] * len(SPECS), weights=onnx_weights(variables),
