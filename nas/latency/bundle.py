@@ -123,7 +123,7 @@ def _write_model(model: bytes, path: Path) -> str:
     return file_sha256(path)
 
 
-def _models(fmt: str, rule: str):
+def _models(fmt: str):
     """(layer model, network model, input shape) writers of a bundle format."""
     if fmt == "tflite":
         return (lambda spec, batch: block_to_tflite(spec, batch),
@@ -168,7 +168,7 @@ def write_bundle(space: Space, out: str | os.PathLike, *, batch: int = 1,
                             f"{', '.join(FORMAT_BACKENDS)}", field="format")
     backend = FORMAT_BACKENDS[fmt]
     rule = RULES[backend]
-    layer_model, network_model, input_shape = _models(fmt, rule)
+    layer_model, network_model, input_shape = _models(fmt)
     items = []
     for i, (key, spec) in enumerate(sorted(keys_to_measure(space, rule).items())):
         name = f"layers/layer_{i:04d}.{fmt}"

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -63,20 +64,22 @@ class DataParallel:
                                 f"multiple of {self.count} or set train.devices",
                                 field="train.batch_size")
 
-    def _sharding(self, spec: PartitionSpec) -> NamedSharding:
-        return NamedSharding(Mesh(np.array(self.devices), (BATCH_AXIS,)), spec)
+    @functools.cached_property
+    def _mesh(self) -> Mesh:
+        return Mesh(np.array(self.devices), (BATCH_AXIS,))
 
     def replicate(self, tree: Any) -> Any:
         """Puts a pytree on every device (single device: as it is)."""
         if self.count == 1:
             return tree
-        return jax.device_put(tree, self._sharding(PartitionSpec()))
+        return jax.device_put(tree, NamedSharding(self._mesh, PartitionSpec()))
 
     def shard(self, batch: Any) -> Any:
-        """Splits every array of a batch along its first axis over the devices."""
+        """Splits every array of a batch along its first axis over the devices (the mesh is
+        built once per run, not per batch)."""
         if self.count == 1:
             return jax.device_put(batch)
-        return jax.device_put(batch, self._sharding(PartitionSpec(BATCH_AXIS)))
+        return jax.device_put(batch, NamedSharding(self._mesh, PartitionSpec(BATCH_AXIS)))
 
     def gather(self, tree: Any) -> Any:
         """Returns a replicated pytree as arrays of the first device (for evaluation, saving)."""
