@@ -216,7 +216,9 @@ def add_missing_quant_steps(model: nn.Module, variables: Mapping[str, Any],
     """Adds the quantizer steps a model declares but `variables` lack, at 0 (= minmax).
 
     Variables made outside the model (supernet children) then have the model's full structure
-    and compute what they computed without the steps.
+    and compute what they computed without the steps; a quantizer whose only param is its step
+    (absent where the parent's quantizer had no params, e.g. a Single-Path bits_a point) is
+    added whole.
 
     Args:
         model: the network.
@@ -228,12 +230,16 @@ def add_missing_quant_steps(model: nn.Module, variables: Mapping[str, Any],
     """
     shapes = variable_shapes(model, batch_shape)["params"]
 
+    def only_steps(declared: Mapping[str, Any]) -> bool:
+        return all(only_steps(sub) if isinstance(sub, Mapping) else is_quant_step(name)
+                   for name, sub in declared.items())
+
     def fill(declared: Mapping[str, Any], have: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(have)
         for name, sub in declared.items():
             if isinstance(sub, Mapping):
-                if name in have:
-                    out[name] = fill(sub, have[name])
+                if name in have or only_steps(sub):  # a quantizer with no params at all: added
+                    out[name] = fill(sub, have.get(name, {}))
             elif name not in have and is_quant_step(name):
                 out[name] = jnp.zeros(sub.shape, jnp.float32)
         return out

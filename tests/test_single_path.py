@@ -89,11 +89,6 @@ def test_plan_nests_every_knob_of_the_tiny_space():
     assert max_arch(space, list(plans.values()))["s2_b1_expand"] == 6
 
 
-def test_a_space_with_a_searched_activation_bit_width_is_refused_in_one_line():
-    with pytest.raises(NasInputError, match="s1_b1_bits_a.*single_path cannot search"):
-        space_plan(Space.by_name("mixed"))
-
-
 def test_a_slot_choosing_between_mbconv_and_fused_mbconv_is_refused_in_one_line():
     d = copy.deepcopy(dict(SMALL, stages=SMALL["stages"] + [FUSED_STAGE]))
     d["stages"][-1]["knobs"]["op"] = ["mbconv", "fused_mbconv"]

@@ -141,6 +141,21 @@ def act_step(step: jax.Array | None, amax: jax.Array, bits: int, signed: bool) -
     return s0 if step is None else jnp.where(step > 0, step, s0)
 
 
+def update_running(old: jax.Array, batch: jax.Array, momentum: float) -> jax.Array:
+    """Returns the EMA of a running statistic after one batch (the batch's value where the
+    statistic is still 0, i.e. unmeasured).
+
+    Args:
+        old: the running value (0 = not measured yet), any shape.
+        batch: this batch's value, same shape.
+        momentum: EMA momentum (weight of the old value).
+
+    Returns:
+        ``momentum * old + (1 - momentum) * batch`` where ``old > 0``, else ``batch``.
+    """
+    return jnp.where(old > 0, momentum * old + (1 - momentum) * batch, batch)
+
+
 def _step_variable(module: nn.Module, name: str, shape: tuple[int, ...]):
     """The step variable `name` of `module`, or None where the variables have none."""
     if module.is_initializing() or module.has_variable("params", name):
@@ -213,9 +228,7 @@ class ActQuant(nn.Module):
         step = _step_variable(self, "step", ())
         batch_amax = jax.lax.stop_gradient(jnp.max(jnp.abs(x))).astype(jnp.float32)
         if train and not self.is_initializing():
-            old = running.value
-            running.value = jnp.where(old > 0, self.momentum * old + (1 - self.momentum) * batch_amax,
-                                      batch_amax)
+            running.value = update_running(running.value, batch_amax, self.momentum)
         qn, qp = act_grid(self.bits, self.signed)
         if step is not None and _initializing_steps(self):
             step.value = jnp.where(step.value > 0, step.value,

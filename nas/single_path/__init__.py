@@ -3,16 +3,19 @@
 One over-parameterized *superkernel* network holds every Arch of a Space as nested slices: the
 7x7 depthwise kernel contains the 5x5 and 3x3, expansion 3 is the first half of the channels of
 expansion 6, a layer can be dropped (skip), a pruned width keeps the first channels, a rank-r 1x1
-conv keeps the leading directions of its factors, and a b-bit weight is a coarser quantization
-refined by gated residuals. Each nested choice is a threshold indicator of the norm of its outer
-part (hard forward, sigmoid backward); the thresholds are trained with the weights under
+conv keeps the leading directions of its factors, and a b-bit weight or activation is a coarser
+quantization refined by gated residuals. Each nested choice is a threshold indicator of the norm
+of its outer part (hard forward, sigmoid backward; for activations, the running norm of their
+quantization residual); the thresholds are trained with the weights under
 ``CE + lam * log(LAT)``.
 
 Modules:
     indicators     the STE indicator, the exact gated select, ladder probabilities
     nested_quant   the nested residual quantizer (bit-exact with the plain fake-quantizer)
-    plan           a Space's slots as nested ladders (keep, op, mid, kernel, se, rank, bits)
-    gates          the gates and masks of a slot, from its params alone
+    nested_act_quant  the nested activation quantizer of bits_a and its residual statistics
+    plan           a Space's slots as nested ladders (keep, op, mid, kernel, se, rank, bits,
+                   bits_a)
+    gates          the gates and masks of a slot, from its variables alone
     superblock     the superkernel block (child param names, the project's convs and quantizer)
     network        SinglePathNetwork: stem, superblocks, head
     cost           the latency / cost term from a LatencyTable or a nas.metrics metric

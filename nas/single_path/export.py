@@ -1,17 +1,20 @@
 """derive and export: the gates of a trained single-path network -> an Arch and its weights.
 
-:func:`derive_levels` reads every slot's hard gates (from params alone); :func:`derive_arch`
-turns them into a canonical Arch of the Space. :func:`export_child` cuts that Arch's variables
-out of the superkernel in the params layout of :func:`nas.model.build_model`'s Network, read
-from the child's op program (:func:`nas.blocks.slicing.slice_block_variables`): the
-first m channels, the centre k x k taps of every kxk conv, the first r singular directions,
-the convs of a switched segment (SE, the expand of an MBConv vs DWSep) only when chosen,
-BatchNorm statistics of the kept channels, and the running ranges of the activation quantizers
-the child has (the child's weight steps are 0, i.e. minmax, which is what the superkernel's
-nested quantizer computes). A full-rank child of a factorized superkernel gets the product of
-its factors (the superkernel computes the same product). The child network built from these
-weights computes what the superkernel network computes with the same gates (at inference, up to
-the int8 bias rounding of :mod:`nas.single_path.superblock`).
+:func:`derive_levels` reads every slot's hard gates (from the network's variables alone: its
+params, and for a bits_a ladder the running activation residuals in its batch_stats);
+:func:`derive_arch` turns them into a canonical Arch of the Space. :func:`export_child` cuts
+that Arch's variables out of the superkernel in the params layout of
+:func:`nas.model.build_model`'s Network, read from the child's op program
+(:func:`nas.blocks.slicing.slice_block_variables`): the first m channels, the centre k x k
+taps of every kxk conv, the first r singular directions, the convs of a switched segment (SE,
+the expand of an MBConv vs DWSep) only when chosen, BatchNorm statistics of the kept channels,
+and the running ranges of the activation quantizers the child has (the child's weight and
+activation steps are 0, i.e. minmax, which is what the superkernel's nested quantizers compute;
+a child built at any searched bits_a takes the shared running range ``amax``). A full-rank
+child of a factorized superkernel gets the product of its factors (the superkernel computes the
+same product). The child network built from these weights computes what the superkernel network
+computes with the same gates (at inference, up to the int8 bias rounding of
+:mod:`nas.single_path.superblock`).
 
 Example:
     >>> arch, child_vars = export_child(space, variables)
@@ -34,30 +37,59 @@ from nas.space import Arch, Space
 Levels = dict[str, dict[str, int]]
 
 
-def derive_levels(space: Space, params: Mapping[str, Any]) -> Levels:
-    """Returns {slot prefix: {ladder: chosen level}} from the hard gates of the params.
+def slot_stats(stats: Mapping[str, Any] | None, prefix: str) -> Mapping[str, Any] | None:
+    """Returns one slot's batch_stats out of a network's (None when `stats` is None)."""
+    return None if stats is None else stats.get(prefix, {})
+
+
+def derive_levels(space: Space, params: Mapping[str, Any],
+                  stats: Mapping[str, Any] | None = None) -> Levels:
+    """Returns {slot prefix: {ladder: chosen level}} from the hard gates.
 
     Args:
         space: the Space.
         params: the single-path network's params.
+        stats: its batch_stats (needed where a slot searches bits_a).
+
+    Returns:
+        The levels.
     """
     out = {}
     for plan in space_plan(space):
-        gates = jax.device_get(slot_gates(plan, params[plan.prefix]))
+        gates = jax.device_get(slot_gates(plan, params[plan.prefix],
+                                          slot_stats(stats, plan.prefix)))
         out[plan.prefix] = hard_levels(plan, gates)
     return out
 
 
-def derive_arch(space: Space, params: Mapping[str, Any]) -> Arch:
-    """Returns the canonical Arch the thresholds of a single-path network select."""
-    return levels_to_arch(space, space_plan(space), derive_levels(space, params))
+def derive_arch(space: Space, params: Mapping[str, Any],
+                stats: Mapping[str, Any] | None = None) -> Arch:
+    """Returns the canonical Arch the thresholds of a single-path network select.
+
+    Args:
+        space: the Space.
+        params: the network's params.
+        stats: its batch_stats (needed where a slot searches bits_a).
+
+    Returns:
+        The Arch.
+    """
+    return levels_to_arch(space, space_plan(space), derive_levels(space, params, stats))
 
 
-def gate_values(space: Space, params: Mapping[str, Any]) -> dict[str, dict[str, list[float]]]:
-    """Returns the hard gates {slot: {ladder: [0/1, ...]}} (for logs and best_arch.json)."""
+def gate_values(space: Space, params: Mapping[str, Any], stats: Mapping[str, Any] | None = None
+                ) -> dict[str, dict[str, list[float]]]:
+    """Returns the hard gates {slot: {ladder: [0/1, ...]}} (for logs and best_arch.json).
+
+    Args:
+        space: the Space.
+        params: the network's params.
+        stats: its batch_stats (needed where a slot searches bits_a).
+    """
     out = {}
     for plan in space_plan(space):
-        gates = jax.device_get(slot_gates(plan, params[plan.prefix]))
+        gates = jax.device_get(slot_gates(plan, params[plan.prefix],
+                                          slot_stats(stats, plan.prefix)))
         out[plan.prefix] = {k: [float(x) for x in np.asarray(v)] for k, v in gates.items()}
     return out
 
@@ -81,7 +113,7 @@ def export_child(space: Space, variables: Mapping[str, Any], levels: Levels | No
         (arch, {"params", "batch_stats"}) for ``nas.model.build_model(space, arch)``.
     """
     params, stats = variables["params"], variables.get("batch_stats", {})
-    levels = derive_levels(space, params) if levels is None else levels
+    levels = derive_levels(space, params, stats) if levels is None else levels
     plans = space_plan(space)
     arch = levels_to_arch(space, plans, levels)
     child_p = {"stem": params["stem"], "head": params["head"]}
@@ -98,7 +130,8 @@ def export_child(space: Space, variables: Mapping[str, Any], levels: Levels | No
     return arch, add_missing_quant_steps(build_model(space, arch), child, shape)
 
 
-def force_levels(space: Space, params: Mapping[str, Any], levels: Levels) -> dict[str, Any]:
+def force_levels(space: Space, params: Mapping[str, Any], levels: Levels,
+                 stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Returns params whose thresholds select the given levels (weights unchanged).
 
     Each threshold is set one log-RMS unit beyond its gate's current norm, so the gates of
@@ -109,11 +142,16 @@ def force_levels(space: Space, params: Mapping[str, Any], levels: Levels) -> dic
         space: the Space.
         params: a single-path network's params.
         levels: {slot prefix: {ladder: level}} (missing ladders: top level).
+        stats: the network's batch_stats (needed where a slot searches bits_a: its gates' norms
+            are there; the thresholds hold only while those statistics do not change).
+
+    Returns:
+        The params with the thresholds set.
     """
     out = jax.tree_util.tree_map(lambda a: a, dict(params))
     for plan in space_plan(space):
         slot = dict(out[plan.prefix])
-        norms = outer_log_rms(plan, slot)
+        norms = outer_log_rms(plan, slot, slot_stats(stats, plan.prefix))
         for name, ladder in plan.ladders.items():
             level = levels.get(plan.prefix, {}).get(name, ladder.n - 1)
             on = np.arange(ladder.gates) < level

@@ -1,9 +1,11 @@
-"""The gates of a single-path slot, computed from its parameters alone.
+"""The gates of a single-path slot, computed from its variables alone.
 
 Every gate is ``indicator(log_rms(outer part) - t)`` with a learned threshold ``t`` per gate
 (param ``t_<ladder>`` of the slot, scaled by :data:`THRESHOLD_SCALE`), so the same function
 serves the forward pass, the latency term of the loss and ``derive``. The outer parts are listed
-in :mod:`nas.single_path.plan`.
+in :mod:`nas.single_path.plan`; all are read from the slot's params except the activation
+residuals of the bits_a ladder, whose running estimates are in the slot's batch_stats
+(:mod:`nas.single_path.nested_act_quant`).
 
 Also here: the 0/1 masks the gates switch (channels of the mid ladder, taps of the kernel ladder,
 singular directions of the rank ladder), built as sums of gate products over disjoint groups so
@@ -21,6 +23,7 @@ import numpy as np
 from nas.blocks.program import Conv
 from nas.blocks.slicing import get_path
 from nas.single_path.indicators import NORM_EPS, hard_level, indicator, ladder_levels, log_rms, reached
+from nas.single_path.nested_act_quant import RESIDUAL_STAT, residual_growth
 from nas.single_path.nested_quant import residual_parts
 from nas.single_path.plan import SlotPlan
 from nas.single_path.roles import slot_program
@@ -70,12 +73,18 @@ def rank_bounds(plan: SlotPlan, cin: int, cout: int) -> tuple[int, ...]:
     return tuple(plan.rank_channels(cin, cout, i) for i, r in enumerate(plan.ranks) if r is not None)
 
 
-def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Array]:
+def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any],
+                  stats: Mapping[str, Any] | None = None) -> dict[str, jax.Array]:
     """Returns {ladder: [gates] log RMS of each gate's outer part}.
 
     Args:
         plan: the slot's plan.
         params: the slot's params (child layout: the convs of its program by name).
+        stats: the slot's batch_stats (read only by a bits_a ladder: the growth of its
+            activation residuals' log RMS since the first batch).
+
+    Raises:
+        ValueError: the slot has a bits_a ladder and `stats` lacks its residual statistics.
     """
     sp = slot_program(plan)
     out: dict[str, jax.Array] = {}
@@ -118,6 +127,11 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Ar
                      for w in block_weights(plan, params)]
         out["bits"] = jnp.stack([log_rms(*[r[i] for r in residuals])
                                  for i in range(len(plan.bits) - 1)])
+    if "bits_a" in plan.ladders:
+        if stats is None or RESIDUAL_STAT not in stats:
+            raise ValueError(f"{plan.prefix}: the bits_a gates read the slot's batch_stats "
+                             f"({RESIDUAL_STAT}); pass the network's batch_stats")
+        out["bits_a"] = residual_growth(stats)
     return out
 
 
@@ -126,14 +140,19 @@ def init_thresholds(log_rms_values: jax.Array) -> jax.Array:
     return (jax.lax.stop_gradient(log_rms_values) - INIT_MARGIN) / THRESHOLD_SCALE
 
 
-def slot_gates(plan: SlotPlan, params: Mapping[str, Any]) -> dict[str, jax.Array]:
+def slot_gates(plan: SlotPlan, params: Mapping[str, Any],
+               stats: Mapping[str, Any] | None = None) -> dict[str, jax.Array]:
     """Returns {ladder: [gates]} of a slot (exactly 0./1. forward, relaxed gradients).
 
     Args:
         plan: the slot's plan.
         params: the slot's params, including the thresholds ``t_<ladder>``.
+        stats: the slot's batch_stats (needed where the slot searches bits_a).
+
+    Returns:
+        {ladder: [gates]}.
     """
-    norms = outer_log_rms(plan, params)
+    norms = outer_log_rms(plan, params, stats)
     return {name: indicator(norms[name] - THRESHOLD_SCALE * params[f"t_{name}"])
             for name in plan.ladders}
 

@@ -15,6 +15,8 @@ kernel kernel sizes                     the ring of taps of size k(l) not in k(l
 se     off, on                          the squeeze-excite reduce conv
 rank   ranks ascending, then full       the trailing singular directions [r(l-1), r(l))
 bits   bit-widths ascending (32 last)   the quantization residual Q_b(l) - Q_b(l-1)
+bits_a activation bit-widths ascending  the activation residual Q_b(l)(x) - Q_b(l-1)(x)
+                                        (running estimate, :mod:`.nested_act_quant`)
 ====== ================================ ===============================================
 
 The kxk kernel is the first kxk conv of the slot's op program (the depthwise conv of an MBConv,
@@ -25,8 +27,12 @@ distinct values of ``round(cin * expand * width)`` over the slot's expand and wi
 where two (expand, width) pairs give the same channel count, the level maps to the one with the
 larger width (the unpruned network).
 
-Knobs that cannot be nested (searched activation, groups, bits_a, FBNet-style candidate blocks)
-are refused with one clear line.
+The superkernel runs the program of the top level of every ladder except bits_a, which it runs
+at its lowest bit-width (:meth:`SlotPlan.superkernel_levels`): that program has every activation
+point, and each point's nested quantizer covers the other bit-widths.
+
+Knobs that cannot be nested (searched activation, groups, FBNet-style candidate blocks) are
+refused with one clear line.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from nas.errors import NasInputError
 from nas.space import Space, Slot
 from nas.spec import BlockSpec, op_traits
 
-LADDER_ORDER = ("keep", "op", "mid", "kernel", "se", "rank", "bits")
+LADDER_ORDER = ("keep", "op", "mid", "kernel", "se", "rank", "bits", "bits_a")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +53,8 @@ class Ladder:
     """One nested decision of a slot.
 
     Attributes:
-        name: 'keep', 'op', 'mid', 'kernel', 'se', 'rank' or 'bits'.
+        name: 'keep', 'op', 'mid', 'kernel', 'se', 'rank', 'bits' (weights) or 'bits_a'
+            (activations).
         values: the level values, smallest first (for 'mid': (channels, expand, width)).
     """
 
@@ -79,6 +86,7 @@ class SlotPlan:
         mid_knobs: (expand, width) of each entry of `mids`.
         ranks: rank fractions ascending, None (full) last; ``(None,)`` when not factorized.
         bits: weight bit-widths ascending.
+        bits_a: activation bit-widths ascending.
         se: (False,), (True,) or (False, True).
         can_skip: whether the keep ladder exists.
     """
@@ -91,6 +99,7 @@ class SlotPlan:
     mid_knobs: tuple[tuple[Any, float], ...]
     ranks: tuple
     bits: tuple[int, ...]
+    bits_a: tuple[int, ...]
     se: tuple[bool, ...]
     can_skip: bool
 
@@ -131,6 +140,7 @@ class SlotPlan:
         v["se"] = self.se[get("se") if "se" in self.ladders else 0]
         v["rank"] = self.ranks[get("rank") if "rank" in self.ladders else 0]
         v["bits_w"] = self.bits[get("bits") if "bits" in self.ladders else 0]
+        v["bits_a"] = self.bits_a[get("bits_a") if "bits_a" in self.ladders else 0]
         if self.can_skip and get("keep") == 0:
             v["op"] = "skip"
         return v
@@ -142,6 +152,14 @@ class SlotPlan:
     def max_spec(self) -> BlockSpec:
         """Returns the BlockSpec of the largest level of every ladder (full rank, most bits)."""
         return self.spec({name: ladder.n - 1 for name, ladder in self.ladders.items()})
+
+    def superkernel_levels(self) -> dict[str, int]:
+        """Returns the levels whose program the superkernel runs: every ladder at its top, but
+        bits_a at its lowest (a quantized program, with every activation point)."""
+        levels = {name: ladder.n - 1 for name, ladder in self.ladders.items()}
+        if "bits_a" in self.ladders:
+            levels["bits_a"] = 0
+        return levels
 
     def grid(self) -> list[dict[str, int]]:
         """Returns every combination of ladder levels ({name: level}), in ladder order."""
@@ -182,9 +200,6 @@ def slot_plan(space: Space, slot: Slot) -> SlotPlan:
     ch = slot.choices
     if len(slot.candidates) > 1:
         raise _refuse(space, slot, "block", "candidate blocks are not nested")
-    if len(ch.get("bits_a", ())) > 1:
-        raise _refuse(space, slot, "bits_a", "activation bit-widths are not nested yet, only "
-                      "weight bit-widths bits_w are")
     for knob in ("act", "groups"):
         if len(ch.get(knob, ())) > 1:
             raise _refuse(space, slot, knob, "its choices are not nested")
@@ -229,8 +244,12 @@ def slot_plan(space: Space, slot: Slot) -> SlotPlan:
     bits = tuple(sorted(ch.get("bits_w", (slot.fixed["bits_w"],))))
     if len(bits) > 1:
         ladders["bits"] = Ladder("bits", bits)
+    bits_a = tuple(sorted(ch.get("bits_a", (slot.fixed["bits_a"],))))
+    if len(bits_a) > 1:
+        ladders["bits_a"] = Ladder("bits_a", bits_a)
     return SlotPlan(slot=slot, base_op=base_op, ladders=ladders, kernel_sizes=kernels, mids=mids,
-                    mid_knobs=mid_knobs, ranks=ranks, bits=bits, se=se, can_skip=can_skip)
+                    mid_knobs=mid_knobs, ranks=ranks, bits=bits, bits_a=bits_a, se=se,
+                    can_skip=can_skip)
 
 
 def space_plan(space: Space) -> tuple[SlotPlan, ...]:

@@ -18,6 +18,9 @@ that name no block type, so a new block type runs in the superkernel without sin
 * **rank**: the factorized 1x1 convs keep their first r inner directions; their widths follow
   from the mid level (:meth:`SlotProgram.conv_io`).
 * **bits**: every weight is quantized by the nested quantizer.
+* **bits_a**: the program is that of the lowest activation bit-width (so it has every
+  activation point, :meth:`~nas.single_path.plan.SlotPlan.superkernel_levels`); each point is
+  quantized by the nested activation quantizer (:mod:`nas.single_path.nested_act_quant`).
 
 Example:
     >>> sp = slot_program(plan)
@@ -140,8 +143,8 @@ def slot_program(plan: SlotPlan) -> SlotProgram:
     Raises:
         ValueError: a switch ladder's level 0 is not the top program less one run of ops.
     """
-    top_levels = {name: ladder.n - 1 for name, ladder in plan.ladders.items()}
+    top_levels = plan.superkernel_levels()
     lows = tuple((name, plan.spec({**top_levels, name: 0}))
                  for name in SWITCH_LADDERS if name in plan.ladders)
     low_rank = plan.spec({**top_levels, "rank": 0}) if plan.factorized else None
-    return _slot_program(plan.max_spec(), lows, tuple(plan.mids), low_rank)
+    return _slot_program(plan.spec(top_levels), lows, tuple(plan.mids), low_rank)

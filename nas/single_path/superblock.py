@@ -15,7 +15,11 @@ reading the mid channels have their input rows masked; factorized convs keep the
 directions (or, at the full-rank level, run the product of their factors); every weight goes
 through the nested quantizer (masks applied first, so per-output-channel scales see only the
 kept part); where activations are quantized, mid tensors are masked before each quantizer and
-after each activation, so per-tensor ranges see only kept channels.
+after each activation, so per-tensor ranges see only kept channels. Where the slot searches
+bits_a, every activation point is a :class:`~nas.single_path.nested_act_quant.NestedActQuant`
+(child name ``q_<point>``, its running range ``amax``), and the block keeps the running mean
+squares of the activation residuals its bits_a gates decide on (batch_stats
+``bits_a_residual_ms`` and ``bits_a_residual_ms_first``, pooled over the slot's points).
 
 So the superkernel computes what the chosen child computes: exactly in training mode and in
 float (or float-weight) layers at inference; an int8 layer's child additionally rounds its
@@ -40,6 +44,8 @@ from nas.blocks.slicing import factor_product, set_path
 from nas.single_path.gates import (channel_mask, full_rank_gate, init_thresholds, kernel_mask,
                                    outer_log_rms, rank_row_mask, slot_gates)
 from nas.single_path.indicators import select
+from nas.single_path.nested_act_quant import (FIRST_RESIDUAL_STAT, RESIDUAL_STAT, NestedActQuant,
+                                              update_residual_stats)
 from nas.single_path.nested_quant import nested_fake_quant_weight
 from nas.single_path.plan import SlotPlan, space_plan
 from nas.single_path.roles import SlotProgram, slot_program
@@ -119,6 +125,9 @@ class _Run:
         self.kernel_mask = kernel_mask(self.plan, gates)
         self.quantized = any(isinstance(op, Quantize) for op in sp.ops)
         self.env: dict[str, jax.Array] = {}
+        # bits_a ladder: the batch's activation residual sums of squares and their element count
+        self.residual_squares: jax.Array | None = None
+        self.residual_count = 0
 
     def quant_w(self, w: jax.Array) -> jax.Array:
         """The nested fake-quantizer of the bits ladder."""
@@ -164,8 +173,17 @@ class _Run:
         env[op.out] = y
 
     def _quantize(self, op: Quantize, x: jax.Array) -> jax.Array:
-        quant = self.scopes.make(op.module, lambda leaf: ActQuant(op.bits, op.signed, name=leaf))
-        return quant(x, self.train)
+        if "bits_a" not in self.plan.ladders:
+            quant = self.scopes.make(op.module,
+                                     lambda leaf: ActQuant(op.bits, op.signed, name=leaf))
+            return quant(x, self.train)
+        quant = self.scopes.make(op.module, lambda leaf: NestedActQuant(
+            self.plan.bits_a, op.signed, name=leaf))
+        y, squares = quant(x, self.train, self.gates["bits_a"])
+        self.residual_squares = squares if self.residual_squares is None \
+            else self.residual_squares + squares
+        self.residual_count += x.size
+        return y
 
     def _conv(self, op: Conv, x: jax.Array) -> jax.Array:
         w, q = self.w[op.name], self.quant_w
@@ -230,7 +248,7 @@ class SuperBlock(nn.Module):
         Args:
             x: [N, H, W, cin].
             train: batch statistics (mutable "batch_stats").
-            gates: {ladder: [gates]} already computed from this block's params (the search's
+            gates: {ladder: [gates]} already computed from this block's variables (the search's
                 loss computes them once for the cost term and the forward pass); None computes
                 them here.
 
@@ -246,7 +264,11 @@ class SuperBlock(nn.Module):
             weights[conv.name] = scopes.make(
                 conv.name, lambda leaf, c=conv, f=factors: ConvWeights(c, f, name=leaf)())
             set_path(params, conv.name, weights[conv.name])
-        norms = outer_log_rms(plan, params) if self.is_initializing() else None
+        residual = {name: self.variable("batch_stats", name, jnp.zeros,
+                                        (plan.ladders["bits_a"].gates,), jnp.float32)
+                    for name in (RESIDUAL_STAT, FIRST_RESIDUAL_STAT) if "bits_a" in plan.ladders}
+        stats = {name: var.value for name, var in residual.items()}
+        norms = outer_log_rms(plan, params, stats) if self.is_initializing() else None
 
         def t_init(rng, name):
             # Flax also calls this (abstractly, for its shape check) when applying.
@@ -257,7 +279,13 @@ class SuperBlock(nn.Module):
         for ladder in plan.ladders:
             params[f"t_{ladder}"] = self.param(f"t_{ladder}", t_init, ladder)
         if gates is None:
-            gates = slot_gates(plan, params)
-        y = _Run(self, scopes, sp, weights, gates, train)(x)
+            gates = slot_gates(plan, params, stats)
+        run = _Run(self, scopes, sp, weights, gates, train)
+        y = run(x)
+        if residual and run.residual_squares is not None and train \
+                and not self.is_initializing():
+            new = update_residual_stats(stats, run.residual_squares, run.residual_count)
+            for name, var in residual.items():
+                var.value = new[name]
         self.sow("intermediates", "features", y)
         return y

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import pydantic
 
-from nas.single_path.export import derive_arch
+from nas.single_path.export import derive_arch, slot_stats
 from nas.single_path.gates import slot_gates
 from nas.single_path.network import SinglePathNetwork, init_single_path
 from nas.single_path.plan import space_plan
@@ -83,7 +83,8 @@ def make_loss(net: Any, space: Any, costs: Any, params: SinglePathParams, target
     plans = space_plan(space)
 
     def loss_fn(p, batch_stats, batch, rng, consts=None):
-        gates = {plan.prefix: slot_gates(plan, p["model"][plan.prefix]) for plan in plans}
+        gates = {plan.prefix: slot_gates(plan, p["model"][plan.prefix],
+                                         batch_stats.get(plan.prefix, {})) for plan in plans}
         logits, updates = net.apply({"params": p["model"], "batch_stats": batch_stats}, batch["x"],
                                     train=True, gates=gates, mutable=["batch_stats"],
                                     rngs={"dropout": rng})
@@ -96,15 +97,23 @@ def make_loss(net: Any, space: Any, costs: Any, params: SinglePathParams, target
     return loss_fn
 
 
-def decision_metrics(space: Any, costs: Any, model_params: Mapping[str, Any]) -> dict[str, float]:
+def decision_metrics(space: Any, costs: Any, model_params: Mapping[str, Any],
+                     stats: Mapping[str, Any] | None = None) -> dict[str, float]:
     """Returns the per-epoch log values: the cost and every decision of the gates' Arch.
 
-    Decisions are logged as numbers: kernel, expand, width, bits_w, rank (1 = full), se and
-    op (0 = the lower level of the op or keep ladder: dwsep / skip; 1 = the layer's operator).
+    Decisions are logged as numbers: kernel, expand, width, bits_w, bits_a, rank (1 = full), se
+    and op (0 = the lower level of the op or keep ladder: dwsep / skip; 1 = the layer's operator).
+
+    Args:
+        space: the Space.
+        costs: the relaxed cost model.
+        model_params: the superkernel network's params.
+        stats: its batch_stats (needed where a slot searches bits_a).
     """
-    gates = [slot_gates(plan, model_params[plan.prefix]) for plan in space_plan(space)]
+    gates = [slot_gates(plan, model_params[plan.prefix], slot_stats(stats, plan.prefix))
+             for plan in space_plan(space)]
     out = {"cost": float(costs.expected(gates))}
-    for label, value in derive_arch(space, model_params).items():
+    for label, value in derive_arch(space, model_params, stats).items():
         if isinstance(value, str):
             value = 0.0 if value in ("dwsep", "skip") else 1.0
         out[f"decision/{label}"] = 1.0 if value is None else float(value)
@@ -194,7 +203,7 @@ def single_path_strategy(space: Any, params: SinglePathParams, costs: Any,
         return state._replace(arch=thresholds, arch_opt=opt), {"arch_loss": loss}
 
     def derive(state):
-        return derive_arch(space, merge_thresholds(state.weights, state.arch))
+        return derive_arch(space, merge_thresholds(state.weights, state.arch), state.stats)
 
     return OneShot("single_path", init, weight_step, arch_step, derive,
                    lambda state: one_hot_distribution(space, derive(state)))

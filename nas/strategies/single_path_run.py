@@ -41,7 +41,7 @@ from nas.data import load_data
 from nas.errors import NasInputError
 from nas.latency.table import LatencyTable
 from nas.single_path.cost import SlotCosts
-from nas.single_path.export import derive_levels, export_child, gate_values
+from nas.single_path.export import derive_levels, export_child, gate_values, slot_stats
 from nas.single_path.gates import slot_gates
 from nas.single_path.network import SinglePathNetwork
 from nas.single_path.plan import max_arch, space_plan
@@ -117,9 +117,12 @@ def setup_from_config(loaded: Any) -> SinglePathSetup:
     return SinglePathSetup(space, data, table, costs, params, objective.target, train)
 
 
-def gates_of(space: Any, model_params: Mapping[str, Any]) -> list:
-    """Returns the relaxed gates of every slot of the superkernel's parameters."""
-    return [slot_gates(plan, model_params[plan.prefix]) for plan in space_plan(space)]
+def gates_of(space: Any, model_params: Mapping[str, Any],
+             stats: Mapping[str, Any] | None = None) -> list:
+    """Returns the relaxed gates of every slot of the superkernel's variables (params, and the
+    batch_stats a bits_a ladder reads)."""
+    return [slot_gates(plan, model_params[plan.prefix], slot_stats(stats, plan.prefix))
+            for plan in space_plan(space)]
 
 
 def cost_metric(setup: SinglePathSetup) -> str:
@@ -157,7 +160,8 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
 
     def describe(state: OneShotState, epoch: int) -> dict[str, float]:
         del epoch
-        return decision_metrics(space, setup.costs, merge_thresholds(state.weights, state.arch))
+        return decision_metrics(space, setup.costs, merge_thresholds(state.weights, state.arch),
+                                state.stats)
 
     def on_epoch(epoch: int, arch: dict, record: Mapping[str, Any]) -> None:
         if wd is not None:
@@ -173,7 +177,7 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
     seconds = time.perf_counter() - t0
     final = superkernel_variables(out.state)
     arch = strategy.derive(out.state)
-    gates = [jax.device_get(g) for g in gates_of(space, final["params"])]
+    gates = [jax.device_get(g) for g in gates_of(space, final["params"], final["batch_stats"])]
     cost = float(setup.costs.expected(gates))
     predicted = setup.table.predict(arch) if setup.table is not None else None
     result = {
@@ -182,7 +186,8 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
         "feasible": None if setup.target is None or predicted is None else predicted <= setup.target,
         "val_accuracy": out.val_accuracy, "test_accuracy": out.test_accuracy,
         "search_seconds": round(seconds, 3), "train_seconds": out.train_seconds,
-        "levels": derive_levels(space, final["params"]), "gates": gate_values(space, final["params"]),
+        "levels": derive_levels(space, final["params"], final["batch_stats"]),
+        "gates": gate_values(space, final["params"], final["batch_stats"]),
         "history": out.history, "variables": final, "lam": setup.params.lam,
         "devices": out.devices,
     }
