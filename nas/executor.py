@@ -231,12 +231,14 @@ def _scalars(metrics: dict) -> dict:
 
 @contextlib.contextmanager
 def _local_node_ip_is_loopback() -> Iterator[None]:
-    """Makes ``ray.init`` keep 127.0.0.1 as the node IP of a Ray it starts (Ray 2.60).
+    """Makes ``ray.init`` keep 127.0.0.1 as the node IP of a Ray it starts, or as the address of
+    a cluster it joins (Ray 2.60).
 
     ``ray.init(_node_ip_address="127.0.0.1")`` alone does not work: ``ray.init`` passes it through
     ``services.resolve_ip_for_localhost``, which swaps a loopback address for the machine's
     outward IP; the GCS, raylet, core workers and agents then bind to *all* interfaces ('::'),
-    because Ray binds loopback only when the node IP is loopback. That swap is skipped when
+    because Ray binds loopback only when the node IP is loopback; a join swaps a loopback
+    cluster address the same way and then cannot reach the cluster. That swap is skipped when
     ``ray_constants.ENABLE_RAY_CLUSTER`` is off (env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read at
     import), so it is switched off for the duration of ``ray.init`` only.
     """
@@ -273,7 +275,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
                         "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}}
     common = dict(runtime_env=env, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     if address:
-        ray.init(address=address, **common)
+        with _local_node_ip_is_loopback():  # joining 127.0.0.1:PORT keeps loopback
+            ray.init(address=address, **common)
     else:
         # worker_niceness 0: Ray renices its workers by +15 by default, so trials would yield
         # to every other process on a shared machine (and run at nice 19 under a niced driver)

@@ -7,7 +7,9 @@ strategies (fbnet, proxyless, single_path) are handed to their driver
 size / energy, :mod:`nas.cost_table`).
 Sample-based ones run ask -> executor.map(evaluate) -> tell -> history.jsonl, each candidate
 trained from scratch or, with ``evaluation.mode: supernet``, scored on a trained supernet
-(:mod:`nas.weight_sharing`); each record says which (``scored_by``).
+(:mod:`nas.weight_sharing`); each record says which (``scored_by``). On a Ray executor the
+driver loads a small data set once and the trials read it from Ray's object store
+(:mod:`nas.ray_data`).
 
 Every evaluated candidate is appended to ``WORKDIR/history.jsonl`` (fsync'd) as soon as its
 batch returns. A search restarted on the same workdir *replays*: it runs the same deterministic
@@ -37,6 +39,7 @@ from nas.training.evaluate import CandidateEvaluator
 from nas.executor import Outcome, make_executor
 from nas.history import History, make_record
 from nas.objective import MnasObjective
+from nas.ray_data import share_with_trials
 from nas.space import Space, resolve_space
 from nas.strategies.base import Observation
 from nas.strategies.oneshot_driver import OneShotSearchResult, run_oneshot_config
@@ -188,6 +191,7 @@ def run_search(loaded: LoadedConfig, workdir: str | os.PathLike, *,
     state = strategy.init(config.seed)
     new = proposals = 0
     limit = MAX_PROPOSALS_PER_CANDIDATE * config.budget
+    trial_fn = None  # evaluate as the executor's trials get it (data shared on a Ray cluster)
     try:
         while len(cache) < config.budget and proposals < limit:
             state, asked = strategy.ask(state, config.proposals_per_round)
@@ -211,7 +215,9 @@ def run_search(loaded: LoadedConfig, workdir: str | os.PathLike, *,
 
                 if executor is None:
                     executor = _executor_for(config)
-                executor.map(evaluate, [arch for _, arch in pending], on_result=record_outcome)
+                if trial_fn is None:  # the driver loads the data once, on first use
+                    trial_fn = share_with_trials(evaluate, executor)
+                executor.map(trial_fn, [arch for _, arch in pending], on_result=record_outcome)
                 new += len(pending)
             observations = [Observation(p, cache[i].get("reward")) for p, i in zip(asked, ids) if i in cache]
             state = strategy.tell(state, observations)

@@ -10,10 +10,7 @@ real (small) supernet and are killed after a checkpoint or mid-epoch.
 
 import json
 import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,57 +18,9 @@ import yaml
 
 from nas.history import History
 
-ROOT = Path(__file__).resolve().parents[1]
-DRIVER = str(ROOT / "tests" / "crash_driver.py")
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crash_driver import SyntheticEvaluator  # noqa: E402
-
-
-def _start(args):
-    return subprocess.Popen([sys.executable, DRIVER, *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _lines(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
-def _kill_when(proc, ready, timeout=300.0):
-    """SIGKILLs `proc` once ready() is true (or it exits first); returns True if it was killed."""
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            return False
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            return True
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError("the run never reached the kill point")
-
-
-def _after(condition, delay):
-    """Returns ready(): true `delay` seconds after `condition` first held (a random moment
-    inside the next evaluation or append)."""
-    seen = []
-
-    def ready():
-        if not seen and condition():
-            seen.append(time.time())
-        return bool(seen) and time.time() - seen[0] >= delay
-
-    return ready
-
-
-def _finish(args, timeout=600):
-    proc = _start(args)
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-2000:]
-    return json.loads(out.strip().splitlines()[-1]), err
+from crash_helpers import after, count_lines, finish, kill_when, start_driver  # noqa: E402
 
 
 SEARCH = {"space": "tiny", "seed": 4, "budget": 14, "batch": 3,
@@ -99,10 +48,10 @@ def test_sample_based_search_killed_twice_ends_as_an_uninterrupted_run(tmp_path,
     hist = wd / "history.jsonl"
     args = ["--synthetic", "0.05", "search", str(cfg), "--workdir", str(wd), "--json"]
     first = rng.randint(2, 6)
-    assert _kill_when(_start(args), lambda: _lines(hist) >= first)  # after N records
+    assert kill_when(start_driver(args), lambda: count_lines(hist) >= first)  # after N records
     second, delay = first + rng.randint(2, 5), rng.uniform(0.0, 0.08)
-    killed = _kill_when(_start(args), _after(lambda: _lines(hist) >= second, delay))
-    summary, err = _finish(args)  # the same command again
+    killed = kill_when(start_driver(args), after(lambda: count_lines(hist) >= second, delay))
+    summary, err = finish(args)  # the same command again
     assert killed and "ended without releasing" in err  # the dead run's lock was taken over
 
     records = History(hist).load()
@@ -158,8 +107,8 @@ def test_one_shot_search_killed_midway_ends_as_an_uninterrupted_run(tmp_path, ca
     def first_checkpoint():
         return ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
 
-    assert _kill_when(_start(args), _after(first_checkpoint, rng.uniform(0.0, 0.15)))
-    summary, err = _finish(args)  # the same command resumes from the newest checkpoint
+    assert kill_when(start_driver(args), after(first_checkpoint, rng.uniform(0.0, 0.15)))
+    summary, err = finish(args)  # the same command resumes from the newest checkpoint
     assert "ended without releasing" in err
 
     assert summary["arch"] == whole["arch"] and summary["arch_id"] == whole["arch_id"]
@@ -213,13 +162,14 @@ def test_nas_run_killed_in_search_and_in_retrain_ends_as_an_uninterrupted_run(tm
     wd = tmp_path / "split"
     args = ["--synthetic", "0.05", "run", str(cfg), "--workdir", str(wd), "--json"]
     hist = wd / "search" / "history.jsonl"
-    assert _kill_when(_start(args), _after(lambda: _lines(hist) >= 2, rng.uniform(0, 0.05)))
+    assert kill_when(start_driver(args),
+                     after(lambda: count_lines(hist) >= 2, rng.uniform(0, 0.05)))
 
     def retrain_checkpoint():
         return any(p.name.isdigit() for p in (wd / "retrain").glob("*/checkpoints/*"))
 
-    assert _kill_when(_start(args), _after(retrain_checkpoint, rng.uniform(0.0, 0.2)))
-    _finish(args)
+    assert kill_when(start_driver(args), after(retrain_checkpoint, rng.uniform(0.0, 0.2)))
+    finish(args)
 
     ids = [r["arch_id"] for r in History(hist).load()]
     reference = History(tmp_path / "whole" / "search" / "history.jsonl").load()

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 from nas.runs.config import LoadedConfig, SearchConfig
 from nas.errors import NasInputError
 from nas.runs.report import write_report
+from nas.ray_data import SharedData, share_with_trials, trial_dataset
 from nas.space import resolve_space
 from nas.runs.stages import STAGES, read_marker, stage_marker, write_json_atomic
 from nas.strategies import registry
@@ -55,6 +56,8 @@ class RetrainJob:
         train: TrainConfig fields.
         root: folder holding one work directory per Arch (absolute).
         progress: show a per-epoch progress bar.
+        shared_data: the data set in Ray's object store (set by
+            :func:`nas.ray_data.share_with_trials`), or None: the process loads ``data``.
     """
 
     space_json: str
@@ -63,15 +66,28 @@ class RetrainJob:
     train: Mapping[str, Any]
     root: str
     progress: bool = False
+    shared_data: SharedData | None = None
 
     def __call__(self, arch: Mapping[str, Any], report: Callable[[dict], None] | None = None) -> dict:
-        """Trains `arch` (resuming from its checkpoints) and returns its result summary."""
+        """Trains `arch` (resuming from its checkpoints) and returns its result summary.
+
+        Args:
+            arch: the Arch.
+            report: optional per-epoch callback ({'epoch', 'val_accuracy'}).
+
+        Returns:
+            {arch_id, val_accuracy, test_accuracy, train_seconds, params, epochs, workdir, pid}.
+
+        Raises:
+            NasInputError: the data cannot be loaded (on a Ray node: its path is missing there).
+        """
         from nas.data import load_data
         from nas.space import Space
         from nas.training.trainer import TrainConfig, train_arch
 
         space = Space.from_dict(json.loads(self.space_json))
-        data = load_data(self.data, space, seed=self.seed)
+        data = trial_dataset(self.shared_data, self.data,
+                             lambda: load_data(self.data, space, seed=self.seed))
         config = TrainConfig(**dict(self.train), seed=self.seed, progress=self.progress)
         workdir = Path(self.root) / space.arch_id(arch)
 
@@ -223,6 +239,7 @@ class Pipeline:
                          str(self.workdir / "retrain"), progress=self.progress and local)
         executor = self._executor()
         try:
+            job = share_with_trials(job, executor, preloaded=lambda: self.data)
             outcomes = executor.map(job, [r["arch"] for r in top])
         finally:
             executor.close()

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 from nas.data import load_data
 from nas.latency.table import LatencyTable
 from nas.metrics import arch_metrics
+from nas.ray_data import SharedData, trial_dataset
 from nas.space import Arch, Space
 from nas.training.trainer import TrainConfig, train_arch
 
@@ -53,6 +54,8 @@ class CandidateEvaluator:
         train_fn: injected trainer ``(space, arch, report) -> {val_accuracy, test_accuracy, ...}``
             (None = the real trainer).
         latency_fn: injected predictor ``(space, arch) -> ms`` (None = the table, if any).
+        shared_data: the data set in Ray's object store (set by
+            :func:`nas.ray_data.share_with_trials`), or None: the process loads ``data``.
     """
 
     space_json: str
@@ -62,6 +65,7 @@ class CandidateEvaluator:
     latency_table: str | None = None
     train_fn: Callable[..., Mapping[str, Any]] | None = None
     latency_fn: Callable[[Space, Arch], float] | None = None
+    shared_data: SharedData | None = None
 
     @classmethod
     def for_space(cls, space: Space, **kwargs) -> "CandidateEvaluator":
@@ -109,7 +113,8 @@ class CandidateEvaluator:
 
     def _train(self, space: Space, arch: Arch, costs: Mapping[str, Any],
                report: Callable[[dict], None] | None) -> dict:
-        data = _dataset(self.data, self.space_json, self.seed)
+        data = trial_dataset(self.shared_data, self.data,
+                             lambda: _dataset(self.data, self.space_json, self.seed))
         config = TrainConfig(**dict(self.train), seed=self.seed, progress=False)
 
         def on_epoch_end(epoch: int, record: dict) -> None:
