@@ -7,7 +7,8 @@ else is an input error naming the line, since silently skipping it would lose a 
 
 Record fields (see :func:`make_record`): n, arch_id, arch, status ('ok' | 'error' | 'failed'),
 accuracy, val_accuracy, test_accuracy, latency_ms, reward, cost {params, macs, ...}, seconds,
-attempts, error, time.
+attempts, error, time, and where the evaluation said them devices, platform and node (what the
+candidate trained on; records of older runs lack them).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from nas.errors import NasInputError
 from nas.safe_write import append_line, write_atomic
 
 STATUSES = ("ok", "error", "failed", "stopped")
+#: What a candidate trained on, copied from its evaluation result when present.
+DEVICE_KEYS = ("devices", "platform", "node")
 _REQUIRED = ("arch_id", "arch", "status")
 
 
@@ -39,7 +42,9 @@ def make_record(n: int, arch_id: str, arch: Mapping[str, Any], status: str,
             (the worker died and retries were exhausted), 'stopped' (ASHA stopped it early; accuracy
             is the last reported validation accuracy).
         result: the evaluation result (accuracy, val_accuracy, test_accuracy, latency_ms and cost
-            metrics); missing keys are recorded as null.
+            metrics); missing keys are recorded as null. Its devices (local devices the
+            candidate trained on), platform ('cpu', 'gpu', ...) and node (host name) are recorded
+            when present.
         reward: the objective's reward, None when not ok.
         seconds: wall time of the evaluation.
         attempts: how many times it was started (retries + 1).
@@ -58,6 +63,7 @@ def make_record(n: int, arch_id: str, arch: Mapping[str, Any], status: str,
         "seconds": None if seconds is None else round(float(seconds), 3),
         "attempts": int(attempts), "error": error,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **{k: result[k] for k in DEVICE_KEYS if result.get(k) is not None},
     }
 
 

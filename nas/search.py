@@ -80,7 +80,8 @@ class SearchResult:
         Returns:
             The common fields of every search summary (strategy, family, workdir, best_arch,
             arch_id, arch: of the best candidate, None when none is ok) and candidates, new,
-            proposals, statuses, best, best_feasible.
+            proposals, statuses, best, best_feasible, and what the candidates trained on
+            (:func:`devices_used`: devices, devices_by_node, platforms).
         """
         statuses: dict[str, int] = {}
         for r in self.records:
@@ -91,7 +92,38 @@ class SearchResult:
                 "arch_id": best.get("arch_id"), "arch": best.get("arch"),
                 "candidates": len(self.records), "new": self.new,
                 "proposals": self.proposals, "statuses": statuses, "best": _brief(self.best),
-                "best_feasible": _brief(self.best_feasible)}
+                "best_feasible": _brief(self.best_feasible), **devices_used(self.records)}
+
+
+def devices_used(records: list[dict]) -> dict[str, Any]:
+    """Returns what the candidates of a search trained on, from their history records.
+
+    Every candidate trains data-parallel on ``train.devices`` local devices (0: all of its
+    machine's), so on one machine they all report the same count; under Ray, candidates on nodes
+    with different device counts report different ones. ``devices`` is therefore the most any
+    candidate used (the figure ``nas train`` / one-shot summaries give for their one run) and
+    ``devices_by_node`` each node's count.
+
+    Args:
+        records: candidate records (those without ``devices``, e.g. written by older versions
+            or by an evaluator that does not train, are left out).
+
+    Returns:
+        {"devices": the most local devices a candidate trained on (None: no record says),
+        "devices_by_node": {host name: the most devices a candidate used there},
+        "platforms": JAX platforms the candidates trained on, sorted (e.g. ["gpu"])}.
+    """
+    by_node: dict[str, int] = {}
+    platforms: set[str] = set()
+    for r in records:
+        if r.get("devices") is None:
+            continue
+        node = str(r.get("node") or "unknown")
+        by_node[node] = max(by_node.get(node, 0), int(r["devices"]))
+        if r.get("platform"):
+            platforms.add(str(r["platform"]))
+    return {"devices": max(by_node.values(), default=None), "devices_by_node": by_node,
+            "platforms": sorted(platforms)}
 
 
 def _brief(record: dict | None) -> dict | None:

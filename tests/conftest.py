@@ -33,3 +33,12 @@ def micro_yaml(tmp_path_factory):
     path = tmp_path_factory.mktemp("space") / "micro.yaml"
     path.write_text(MICRO_YAML)
     return path
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(tmp_path_factory):
+    """A CIFAR-10 binary folder of random images, 20 per file (tests/cifar_helpers.py): 100
+    training and 20 test images; use it as ``data: cifar10:<cifar_folder>``."""
+    from cifar_helpers import write_cifar_folder
+
+    return write_cifar_folder(tmp_path_factory.mktemp("cifar-10-batches-bin"))

@@ -109,5 +109,26 @@ def _print_summary(summary: dict) -> None:
         test_text = f", test {test:.4f}" if test is not None else ""
         print(f"  {title}: {rec['arch_id']} reward {rec['reward']:.4f}, val accuracy "
               f"{rec['accuracy']:.4f}{test_text}{lat_text}")
+    devices_line = device_use_text(summary)
+    if devices_line:
+        print(f"  {devices_line}")
     if summary["best_arch"] is not None:
         print(f"  best Arch: {summary['best_arch']}")
+
+
+def device_use_text(summary: dict) -> str | None:
+    """Returns the summary's line on what the candidates trained on, e.g. 'devices: 1 per
+    candidate (cpu)' (several nodes: each one's count), or None when no candidate said.
+
+    Args:
+        summary: a sample-based search summary (:meth:`nas.search.SearchResult.summary`).
+    """
+    if summary.get("devices") is None:
+        return None
+    platforms = "/".join(summary.get("platforms") or []) or "unknown platform"
+    text = f"devices: {summary['devices']} per candidate ({platforms})"
+    by_node = summary.get("devices_by_node") or {}
+    if len(by_node) > 1:
+        text = (f"devices: up to {summary['devices']} per candidate ({platforms}; by node: "
+                + ", ".join(f"{node} {n}" for node, n in sorted(by_node.items())) + ")")
+    return text

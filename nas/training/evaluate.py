@@ -15,8 +15,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import socket
 import time
 from typing import Any, Callable, Mapping
+
+import jax
 
 from nas.data import load_data
 from nas.latency.table import LatencyTable
@@ -93,7 +96,10 @@ class CandidateEvaluator:
 
         Returns:
             {'accuracy' (= val_accuracy, what the search optimizes), 'val_accuracy',
-            'test_accuracy', 'train_seconds', cost metrics, 'latency_ms' if known}.
+            'test_accuracy', 'train_seconds', cost metrics, 'latency_ms' if known, 'node' (the
+            host name of the machine that trained it), and where the trainer says them
+            'devices' (local devices it trained on, data-parallel) and 'platform' (JAX's
+            platform of those devices: 'cpu', 'gpu', 'tpu')}.
         """
         space = _space(self.space_json)
         arch = space.validate(arch)
@@ -109,6 +115,11 @@ class CandidateEvaluator:
                                    else float(trained["test_accuracy"]))
         result["accuracy"] = result["val_accuracy"]
         result["train_seconds"] = float(trained.get("train_seconds", time.perf_counter() - start))
+        if trained.get("devices") is not None:
+            result["devices"] = int(trained["devices"])
+        if trained.get("platform") is not None:
+            result["platform"] = str(trained["platform"])
+        result["node"] = socket.gethostname()
         return result
 
     def _train(self, space: Space, arch: Arch, costs: Mapping[str, Any],
@@ -124,4 +135,7 @@ class CandidateEvaluator:
                         "accuracy": float(record["val_accuracy"])})
 
         result = train_arch(space, arch, data, config, on_epoch_end=on_epoch_end)
-        return {k: result.get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds")}
+        out = {k: result.get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds",
+                                          "devices")}
+        out["platform"] = jax.local_devices()[0].platform  # DataParallel trains on local devices
+        return out
