@@ -36,7 +36,8 @@ def _expected_events(net, index):
 def test_weight_step_executes_only_the_sampled_path():
     space = Space.from_dict(SMALL)
     executed = []
-    net = SuperNet(space, on_path=lambda slot, event: executed.append((int(slot), event)))
+    net = SuperNet(space, on_path=lambda slot, event: executed.append((int(slot), event)),
+                   pick="nested")
     strategy = make_strategy("proxyless", net.space, OneShotParams(objective="none"), net=net)
     state = strategy.init(jax.random.PRNGKey(0))
     full = net.init(jax.random.PRNGKey(0))
@@ -61,6 +62,30 @@ def test_weight_step_executes_only_the_sampled_path():
     soft = {k: jax.nn.softmax(v) for k, v in soft.items()}
     jax.block_until_ready(jax.jit(lambda p: net.apply(p, batch["x"], "soft", soft))(full))
     assert collections.Counter(s for s, _ in executed) == {i: len(sp.paths) for i, sp in enumerate(net.plan.slots)}
+
+
+def test_masked_pick_runs_the_sampled_path_and_computes_the_sampled_child():
+    # the default pick: one path per slot, its knobs masks: the same logits as the nested
+    # switches (which slice the weights to the sampled shape) for every sampled option
+    space = Space.by_name("tiny")
+    executed = []
+    masked = SuperNet(space, on_path=lambda slot, event: executed.append((int(slot), event)))
+    nested = SuperNet(space, pick="nested")
+    assert masked.pick == "masked"
+    params = masked.init(jax.random.PRNGKey(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 1)), jnp.float32)
+    run = {name: jax.jit(lambda p, g, n=net: n.apply(p, x, "pick", g))
+           for name, net in (("masked", masked), ("nested", nested))}
+    for seed in range(4):
+        arch = space.sample(seed)
+        index = {lab: jnp.int32(v) for lab, v in zip(space.labels(), space.encode(arch))}
+        executed.clear()
+        got, want = run["masked"](params, index), run["nested"](params, index)
+        jax.block_until_ready(got)
+        np.testing.assert_allclose(got, want, atol=2e-5 * float(jnp.max(jnp.abs(want))))
+        paths = [sp.branches[int(sp.option_branch[tuple(int(index[lab]) for lab in sp.labels)])][0]
+                 for sp in masked.plan.slots]
+        assert sorted(executed) == [(i, ("path", pi)) for i, pi in enumerate(paths)]
 
 
 def _count_primitives(jaxpr, counts):

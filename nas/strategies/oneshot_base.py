@@ -64,6 +64,11 @@ class OneShotParams(pydantic.BaseModel):
         progress: show a progress bar.
         depthwise_impl: 'auto' | 'shift' | 'xla'.
         devices: local devices the supernet trains on, data-parallel (0 = all).
+        pick: how ProxylessNAS's weight step runs its one sampled option: 'masked' (one switch
+            over the slot's paths, the picked kernel / channels / rank as masks of the path's
+            largest weights: compiles ~3x faster, each step runs the path's largest shape),
+            'nested' (nested switches down to the sampled shape: faster steps, slower compile;
+            for long searches) or 'flat' (one switch over every shape: the reference).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -89,6 +94,7 @@ class OneShotParams(pydantic.BaseModel):
     progress: bool = False
     depthwise_impl: Literal["auto", "shift", "xla"] = "auto"
     devices: int = pydantic.Field(0, ge=0)
+    pick: Literal["masked", "nested", "flat"] = "masked"
 
     @pydantic.model_validator(mode="after")
     def _hinge_needs_target(self) -> "OneShotParams":

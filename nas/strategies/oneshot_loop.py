@@ -86,7 +86,7 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
     if tuple(data.image_shape) != expected:
         raise NasInputError(f"data images are {data.image_shape}, the space {space.name!r} "
                             f"expects {expected}", data.name)
-    net = net or SuperNet(space, params.depthwise_impl)
+    net = net or SuperNet(space, params.depthwise_impl, pick=params.pick)
     strategy = make_strategy(name, space, params, net=net, table=table)
     if latency is None and cost_metric == "latency_ms":
         latency = table

@@ -204,7 +204,7 @@ def make_strategy(name: str, space: Space,
     if e.family == "sample":
         return e.factory(space, params)
     if e.supernet == "paths":
-        net = net if net is not None else SuperNet(space, params.depthwise_impl)
+        net = net if net is not None else SuperNet(space, params.depthwise_impl, pick=params.pick)
         objective, cost = objective_and_cost(name, params, e.default_objective, table)
         return e.factory(net, objective, cost, params)
     if params.cost == "latency":

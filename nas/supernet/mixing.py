@@ -6,7 +6,11 @@
   channel decision a weighted sum of first-k channel masks, a bit-width decision a weighted sum
   of the fake-quantized weights (or activations) at each bit-width.
 * :class:`Pick` (ProxylessNAS's weight step): one sampled choice, selected with ``lax.switch``
-  so only that branch runs.
+  so only that branch runs. A picked *bit-width* is not a switch: the quantizer's integer grid
+  is looked up at the traced index (:func:`quantize_weight`, :func:`quantize_input`), so the
+  fake-quantization is one elementwise computation for every bit-width instead of one branch
+  per bit-width (nested under every kernel, rank and channel switch, those branches were most
+  of the weight step's program and its compile time).
 * :class:`Fixed`: the space does not search this knob here.
 
 Example:
@@ -21,7 +25,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from nas.blocks.quant import fake_quant_act, fake_quant_weight
+from nas.blocks.quant import FLOAT_BITS, act_grid, fake_quant_act, fake_quant_weight, weight_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +111,16 @@ def apply_choice(choice: Choice, fn: Callable[[Any, jax.Array], jax.Array], x: j
 
 
 def quantize_weight(w: jax.Array, bits: Choice) -> jax.Array:
-    """Fake-quantizes weights under a bit-width choice (same quantizer as the blocks)."""
+    """Fake-quantizes weights under a bit-width choice (same quantizer as the blocks).
+
+    A :class:`Pick` computes exactly what ``fake_quant_weight(w, picked)`` computes, with the
+    grid read at the traced index (see the module docstring).
+    """
+    if isinstance(bits, Pick) and len(bits.values) > 1:
+        qp = _picked_grid(bits, lambda b: weight_grid(b)[1])
+        amax = jax.lax.stop_gradient(jnp.max(jnp.abs(w), axis=tuple(range(w.ndim - 1))))
+        step = jnp.where(amax > 0, amax / _nonzero(qp), 1.0)
+        return jnp.where(qp > 0, _rounded(w / step) * step, w)
     return apply_choice(bits, lambda b, a: fake_quant_weight(a, b), w)
 
 
@@ -120,7 +133,31 @@ def quantize_input(x: jax.Array, bits: Choice, signed: bool) -> jax.Array:
         signed: signed symmetric or unsigned range.
     """
     amax = jax.lax.stop_gradient(jnp.max(jnp.abs(x)))
+    if isinstance(bits, Pick) and len(bits.values) > 1:
+        qn = _picked_grid(bits, lambda b: act_grid(b, signed)[0])
+        qp = _picked_grid(bits, lambda b: act_grid(b, signed)[1])
+        step = jax.lax.stop_gradient(jnp.maximum(amax, 1e-8)) / _nonzero(qp)
+        quantized = _rounded(jnp.clip(x / step, qn, qp)) * step
+        return jnp.where(qp > 0, quantized, x)
     return apply_choice(bits, lambda b, a: fake_quant_act(a, amax, b, signed), x)
+
+
+def _picked_grid(bits: Pick, grid_end: Callable[[int], int]) -> jax.Array:
+    """The picked bit-width's grid end (``grid_end(bits)``; 0 for float bits), as a traced
+    float32 scalar."""
+    ends = [float(grid_end(b)) if b < FLOAT_BITS else 0.0 for b in bits.values]
+    return jnp.asarray(ends, jnp.float32)[bits.index]
+
+
+def _nonzero(qp: jax.Array) -> jax.Array:
+    """``qp``, with 1 where it is 0 (float bits): the unused quantized branch of a ``where``
+    must stay finite, or its NaN gradient would leak through."""
+    return jnp.where(qp > 0, qp, 1.0)
+
+
+def _rounded(v: jax.Array) -> jax.Array:
+    """Round half to even forward, identity backward (the straight-through estimator)."""
+    return v + jax.lax.stop_gradient(jnp.round(v) - v)
 
 
 def prefix_mask(size: int, weighted_counts: Sequence[tuple[int, Any]]) -> jax.Array:
