@@ -158,7 +158,7 @@ def _pin_process(cpus: Sequence[int]) -> None:
 
 @contextlib.contextmanager
 def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None,
-                   gpu: bool = False) -> Iterator[tuple]:
+                   gpu: float = 0.0) -> Iterator[tuple]:
     """Runs the body on cores of its own, with thread pools sized to its CPUs and the shared
     compile cache; a GPU trial runs JAX on the GPU Ray gave it.
 
@@ -166,7 +166,9 @@ def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None,
         lock_dir: folder of the per-core locks (None: do not pin).
         cores: cores to claim, and the threads its runtimes may use.
         compile_cache: JAX persistent compile cache folder (None: leave JAX's setting).
-        gpu: the trial holds a GPU (Ray sets CUDA_VISIBLE_DEVICES): JAX may use it.
+        gpu: the share of a GPU the trial holds (Ray sets CUDA_VISIBLE_DEVICES; 0: none). JAX
+            then runs on it and, where the share is a fraction, preallocates only that share of
+            the GPU's memory (JAX's default, 75%, would starve the other trials on the GPU).
 
     Yields:
         The pinned cores (empty when none were free or pinning is off).
@@ -175,6 +177,8 @@ def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None,
     os.environ["XLA_FLAGS"] = flags  # before this worker first uses JAX
     os.environ.update(pools)
     if gpu:  # the driver's 'cpu' default is for CPU trials; JAX reads it when imported
+        if gpu < 1:
+            os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.75 * gpu:.3f}")
         os.environ.pop("JAX_PLATFORMS", None)
         if "jax" in sys.modules:
             sys.modules["jax"].config.update("jax_platforms", None)
@@ -196,7 +200,7 @@ def _isolate_trial(lock_dir: str | None, cores: int, compile_cache: str | None,
 
 
 def _trial(config: dict, fn: Callable[..., dict], items: Sequence[Any], lock_dir: str | None = None,
-           cores: int = 1, compile_cache: str | None = None, gpu: bool = False) -> None:
+           cores: int = 1, compile_cache: str | None = None, gpu: float = 0.0) -> None:
     """The Ray Tune trainable: runs fn on one item (isolated on its own cores) and reports it."""
     from ray import tune
 
@@ -388,7 +392,7 @@ class RayExecutor:
         resources = {"cpu": self.cpus_per_trial, **({"gpu": self.gpus_per_trial} if gpu else {})}
         trainable = tune.with_resources(
             tune.with_parameters(_trial, fn=fn, items=list(items), lock_dir=lock_dir, cores=cores,
-                                 compile_cache=self.compile_cache, gpu=gpu),
+                                 compile_cache=self.compile_cache, gpu=self.gpus_per_trial),
             resources)
         name = f"map-{time.strftime('%H%M%S')}-{os.getpid()}"
         tuner = tune.Tuner(
