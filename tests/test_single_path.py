@@ -89,10 +89,10 @@ def test_plan_nests_every_knob_of_the_tiny_space():
     assert max_arch(space, list(plans.values()))["s2_b1_expand"] == 6
 
 
-def test_a_slot_choosing_between_mbconv_and_fused_mbconv_is_refused_in_one_line():
+def test_a_slot_choosing_among_three_operators_is_refused_in_one_line():
     d = copy.deepcopy(dict(SMALL, stages=SMALL["stages"] + [FUSED_STAGE]))
-    d["stages"][-1]["knobs"]["op"] = ["mbconv", "fused_mbconv"]
-    with pytest.raises(NasInputError, match="s4_b1_op.*single_path cannot search.*one operator"):
+    d["stages"][-1]["knobs"]["op"] = ["mbconv", "fused_mbconv", "dwsep"]
+    with pytest.raises(NasInputError, match="s4_b1_op.*single_path cannot search.*two operators"):
         space_plan(Space.from_dict(d))
 
 

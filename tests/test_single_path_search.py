@@ -158,13 +158,18 @@ def test_check_refuses_a_space_single_path_cannot_nest_as_the_run_would(tmp_path
 
     from nas.cli import main
 
-    # the shipped mixed space: its searched bits_a nests, its mbconv vs fused_mbconv does not
+    # three operators in one layer (besides skip) cannot be searched
+    from single_path_helpers import SMALL
+
+    space = json.loads(json.dumps(SMALL))
+    space["stages"][1]["knobs"]["op"] = ["mbconv", "fused_mbconv", "dwsep"]
     path = tmp_path / "sp.yaml"
-    path.write_text(yaml.safe_dump({"space": "mixed", "data": "synthetic",
+    path.write_text(yaml.safe_dump({"space": space, "data": "synthetic",
                                     "strategy": {"name": "single_path", "params": {"cost": "bops"}}}))
     assert main(["search", str(path), "--check"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "s2_b1_op" in err and "single_path cannot" in err
+    assert "two operators" in err
     assert main(["search", str(path), "--workdir", str(tmp_path / "w")]) == 2
     assert capsys.readouterr().err.strip() == err             # the run refuses the same line
     assert not (tmp_path / "w").exists()

@@ -4,7 +4,9 @@ One over-parameterized *superkernel* network holds every Arch of a Space as nest
 7x7 depthwise kernel contains the 5x5 and 3x3, expansion 3 is the first half of the channels of
 expansion 6, a layer can be dropped (skip), a pruned width keeps the first channels, a rank-r 1x1
 conv keeps the leading directions of its factors, and a b-bit weight or activation is a coarser
-quantization refined by gated residuals. Each nested choice is a threshold indicator of the norm
+quantization refined by gated residuals. A choice between two operators that do not nest
+(MBConv vs Fused-MBConv) is an op switch: one superkernel per operator, a learned gate selects
+one (both run during the search). Each nested choice is a threshold indicator of the norm
 of its outer part (hard forward, sigmoid backward; for activations, the running norm of their
 quantization residual); the thresholds are trained with the weights under
 ``CE + lam * log(LAT)``.
@@ -15,6 +17,7 @@ Modules:
     nested_act_quant  the nested activation quantizer of bits_a and its residual statistics
     plan           a Space's slots as nested ladders (keep, op, mid, kernel, se, rank, bits,
                    bits_a)
+    op_switch      two operators that do not nest: branches, the op gate's rule, gate keys
     gates          the gates and masks of a slot, from its variables alone
     superblock     the superkernel block (child param names, the project's convs and quantizer)
     network        SinglePathNetwork: stem, superblocks, head

@@ -9,6 +9,8 @@ probabilities (:func:`~nas.single_path.indicators.ladder_levels`: ``P(k=3) = 1 -
 the indicators. The indicators are hard in the forward pass, so the value is exactly the
 predicted cost of the currently selected Arch (``LatencyTable.predict`` of ``derive_arch``),
 and its gradient reaches every threshold through the sigmoid relaxation, as in the paper.
+An op switch (:mod:`nas.single_path.op_switch`) has one tensor per branch, weighted by the op
+gate's level probabilities.
 
 Example:
     >>> cost = SlotCosts.from_table(space, table)
@@ -26,7 +28,8 @@ import numpy as np
 from nas.errors import NasInputError
 from nas.metrics import layer_costs
 from nas.single_path.indicators import ladder_levels
-from nas.single_path.plan import LADDER_ORDER, space_plan
+from nas.single_path.op_switch import OP_LADDER, branch_key
+from nas.single_path.plan import LADDER_ORDER, SlotPlan, space_plan
 from nas.space import Space
 from nas.spec import BlockSpec
 
@@ -35,34 +38,66 @@ METRICS = ("macs", "bops", "size_bits", "energy_pj", "params")
 
 
 @dataclasses.dataclass(frozen=True)
+class BranchCost:
+    """The cost tensor of one slot, or of one branch of an op switch.
+
+    Attributes:
+        prefix: the gate-key prefix of its ladders ('' for a slot, 'fused_mbconv/' for a
+            branch, see :mod:`nas.single_path.op_switch`).
+        names: the ladder names of the tensor's axes (in ladder order).
+        tensor: the cost of each combination of levels.
+    """
+
+    prefix: str
+    names: tuple[str, ...]
+    tensor: np.ndarray
+
+    def expected(self, gates: Mapping[str, Any]):
+        """Returns the tensor contracted with each ladder's level probabilities."""
+        t = jnp.asarray(self.tensor, jnp.float32)
+        for name in self.names:
+            t = jnp.tensordot(ladder_levels(gates[self.prefix + name]), t, axes=([0], [0]))
+        return t
+
+
+def tabulate(plan: SlotPlan, layer_cost: Callable[[BlockSpec], float],
+             prefix: str = "") -> BranchCost:
+    """Returns the cost tensor of a plan without op switch (a slot or a branch)."""
+    axes = tuple(n for n in LADDER_ORDER if n in plan.ladders)
+    t = np.zeros([plan.ladders[n].n for n in axes], np.float64)
+    for levels in plan.grid():
+        t[tuple(levels[n] for n in axes)] = layer_cost(plan.spec(levels))
+    return BranchCost(prefix, axes, t)
+
+
+@dataclasses.dataclass(frozen=True)
 class SlotCosts:
     """Per-slot cost tensors over ladder levels, plus the fixed cost (stem, head, intercept).
 
     Attributes:
-        names: per slot, the ladder names of the tensor's axes (in ladder order).
-        tensors: per slot, the cost of each combination of levels.
+        slots: per slot, one :class:`BranchCost`, or for an op switch one per branch (op level
+            0, 1): the slot's cost is then ``P(op=0) cost_0 + P(op=1) cost_1``, each branch's
+            contracted with that branch's gates.
         fixed: cost of the layers no decision changes.
         unit: 'ms' for a latency table, else the metric's name.
     """
 
-    names: tuple[tuple[str, ...], ...]
-    tensors: tuple[np.ndarray, ...]
+    slots: tuple[tuple[BranchCost, ...], ...]
     fixed: float
     unit: str
 
     @classmethod
     def build(cls, space: Space, layer_cost: Callable[[BlockSpec], float], fixed: float,
               unit: str) -> "SlotCosts":
-        """Tabulates `layer_cost` over every slot's ladder levels."""
-        names, tensors = [], []
+        """Tabulates `layer_cost` over every slot's (every branch's) ladder levels."""
+        slots = []
         for plan in space_plan(space):
-            axes = tuple(n for n in LADDER_ORDER if n in plan.ladders)
-            t = np.zeros([plan.ladders[n].n for n in axes], np.float64)
-            for levels in plan.grid():
-                t[tuple(levels[n] for n in axes)] = layer_cost(plan.spec(levels))
-            names.append(axes)
-            tensors.append(t)
-        return cls(tuple(names), tuple(tensors), float(fixed), unit)
+            if plan.branches:
+                slots.append(tuple(tabulate(b, layer_cost, branch_key(b.base_op, ""))
+                                   for b in plan.branches))
+            else:
+                slots.append((tabulate(plan, layer_cost),))
+        return cls(tuple(slots), float(fixed), unit)
 
     @classmethod
     def from_table(cls, space: Space, table: Any) -> "SlotCosts":
@@ -92,18 +127,19 @@ class SlotCosts:
         """Returns the cost under the gates (a JAX scalar; exact on hard gates).
 
         Args:
-            gates: per slot (in space order), {ladder: [gates]}.
+            gates: per slot (in space order), {gate key: [gates]} (:func:`~nas.single_path.gates.slot_gates`).
         """
         total = jnp.asarray(self.fixed, jnp.float32)
-        for names, tensor, g in zip(self.names, self.tensors, gates):
-            t = jnp.asarray(tensor, jnp.float32)
-            for name in names:
-                t = jnp.tensordot(ladder_levels(g[name]), t, axes=([0], [0]))
-            total = total + t
+        for parts, g in zip(self.slots, gates):
+            if len(parts) == 1:
+                total = total + parts[0].expected(g)
+                continue
+            p_op = ladder_levels(g[OP_LADDER])
+            total = total + sum(p_op[i] * part.expected(g) for i, part in enumerate(parts))
         return total
 
     def extremes(self) -> tuple[float, float]:
         """Returns (min, max) cost over the Archs the superkernel contains."""
-        lo = self.fixed + sum(float(t.min()) for t in self.tensors)
-        hi = self.fixed + sum(float(t.max()) for t in self.tensors)
+        lo = self.fixed + sum(min(float(p.tensor.min()) for p in parts) for parts in self.slots)
+        hi = self.fixed + sum(max(float(p.tensor.max()) for p in parts) for parts in self.slots)
         return lo, hi

@@ -7,7 +7,8 @@ that Arch's variables out of the superkernel in the params layout of
 :func:`nas.model.build_model`'s Network, read from the child's op program
 (:func:`nas.blocks.slicing.slice_block_variables`): the first m channels, the centre k x k
 taps of every kxk conv, the first r singular directions, the convs of a switched segment (SE,
-the expand of an MBConv vs DWSep) only when chosen, BatchNorm statistics of the kept channels,
+the expand of an MBConv vs DWSep) only when chosen, the chosen branch's convs of an op switch
+(:mod:`nas.single_path.op_switch`), BatchNorm statistics of the kept channels,
 and the running ranges of the activation quantizers the child has (the child's weight and
 activation steps are 0, i.e. minmax, which is what the superkernel's nested quantizers compute;
 a child built at any searched bits_a takes the shared running range ``amax``). A full-rank
@@ -28,9 +29,10 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from nas.blocks.slicing import slice_block_variables
+from nas.blocks.slicing import set_path, slice_block_variables
 from nas.model import add_missing_quant_steps, build_model
 from nas.single_path.gates import THRESHOLD_SCALE, hard_levels, outer_log_rms, slot_gates
+from nas.single_path.op_switch import ladder_of, threshold_path
 from nas.single_path.plan import SlotPlan, levels_to_arch, space_plan
 from nas.space import Arch, Space
 
@@ -95,8 +97,11 @@ def gate_values(space: Space, params: Mapping[str, Any], stats: Mapping[str, Any
 
 
 def _child_block(plan: SlotPlan, levels: Mapping[str, int], params, stats) -> tuple[dict, dict]:
-    """The chosen child's (params, batch_stats) cut from the slot's superkernel."""
+    """The chosen child's (params, batch_stats) cut from the slot's superkernel (from the
+    chosen branch's variables in an op switch)."""
     spec = plan.spec(levels)
+    if plan.branches and spec.op != "skip":
+        params, stats = params[spec.op], stats.get(spec.op, {})
     return slice_block_variables(spec, params, stats) if spec.op != "skip" else ({}, {})
 
 
@@ -150,11 +155,13 @@ def force_levels(space: Space, params: Mapping[str, Any], levels: Levels,
     """
     out = jax.tree_util.tree_map(lambda a: a, dict(params))
     for plan in space_plan(space):
-        slot = dict(out[plan.prefix])
+        slot = jax.tree_util.tree_map(lambda a: a, dict(out[plan.prefix]))
         norms = outer_log_rms(plan, slot, slot_stats(stats, plan.prefix))
-        for name, ladder in plan.ladders.items():
-            level = levels.get(plan.prefix, {}).get(name, ladder.n - 1)
-            on = np.arange(ladder.gates) < level
-            slot[f"t_{name}"] = (np.asarray(norms[name]) + np.where(on, -1.0, 1.0)) / THRESHOLD_SCALE
+        for key, norm in norms.items():
+            name = ladder_of(key)
+            level = levels.get(plan.prefix, {}).get(name, plan.ladders[name].n - 1)
+            on = np.arange(np.shape(norm)[0]) < level
+            set_path(slot, threshold_path(key),
+                     (np.asarray(norm) + np.where(on, -1.0, 1.0)) / THRESHOLD_SCALE)
         out[plan.prefix] = slot
     return out

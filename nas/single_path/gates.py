@@ -25,6 +25,7 @@ from nas.blocks.slicing import get_path
 from nas.single_path.indicators import NORM_EPS, hard_level, indicator, ladder_levels, log_rms, reached
 from nas.single_path.nested_act_quant import RESIDUAL_STAT, residual_growth
 from nas.single_path.nested_quant import residual_parts
+from nas.single_path.op_switch import OP_LADDER, branch_gates, branch_key, threshold_path
 from nas.single_path.plan import SlotPlan
 from nas.single_path.roles import slot_program
 
@@ -83,9 +84,15 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any],
         stats: the slot's batch_stats (read only by a bits_a ladder: the growth of its
             activation residuals' log RMS since the first batch).
 
+    Returns:
+        For an op switch, keyed by gate key (:mod:`nas.single_path.op_switch`): the op gate's
+        constant score 0 under 'op', each branch's norms under '<operator>/<ladder>'.
+
     Raises:
         ValueError: the slot has a bits_a ladder and `stats` lacks its residual statistics.
     """
+    if plan.branches:
+        return switch_log_rms(plan, params, stats)
     sp = slot_program(plan)
     out: dict[str, jax.Array] = {}
     kxk = get_path(params, sp.spatial[0])["kernel"]  # [K, K, 1 (depthwise) or cin (full), M]
@@ -135,6 +142,25 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any],
     return out
 
 
+def switch_log_rms(plan: SlotPlan, params: Mapping[str, Any],
+                   stats: Mapping[str, Any] | None = None) -> dict[str, jax.Array]:
+    """Returns the norms of an op switch's gates: 0 for the op gate (its threshold alone
+    decides, see :mod:`nas.single_path.op_switch`), each branch's outer norms by gate key.
+
+    Args:
+        plan: the op switch's plan.
+        params: the slot's params (each branch's under its operator's name).
+        stats: the slot's batch_stats (each branch's under its operator's name), or None.
+    """
+    out = {OP_LADDER: jnp.zeros((1,), jnp.float32)}
+    for branch in plan.branches:
+        op = branch.base_op
+        sub = None if stats is None else stats.get(op, {})
+        for name, norms in outer_log_rms(branch, params[op], sub).items():
+            out[branch_key(op, name)] = norms
+    return out
+
+
 def init_thresholds(log_rms_values: jax.Array) -> jax.Array:
     """Initial stored thresholds: every gate on with margin :data:`INIT_MARGIN`."""
     return (jax.lax.stop_gradient(log_rms_values) - INIT_MARGIN) / THRESHOLD_SCALE
@@ -150,11 +176,11 @@ def slot_gates(plan: SlotPlan, params: Mapping[str, Any],
         stats: the slot's batch_stats (needed where the slot searches bits_a).
 
     Returns:
-        {ladder: [gates]}.
+        {ladder: [gates]}; for an op switch {gate key: [gates]} (:mod:`.op_switch`).
     """
     norms = outer_log_rms(plan, params, stats)
-    return {name: indicator(norms[name] - THRESHOLD_SCALE * params[f"t_{name}"])
-            for name in plan.ladders}
+    return {key: indicator(value - THRESHOLD_SCALE * get_path(params, threshold_path(key)))
+            for key, value in norms.items()}
 
 
 def channel_mask(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array:
@@ -203,5 +229,10 @@ def full_rank_gate(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array 
 
 
 def hard_levels(plan: SlotPlan, gates: Mapping[str, Any]) -> dict[str, int]:
-    """Returns {ladder: chosen level} of hard gates."""
+    """Returns {ladder: chosen level} of hard gates (of an op switch: the op level and the
+    levels of the chosen branch's ladders)."""
+    if plan.branches:
+        branch = plan.branches[hard_level(np.asarray(gates[OP_LADDER]))]
+        return {OP_LADDER: plan.branches.index(branch),
+                **hard_levels(branch, branch_gates(gates, branch.base_op))}
     return {name: hard_level(np.asarray(gates[name])) for name in plan.ladders}

@@ -9,7 +9,9 @@ smallest level up:
 ladder levels                            outer part whose norm feeds the indicator
 ====== ================================ ===============================================
 keep   skip, layer                      the inner channel group of the kxk kernel
-op     dwsep, mbconv (expand 1 only)    the expand 1x1 conv
+op     two operators                    nested (dwsep, mbconv at expand 1): the expand
+                                        1x1 conv; not nested (mbconv, fused_mbconv):
+                                        none, an op switch (:mod:`.op_switch`)
 mid    expanded channel counts          the kxk kernel's channels [m(l-1), m(l))
 kernel kernel sizes                     the ring of taps of size k(l) not in k(l-1)
 se     off, on                          the squeeze-excite reduce conv
@@ -31,6 +33,11 @@ The superkernel runs the program of the top level of every ladder except bits_a,
 at its lowest bit-width (:meth:`SlotPlan.superkernel_levels`): that program has every activation
 point, and each point's nested quantizer covers the other bit-widths.
 
+A slot whose two operators do not nest is an *op switch* (:mod:`nas.single_path.op_switch`):
+its plan has one branch plan per operator (``SlotPlan.branches``, each an ordinary plan of
+that operator), its ladders are the op ladder plus the union of the branches' ladders, and a
+level dict selects the branch of its op level.
+
 Knobs that cannot be nested (searched activation, groups, FBNet-style candidate blocks) are
 refused with one clear line.
 """
@@ -43,6 +50,7 @@ from typing import Any, Mapping, Sequence
 
 from nas.errors import NasInputError
 from nas.space import Space, Slot
+from nas.single_path.op_switch import OP_LADDER, programs_nest
 from nas.spec import BlockSpec, op_traits
 
 LADDER_ORDER = ("keep", "op", "mid", "kernel", "se", "rank", "bits", "bits_a")
@@ -89,6 +97,8 @@ class SlotPlan:
         bits_a: activation bit-widths ascending.
         se: (False,), (True,) or (False, True).
         can_skip: whether the keep ladder exists.
+        branches: for an op switch, the plans of its two operators (op level 0, level 1);
+            the other fields are then those of level 1's. Empty otherwise.
     """
 
     slot: Slot
@@ -102,6 +112,7 @@ class SlotPlan:
     bits_a: tuple[int, ...]
     se: tuple[bool, ...]
     can_skip: bool
+    branches: tuple["SlotPlan", ...] = ()
 
     @property
     def prefix(self) -> str:
@@ -127,13 +138,16 @@ class SlotPlan:
         Returns:
             Values for every knob of the slot (as ``Slot.resolve`` expects).
         """
+        if self.branches:
+            branch = self.branches[levels.get(OP_LADDER, 0)]
+            return branch.level_values({n: l for n, l in levels.items() if n in branch.ladders})
         v = dict(self.slot.fixed)
         for knob, vals in self.slot.choices.items():
             v[knob] = vals[0]
         get = lambda name: levels.get(name, 0)  # noqa: E731
         v["op"] = self.base_op
         if "op" in self.ladders:
-            v["op"] = ("dwsep", "mbconv")[get("op")]
+            v["op"] = self.ladders["op"].values[get("op")]
         if op_traits(v["op"]).expands:
             v["expand"], v["width"] = self.mid_knobs[get("mid") if "mid" in self.ladders else 0]
         v["kernel"] = self.kernel_sizes[get("kernel") if "kernel" in self.ladders else 0]
@@ -162,10 +176,33 @@ class SlotPlan:
         return levels
 
     def grid(self) -> list[dict[str, int]]:
-        """Returns every combination of ladder levels ({name: level}), in ladder order."""
+        """Returns every combination of ladder levels ({name: level}), in ladder order (for an
+        op switch: the op level, then the combinations of that branch's ladders)."""
+        if self.branches:
+            return [{OP_LADDER: i, **levels} for i, branch in enumerate(self.branches)
+                    for levels in branch.grid()]
         names = [n for n in LADDER_ORDER if n in self.ladders]
         return [dict(zip(names, combo))
                 for combo in itertools.product(*(range(self.ladders[n].n) for n in names))]
+
+    def threshold_paths(self) -> list[str]:
+        """Returns the params paths of the slot's thresholds ('t_kernel'; for an op switch
+        't_op' and each branch's 'fused_mbconv/t_kernel'...)."""
+        if self.branches:
+            return [f"t_{OP_LADDER}"] + [f"{b.base_op}/{path}" for b in self.branches
+                                         for path in b.threshold_paths()]
+        return [f"t_{name}" for name in self.ladders]
+
+    def branch(self, operator: str) -> "SlotPlan":
+        """Returns the branch plan of `operator` (an op switch's).
+
+        Raises:
+            KeyError: the slot has no branch of that operator.
+        """
+        for branch in self.branches:
+            if branch.base_op == operator:
+                return branch
+        raise KeyError(f"{self.prefix}: no {operator!r} branch")
 
     def rank_channels(self, cin: int, cout: int, rank_level: int) -> int | None:
         """Returns the inner width of a factorized cin->cout 1x1 conv at one rank level."""
@@ -191,42 +228,16 @@ def _mid_ladder(slot: Slot, op: str) -> tuple[tuple[int, ...], tuple[tuple[Any, 
     return mids, tuple(best[m] for m in mids)
 
 
-def slot_plan(space: Space, slot: Slot) -> SlotPlan:
-    """Returns the single-path plan of one slot.
-
-    Raises:
-        NasInputError: the slot searches a knob that cannot be nested (one line naming it).
-    """
+def _operator_plan(space: Space, slot: Slot, op: str, can_skip: bool) -> SlotPlan:
+    """The plan of one operator of a slot (with its keep ladder where the slot can skip)."""
     ch = slot.choices
-    if len(slot.candidates) > 1:
-        raise _refuse(space, slot, "block", "candidate blocks are not nested")
-    for knob in ("act", "groups"):
-        if len(ch.get(knob, ())) > 1:
-            raise _refuse(space, slot, knob, "its choices are not nested")
-    if (ch.get("groups") or (slot.fixed["groups"],))[0] != 1:
-        raise _refuse(space, slot, "groups", "grouped 1x1 convs are not supported")
-    ops = set(ch.get("op", (slot.fixed["op"],)))
     ladders: dict[str, Ladder] = {}
-    can_skip = "skip" in ops
-    if can_skip and not slot.can_skip:
-        raise _refuse(space, slot, "op", "a skip that changes shape is a 1x1 conv, not nested")
     if can_skip:
         ladders["keep"] = Ladder("keep", ("skip", "layer"))
-    if ops - {"skip"} == {"mbconv", "dwsep"}:
-        base_op = "mbconv"
-    elif len(ops - {"skip"}) == 1:
-        base_op = next(iter(ops - {"skip"}))
-    else:
-        raise _refuse(space, slot, "op", "operators other than mbconv vs dwsep are not nested; "
-                      "give the layer one operator (besides skip)")
-    if op_traits(base_op).expands:
-        mids, mid_knobs = _mid_ladder(slot, base_op)
+    if op_traits(op).expands:
+        mids, mid_knobs = _mid_ladder(slot, op)
     else:
         mids, mid_knobs = (slot.cin,), ((1, 1.0),)
-    if ops - {"skip"} == {"mbconv", "dwsep"}:
-        if mids != (slot.cin,):
-            raise _refuse(space, slot, "op", "mbconv vs dwsep nests only at expand 1, width 1")
-        ladders["op"] = Ladder("op", ("dwsep", "mbconv"))
     if len(mids) > 1:
         ladders["mid"] = Ladder("mid", tuple((m, *k) for m, k in zip(mids, mid_knobs)))
     kernels = tuple(sorted(ch.get("kernel", (slot.fixed["kernel"],))))
@@ -247,9 +258,62 @@ def slot_plan(space: Space, slot: Slot) -> SlotPlan:
     bits_a = tuple(sorted(ch.get("bits_a", (slot.fixed["bits_a"],))))
     if len(bits_a) > 1:
         ladders["bits_a"] = Ladder("bits_a", bits_a)
-    return SlotPlan(slot=slot, base_op=base_op, ladders=ladders, kernel_sizes=kernels, mids=mids,
+    return SlotPlan(slot=slot, base_op=op, ladders=ladders, kernel_sizes=kernels, mids=mids,
                     mid_knobs=mid_knobs, ranks=ranks, bits=bits, bits_a=bits_a, se=se,
                     can_skip=can_skip)
+
+
+def _with_op_ladder(plan: SlotPlan, ops: tuple[str, str],
+                    branches: tuple[SlotPlan, ...] = ()) -> SlotPlan:
+    """`plan` with the op ladder (levels `ops`) added, in ladder order."""
+    ladders = {**plan.ladders, OP_LADDER: Ladder(OP_LADDER, ops)}
+    for branch in branches:
+        ladders.update(branch.ladders)
+    ordered = {name: ladders[name] for name in LADDER_ORDER if name in ladders}
+    return dataclasses.replace(plan, ladders=ordered, branches=branches)
+
+
+def _two_operators(space: Space, slot: Slot, ops: list[str], can_skip: bool) -> SlotPlan:
+    """A slot choosing between two operators: nested (a segment switch, e.g. DWSep inside an
+    MBConv at expand 1) or an op switch with one branch per operator (:mod:`.op_switch`)."""
+    plans = {op: _operator_plan(space, slot, op, can_skip) for op in ops}
+    for low, high in (ops, ops[::-1]):
+        small, big = plans[low], plans[high]
+        if small.mids == big.mids and programs_nest(big.max_spec(), small.max_spec()):
+            return _with_op_ladder(big, (low, high))
+    first, second = plans[ops[0]], plans[ops[1]]
+    for name in set(first.ladders) & set(second.ladders):
+        if first.ladders[name] != second.ladders[name]:
+            raise _refuse(space, slot, "op", f"its operators {ops[0]} and {ops[1]} give the "
+                          f"{name} knob different levels")
+    return _with_op_ladder(second, (ops[0], ops[1]), (first, second))
+
+
+def slot_plan(space: Space, slot: Slot) -> SlotPlan:
+    """Returns the single-path plan of one slot.
+
+    Raises:
+        NasInputError: the slot searches a knob that cannot be nested (one line naming it).
+    """
+    ch = slot.choices
+    if len(slot.candidates) > 1:
+        raise _refuse(space, slot, "block", "candidate blocks are not nested")
+    for knob in ("act", "groups"):
+        if len(ch.get(knob, ())) > 1:
+            raise _refuse(space, slot, knob, "its choices are not nested")
+    if (ch.get("groups") or (slot.fixed["groups"],))[0] != 1:
+        raise _refuse(space, slot, "groups", "grouped 1x1 convs are not supported")
+    listed = ch.get("op", (slot.fixed["op"],))
+    ops = [op for op in dict.fromkeys(listed) if op != "skip"]
+    can_skip = "skip" in listed
+    if can_skip and not slot.can_skip:
+        raise _refuse(space, slot, "op", "a skip that changes shape is a 1x1 conv, not nested")
+    if len(ops) == 1:
+        return _operator_plan(space, slot, ops[0], can_skip)
+    if len(ops) > 2:
+        raise _refuse(space, slot, "op", "a layer can choose between two operators (besides "
+                      "skip), not more")
+    return _two_operators(space, slot, ops, can_skip)
 
 
 def space_plan(space: Space) -> tuple[SlotPlan, ...]:

@@ -141,8 +141,12 @@ def slot_program(plan: SlotPlan) -> SlotProgram:
         Its :class:`SlotProgram` (cached).
 
     Raises:
-        ValueError: a switch ladder's level 0 is not the top program less one run of ops.
+        ValueError: a switch ladder's level 0 is not the top program less one run of ops, or
+            `plan` is an op switch (each of its branches has a program, not the slot).
     """
+    if plan.branches:
+        raise ValueError(f"{plan.prefix}: an op switch runs one program per branch; pass "
+                         "plan.branch(operator)")
     top_levels = plan.superkernel_levels()
     lows = tuple((name, plan.spec({**top_levels, name: 0}))
                  for name in SWITCH_LADDERS if name in plan.ladders)

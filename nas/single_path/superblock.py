@@ -21,6 +21,11 @@ bits_a, every activation point is a :class:`~nas.single_path.nested_act_quant.Ne
 squares of the activation residuals its bits_a gates decide on (batch_stats
 ``bits_a_residual_ms`` and ``bits_a_residual_ms_first``, pooled over the slot's points).
 
+A slot choosing between two operators that do not nest (an op switch,
+:mod:`nas.single_path.op_switch`) holds one such block per operator (submodules named by the
+operator, each with its own weights and thresholds) and the op gate's threshold ``t_op``, and
+selects the output of one: both run during the search.
+
 So the superkernel computes what the chosen child computes: exactly in training mode and in
 float (or float-weight) layers at inference; an int8 layer's child additionally rounds its
 BatchNorm bias onto the integer kernel's grid at inference (:mod:`nas.blocks.layers`).
@@ -41,12 +46,13 @@ from nas.blocks.plain_ops import plain_op
 from nas.blocks.program import INPUT, Act, Conv, Op, Quantize, output_of
 from nas.blocks.quant import ActQuant
 from nas.blocks.slicing import factor_product, set_path
-from nas.single_path.gates import (channel_mask, full_rank_gate, init_thresholds, kernel_mask,
-                                   outer_log_rms, rank_row_mask, slot_gates)
-from nas.single_path.indicators import select
+from nas.single_path.gates import (THRESHOLD_SCALE, channel_mask, full_rank_gate, init_thresholds,
+                                   kernel_mask, outer_log_rms, rank_row_mask, slot_gates)
+from nas.single_path.indicators import indicator, select
 from nas.single_path.nested_act_quant import (FIRST_RESIDUAL_STAT, RESIDUAL_STAT, NestedActQuant,
                                               update_residual_stats)
 from nas.single_path.nested_quant import nested_fake_quant_weight
+from nas.single_path.op_switch import OP_LADDER, branch_gates, threshold_path
 from nas.single_path.plan import SlotPlan, space_plan
 from nas.single_path.roles import SlotProgram, slot_program
 from nas.space import Space
@@ -230,16 +236,20 @@ class SuperBlock(nn.Module):
         space: the Space.
         index: the slot's index in ``space.slots``.
         depthwise_impl: 'auto' | 'shift' | 'xla'.
+        branch: for one branch of an op switch (:mod:`nas.single_path.op_switch`), its
+            operator; '' for the slot itself.
     """
 
     space: Space
     index: int
     depthwise_impl: str = "auto"
+    branch: str = ""
 
     @property
     def plan(self) -> SlotPlan:
-        """The slot's single-path plan."""
-        return space_plan(self.space)[self.index]
+        """The slot's single-path plan (or that of its branch)."""
+        plan = space_plan(self.space)[self.index]
+        return plan.branch(self.branch) if self.branch else plan
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, gates: dict | None = None) -> jax.Array:
@@ -248,14 +258,17 @@ class SuperBlock(nn.Module):
         Args:
             x: [N, H, W, cin].
             train: batch statistics (mutable "batch_stats").
-            gates: {ladder: [gates]} already computed from this block's variables (the search's
-                loss computes them once for the cost term and the forward pass); None computes
-                them here.
+            gates: {ladder: [gates]} (an op switch's: by gate key, :mod:`.op_switch`) already
+                computed from this block's variables (the search's loss computes them once for
+                the cost term and the forward pass); None computes them here.
 
         Returns:
             [N, H', W', cout].
         """
-        plan, sp = self.plan, slot_program(self.plan)
+        plan = self.plan
+        if plan.branches:
+            return self._switch(plan, x, train, gates)
+        sp = slot_program(plan)
         scopes = Scopes()
         weights: dict[str, Any] = {}
         params: dict[str, Any] = {}
@@ -287,5 +300,21 @@ class SuperBlock(nn.Module):
             new = update_residual_stats(stats, run.residual_squares, run.residual_count)
             for name, var in residual.items():
                 var.value = new[name]
+        if not self.branch:
+            self.sow("intermediates", "features", y)
+        return y
+
+    def _switch(self, plan: SlotPlan, x: jax.Array, train: bool, gates: dict | None
+                ) -> jax.Array:
+        """An op switch: both branches run (each at its own gates), the op gate selects one."""
+        t_op = self.param(threshold_path(OP_LADDER),
+                          lambda rng: init_thresholds(jnp.zeros((1,), jnp.float32)))
+        outs = []
+        for branch in plan.branches:
+            op = branch.base_op
+            block = SuperBlock(self.space, self.index, self.depthwise_impl, op, name=op)
+            outs.append(block(x, train, None if gates is None else branch_gates(gates, op)))
+        g = (indicator(-THRESHOLD_SCALE * t_op) if gates is None else gates[OP_LADDER])[0]
+        y = select(g, outs[0], outs[1])
         self.sow("intermediates", "features", y)
         return y

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import pydantic
 
+from nas.blocks.slicing import get_path, set_path
 from nas.single_path.export import derive_arch, slot_stats
 from nas.single_path.gates import slot_gates
 from nas.single_path.network import SinglePathNetwork, init_single_path
@@ -102,7 +103,8 @@ def decision_metrics(space: Any, costs: Any, model_params: Mapping[str, Any],
     """Returns the per-epoch log values: the cost and every decision of the gates' Arch.
 
     Decisions are logged as numbers: kernel, expand, width, bits_w, bits_a, rank (1 = full), se
-    and op (0 = the lower level of the op or keep ladder: dwsep / skip; 1 = the layer's operator).
+    and op (0 = the lower level of the op or keep ladder: dwsep / skip; 1 = the layer's operator;
+    in an op switch 1 / 2 = its first / second operator).
 
     Args:
         space: the Space.
@@ -113,8 +115,12 @@ def decision_metrics(space: Any, costs: Any, model_params: Mapping[str, Any],
     gates = [slot_gates(plan, model_params[plan.prefix], slot_stats(stats, plan.prefix))
              for plan in space_plan(space)]
     out = {"cost": float(costs.expected(gates))}
+    switches = {plan.prefix + "_op": plan.ladders["op"].values
+                for plan in space_plan(space) if plan.branches}
     for label, value in derive_arch(space, model_params, stats).items():
-        if isinstance(value, str):
+        if isinstance(value, str) and label in switches and value != "skip":
+            value = 1.0 + switches[label].index(value)
+        elif isinstance(value, str):
             value = 0.0 if value in ("dwsep", "skip") else 1.0
         out[f"decision/{label}"] = 1.0 if value is None else float(value)
     return out
@@ -128,21 +134,32 @@ def split_thresholds(space: Any, model_params: Mapping[str, Any]) -> tuple[dict,
         model_params: the single-path network's params.
 
     Returns:
-        ``(weights, {slot prefix: {t_<ladder>: threshold}})``; :func:`merge_thresholds` undoes it.
+        ``(weights, {slot prefix: {t_<ladder>: threshold}})`` (an op switch's branch
+        thresholds nested under the branch's operator); :func:`merge_thresholds` undoes it.
     """
     weights, thresholds = dict(model_params), {}
     for plan in space_plan(space):
-        slot = dict(model_params[plan.prefix])
-        thresholds[plan.prefix] = {f"t_{name}": slot.pop(f"t_{name}") for name in plan.ladders}
+        slot = jax.tree_util.tree_map(lambda a: a, dict(model_params[plan.prefix]))
+        thresholds[plan.prefix] = {}
+        for path in plan.threshold_paths():
+            *parents, leaf = path.split("/")
+            parent = get_path(slot, "/".join(parents)) if parents else slot
+            set_path(thresholds[plan.prefix], path, parent.pop(leaf))
         weights[plan.prefix] = slot
     return weights, thresholds
 
 
 def merge_thresholds(weights: Mapping[str, Any], thresholds: Mapping[str, Any]) -> dict:
     """Returns the superkernel params of (weights, thresholds) (see :func:`split_thresholds`)."""
+    def merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict:
+        out = dict(a)
+        for key, value in b.items():
+            out[key] = merge(a[key], value) if isinstance(value, Mapping) else value
+        return out
+
     out = dict(weights)
     for prefix, ts in thresholds.items():
-        out[prefix] = {**weights[prefix], **ts}
+        out[prefix] = merge(weights[prefix], ts)
     return out
 
 
