@@ -5,6 +5,7 @@ refusal of ``gpus_per_trial`` and ends with the summary table; the latency table
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def quick_run(tmp_path_factory):
     """Runs the quick check once; returns (stdout, OUT folder)."""
     out = tmp_path_factory.mktemp("gpu_check")
     cache = os.environ.get("NAS_JAX_CACHE", str(ROOT / ".jax_cache"))
-    env = dict(os.environ, OUT=str(out), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
                JAX_COMPILATION_CACHE_DIR=cache)
     run = subprocess.run(["bash", str(SCRIPT), "--quick"], capture_output=True, text=True,
                          env=env, timeout=300, cwd=ROOT)

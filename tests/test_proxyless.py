@@ -67,13 +67,13 @@ def test_weight_step_executes_only_the_sampled_path():
 def test_masked_pick_runs_the_sampled_path_and_computes_the_sampled_child():
     # the default pick: one path per slot, its knobs masks: the same logits as the nested
     # switches (which slice the weights to the sampled shape) for every sampled option
-    space = Space.by_name("tiny")
+    space = Space.from_dict(SMALL)
     executed = []
     masked = SuperNet(space, on_path=lambda slot, event: executed.append((int(slot), event)))
     nested = SuperNet(space, pick="nested")
     assert masked.pick == "masked"
     params = masked.init(jax.random.PRNGKey(0))
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 1)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, *space.resolution, 1)), jnp.float32)
     run = {name: jax.jit(lambda p, g, n=net: n.apply(p, x, "pick", g))
            for name, net in (("masked", masked), ("nested", nested))}
     for seed in range(4):

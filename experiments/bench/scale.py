@@ -43,6 +43,9 @@ STRATEGY_ROWS = {"child": "random / evolution / rl (largest child)", "fbnet_weig
 #: The superkernel is held to the largest child it contains (the child network it computes).
 STEP_BARS = {"single_path": (1.3, "single_path_child"), "proxyless_weight": (2.5, "child")}
 COMPILE_BAR_S = 60.0
+#: rows of the 224-size spaces by default (their architecture steps and Single-Path's candidate
+#: blocks add minutes of compile on a CPU; ``--rows`` asks for them).
+IMAGENET_ROWS = "child,fbnet_weight,proxyless_weight"
 
 
 def measure_space(space_name: str, batch: int, repeats: int, rows: list[str]) -> list[dict]:
@@ -137,7 +140,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0,
                     help="batch of every space (default: 128 for CIFAR-size, 16 for 224 spaces)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
-    ap.add_argument("--rows", default=",".join(STRATEGY_ROWS))
+    ap.add_argument("--rows", default=None, help="comma-separated rows (default: all for the "
+                    f"CIFAR-size spaces, {IMAGENET_ROWS} for the 224-size ones)")
     ap.add_argument("--core", type=int, default=0, help="CPU core to pin to (-1: no pinning)")
     ap.add_argument("--flops", action="store_true", help="also measure FLOP/s utilization")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -159,8 +163,9 @@ def main() -> None:
     missed = []
     for space_name in a.spaces.split(","):
         batch = a.batch or CIFAR_SPACES.get(space_name) or IMAGENET_SPACES.get(space_name, 16)
+        names = a.rows or (IMAGENET_ROWS if space_name in IMAGENET_SPACES else ",".join(STRATEGY_ROWS))
         rows = run_child(["--one", space_name, "--batch", str(batch), "--repeats", str(a.repeats),
-                          "--rows", a.rows, "--core", str(a.core)])
+                          "--rows", names, "--core", str(a.core)])
         missed += print_space(space_name, batch, rows)
     if a.flops:
         from flops_use import print_utilization
