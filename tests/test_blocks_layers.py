@@ -8,7 +8,7 @@ import pytest
 from jax import lax
 
 from nas.blocks.activations import activation
-from nas.blocks.convs import channel_shuffle, pointwise
+from nas.blocks.convs import channel_shuffle, full_conv, full_conv_dot_grad, pointwise
 from nas.blocks.layers import DWSep, MBConv, make_block
 from nas.blocks.slicing import slice_block_variables
 from nas.metrics import layer_costs
@@ -123,3 +123,18 @@ def test_activations_and_squeeze_excite_gate():
     without = {k: {n: t for n, t in tree.items() if n != "se"} for k, tree in v.items()}
     np.testing.assert_allclose(DWSep(spec).apply(v, y), 0.5 * DWSep(plain).apply(without, y),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_full_conv_with_dot_kernel_gradient_has_the_conv_gradients():
+    # ProxylessNAS's CPU paths use it inside lax.switch: the same values and gradients as the
+    # plain conv, at strides 1 and 2, odd and even sizes, every kernel size of the spaces
+    rng = np.random.default_rng(0)
+    for n, h, cin, cout, k, s in [(2, 9, 3, 5, 3, 2), (2, 8, 4, 3, 5, 1), (1, 7, 2, 4, 7, 2)]:
+        x = jnp.asarray(rng.normal(size=(n, h, h, cin)), jnp.float32)
+        w = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
+
+        def grads(fn):
+            return jax.grad(lambda a, b: jnp.sum(jnp.sin(fn(a, b, s))), argnums=(0, 1))(x, w)
+        np.testing.assert_array_equal(full_conv_dot_grad(x, w, s), full_conv(x, w, s))
+        for got, want in zip(grads(full_conv_dot_grad), grads(full_conv)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from nas.blocks.convs import conv_init, pointwise
+from nas.blocks.convs import conv_init, full_conv, full_conv_dot_grad, pointwise
 from nas.blocks.depthwise import depthwise_conv
 from nas.blocks.layers import BN_EPSILON
 from nas.blocks.plain_ops import plain_op
@@ -272,8 +272,9 @@ def _spatial_conv(x, p, conv: Conv, k: int, cout: int, call: PathCall, impl: str
     kernel = quantize_weight(kernel, call.bits_w)
     if conv.kind == "depthwise":
         return depthwise_conv(x, kernel, conv.stride, impl)
-    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (conv.stride, conv.stride),
-                                       "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if impl == "shift":  # CPU: the kernel gradient as dots (fast inside ProxylessNAS's switch)
+        return full_conv_dot_grad(x, kernel.astype(x.dtype), conv.stride)
+    return full_conv(x, kernel.astype(x.dtype), conv.stride)
 
 
 class _Interpreter:
