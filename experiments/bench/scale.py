@@ -1,12 +1,13 @@
 """Real-scale cost of every search strategy, side by side: compile, step time, memory, images/s.
 
-For each space, in a fresh process of its own (no compile cache, one XLA thread, pinned to one
-core), it builds the rows of :mod:`supernet_cost` (the largest child network of the space, the
+For each space and row, in a fresh process of its own (no compile cache, one XLA thread, pinned
+to one core; a row killed for memory is reported as such), it builds the rows of
+:mod:`supernet_cost` (the largest child network of the space, the
 FBNet and ProxylessNAS weight and architecture steps, the Single-Path superkernel step and the
 largest child it contains), compiles each (seconds: trace + XLA compile of the first step), reads
 XLA's memory analysis (arguments + outputs + temporaries: the step's peak working set), then
-times the steps interleaved (medians over rounds). Every figure is printed with its ratio to the
-largest child network of the same space, measured in the same process:
+times the step (median over ``--repeats`` runs). Every figure is printed with its ratio to the
+largest child network of the same space, measured in the same run:
 
 * compile s and first step s (the bar: <= 60 s on this CPU for the CIFAR-size spaces);
 * step ms, images/s (batch / step), peak MiB;
@@ -91,12 +92,32 @@ def measure_space(space_name: str, batch: int, repeats: int, rows: list[str]) ->
     return out
 
 
-def run_child(args: list[str]) -> list[dict]:
-    """Runs this script on one space in a fresh process (no compile cache) and returns its rows."""
+def run_child(args: list[str]) -> list[dict] | dict:
+    """Runs this script in a fresh process (no compile cache) and returns what it printed.
+
+    Returns:
+        The child's JSON output, or ``{"failed": reason}`` when it died (e.g. killed for
+        memory: a row that does not fit this machine is reported, not the end of the run).
+    """
     env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false")
     done = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
-                          env=env, check=True)
+                          env=env)
+    if done.returncode != 0:
+        why = "killed (out of memory?)" if done.returncode in (-9, 137) else f"exit {done.returncode}"
+        return {"failed": why}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_rows(space_name: str, batch: int, repeats: int, names: list[str], core: int
+                 ) -> list[dict]:
+    """Measures each row of one space in a process of its own (a row that runs out of memory
+    costs only its own figures); returns the rows in order."""
+    rows = []
+    for name in names:
+        out = run_child(["--one", space_name, "--batch", str(batch), "--repeats", str(repeats),
+                         "--rows", name, "--core", str(core)])
+        rows += [{"name": name, "skipped": out["failed"]}] if isinstance(out, dict) else out
+    return rows
 
 
 def print_space(space_name: str, batch: int, rows: list[dict]) -> list[str]:
@@ -139,7 +160,7 @@ def main() -> None:
     ap.add_argument("--spaces", default=",".join([*CIFAR_SPACES, *IMAGENET_SPACES]))
     ap.add_argument("--batch", type=int, default=0,
                     help="batch of every space (default: 128 for CIFAR-size, 16 for 224 spaces)")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps per row (median)")
     ap.add_argument("--rows", default=None, help="comma-separated rows (default: all for the "
                     f"CIFAR-size spaces, {IMAGENET_ROWS} for the 224-size ones)")
     ap.add_argument("--core", type=int, default=0, help="CPU core to pin to (-1: no pinning)")
@@ -164,14 +185,16 @@ def main() -> None:
     for space_name in a.spaces.split(","):
         batch = a.batch or CIFAR_SPACES.get(space_name) or IMAGENET_SPACES.get(space_name, 16)
         names = a.rows or (IMAGENET_ROWS if space_name in IMAGENET_SPACES else ",".join(STRATEGY_ROWS))
-        rows = run_child(["--one", space_name, "--batch", str(batch), "--repeats", str(a.repeats),
-                          "--rows", names, "--core", str(a.core)])
+        rows = measure_rows(space_name, batch, a.repeats, names.split(","), a.core)
         missed += print_space(space_name, batch, rows)
     if a.flops:
         from flops_use import print_utilization
 
-        print_utilization(run_child(["--flops-only", "--repeats", str(a.repeats), "--core",
-                                     str(a.core)]))
+        figures = run_child(["--flops-only", "--repeats", str(a.repeats), "--core", str(a.core)])
+        if "failed" in figures:
+            print(f"\nFLOP/s utilization: {figures['failed']}")
+        else:
+            print_utilization(figures)
     print("\nbars missed: " + ("; ".join(missed) if missed else "none"))
 
 
