@@ -45,7 +45,7 @@ from typing import Any, Mapping
 
 from nas.blocks.program import Conv, Op, program
 from nas.spec import BlockSpec
-from nas.supernet.path_program import op_key
+from nas.supernet.path_program import op_key, removed_run
 
 #: The ladder whose levels are the two operators.
 OP_LADDER = "op"
@@ -70,15 +70,7 @@ def programs_nest(big: BlockSpec, small: BlockSpec) -> bool:
     """
     kb = [strict_key(op) for op in program(big)]
     ks = [strict_key(op) for op in program(small)]
-    if len(ks) >= len(kb):
-        return False
-    pre = 0
-    while pre < len(ks) and kb[pre] == ks[pre]:
-        pre += 1
-    suf = 0
-    while suf < len(ks) - pre and kb[-1 - suf] == ks[-1 - suf]:
-        suf += 1
-    return pre + suf == len(ks)
+    return removed_run(kb, ks) is not None
 
 
 def branch_key(operator: str, ladder: str) -> str:

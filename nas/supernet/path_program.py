@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any, Sequence
 
 from nas.blocks.program import Conv, Op, Quantize, program
 from nas.spec import BlockSpec
@@ -88,15 +89,30 @@ def optional_segment(big: tuple[Op, ...], small: tuple[Op, ...]) -> tuple[int, i
     kb, ks = [op_key(o) for o in big], [op_key(o) for o in small]
     if kb == ks:
         return None
+    run = removed_run(kb, ks)
+    if run is None:
+        raise ValueError("the programs differ by more than one contiguous run of ops")
+    return run
+
+
+def removed_run(big: Sequence[Any], small: Sequence[Any]) -> tuple[int, int] | None:
+    """Returns the [start, stop) run of `big` whose removal leaves `small` (keys compared by
+    equality: the longest common prefix, then suffix), or None when no single run does (or
+    `small` is not shorter).
+
+    Args:
+        big: the keys of the longer program.
+        small: the keys of the shorter one.
+    """
+    if len(small) >= len(big):
+        return None
     pre = 0
-    while pre < len(ks) and kb[pre] == ks[pre]:
+    while pre < len(small) and big[pre] == small[pre]:
         pre += 1
     suf = 0
-    while suf < len(ks) - pre and kb[-1 - suf] == ks[-1 - suf]:
+    while suf < len(small) - pre and big[-1 - suf] == small[-1 - suf]:
         suf += 1
-    if pre + suf != len(ks):
-        raise ValueError("the programs differ by more than one contiguous run of ops")
-    return pre, len(kb) - suf
+    return (pre, len(big) - suf) if pre + suf == len(small) else None
 
 
 @functools.lru_cache(maxsize=4096)
