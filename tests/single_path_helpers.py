@@ -46,3 +46,17 @@ def fake_table(space: Space, per_mac_ms: float = 1e-5, per_layer_ms: float = 0.0
         ms = per_layer_ms + per_mac_ms * layer_costs(spec)["macs"]
         data["entries"][key] = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "n": 1}
     return LatencyTable(data, space)
+
+
+def trained_once(space: Space, x):
+    """Returns (network, variables) of `space`'s superkernel after one training batch `x`
+    (BatchNorm moments, running ranges and residual statistics measured)."""
+    import jax
+
+    from nas.single_path.network import SinglePathNetwork, init_single_path
+
+    net = SinglePathNetwork(space)
+    variables = init_single_path(net, jax.random.key(0))
+    _, upd = jax.jit(lambda v: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
+    return net, {"params": variables["params"], "batch_stats": upd["batch_stats"]}
+

@@ -21,10 +21,11 @@ from nas.single_path.gates import slot_gates
 from nas.single_path.indicators import hard_level
 from nas.single_path.nested_act_quant import (FIRST_RESIDUAL_STAT, RESIDUAL_STAT, NestedActQuant,
                                               residual_growth)
-from nas.single_path.network import SinglePathNetwork, init_single_path
 from nas.single_path.plan import space_plan
 from nas.single_path.roles import slot_program
 from nas.space import Space
+
+from single_path_helpers import trained_once
 
 #: Two slots at 8x8: an MBConv slot (hswish: pre-activation points) with skip, mid, SE, rank,
 #: weight bits and three activation bit-widths, and a DWSep slot searching only bits_a.
@@ -46,11 +47,9 @@ def trained():
     """The space, its network, and variables after one training batch (BatchNorm moments,
     running ranges and the residual statistics measured), plus the batch."""
     space = Space.from_dict(ACT_BITS, "tests:sp_bits_a")
-    net = SinglePathNetwork(space)
-    variables = init_single_path(net, jax.random.key(0))
     x = jax.random.normal(jax.random.key(7), (4, 8, 8, 1))
-    _, upd = jax.jit(lambda v: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
-    return space, net, {"params": variables["params"], "batch_stats": upd["batch_stats"]}, x
+    net, variables = trained_once(space, x)
+    return space, net, variables, x
 
 
 # ------------------------------------------------------------------------------ quantizer

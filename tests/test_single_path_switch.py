@@ -19,11 +19,10 @@ from nas.model import build_model, init_variables
 from nas.single_path.cost import SlotCosts
 from nas.single_path.export import derive_arch, derive_levels, export_child, force_levels
 from nas.single_path.gates import slot_gates
-from nas.single_path.network import SinglePathNetwork, init_single_path
 from nas.single_path.plan import space_plan
 from nas.space import Space
 
-from single_path_helpers import SMALL
+from single_path_helpers import SMALL, trained_once
 
 #: A mixed-like slot at 16x16: MBConv or Fused-MBConv or skip, with kernel, expand x width,
 #: weight and activation bit-widths and rank nested inside each operator.
@@ -43,11 +42,9 @@ def trained():
     """The space, its network and variables after one training batch (BatchNorm moments,
     running ranges, the bits_a residual statistics of both branches), plus the batch."""
     space = Space.from_dict(SWITCH, "tests:sp_switch")
-    net = SinglePathNetwork(space)
-    variables = init_single_path(net, jax.random.key(0))
     x = jax.random.normal(jax.random.key(7), (2, 16, 16, 3))
-    _, upd = jax.jit(lambda v: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
-    return space, net, {"params": variables["params"], "batch_stats": upd["batch_stats"]}, x
+    net, variables = trained_once(space, x)
+    return space, net, variables, x
 
 
 # ----------------------------------------------------------------------------------- plan
