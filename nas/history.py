@@ -5,7 +5,8 @@ candidate being written. A torn last line (the process died mid-write) is droppe
 file is rewritten without it atomically (temporary file + os.replace); a malformed line anywhere
 else is an input error naming the line, since silently skipping it would lose a result.
 
-Record fields (see :func:`make_record`): n, arch_id, arch, status ('ok' | 'error' | 'failed'),
+Record fields (see :func:`make_record`): n, arch_id, arch, status ('ok' | 'error' | 'failed' |
+'stopped' | 'rejected'),
 accuracy, val_accuracy, test_accuracy, latency_ms, reward, cost {params, macs, ...}, seconds,
 attempts, error, time, and where the evaluation said them devices, platform and node (what the
 candidate trained on; records of older runs lack them).
@@ -23,7 +24,7 @@ from typing import Any, Iterator, Mapping
 from nas.errors import NasInputError
 from nas.safe_write import append_line, write_atomic
 
-STATUSES = ("ok", "error", "failed", "stopped")
+STATUSES = ("ok", "error", "failed", "stopped", "rejected")
 #: What a candidate trained on, copied from its evaluation result when present.
 DEVICE_KEYS = ("devices", "platform", "node")
 _REQUIRED = ("arch_id", "arch", "status")
@@ -40,7 +41,8 @@ def make_record(n: int, arch_id: str, arch: Mapping[str, Any], status: str,
         arch: the canonical Arch.
         status: 'ok' (evaluated), 'error' (the evaluation raised: a bad candidate), 'failed'
             (the worker died and retries were exhausted), 'stopped' (ASHA stopped it early; accuracy
-            is the last reported validation accuracy).
+            is the last reported validation accuracy), 'rejected' (over ``objective.limits``,
+            never trained: see :mod:`nas.limits`).
         result: the evaluation result (accuracy, val_accuracy, test_accuracy, latency_ms and cost
             metrics); missing keys are recorded as null. Its devices (local devices the
             candidate trained on), platform ('cpu', 'gpu', ...) and node (host name) are recorded
@@ -65,6 +67,21 @@ def make_record(n: int, arch_id: str, arch: Mapping[str, Any], status: str,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **{k: result[k] for k in DEVICE_KEYS if result.get(k) is not None},
     }
+
+
+def record_value(record: Mapping[str, Any], name: str) -> float | None:
+    """Returns one metric of a record: 'accuracy', 'latency_ms' (top level) or a cost metric.
+
+    Args:
+        record: a history record (:func:`make_record`).
+        name: 'accuracy', 'val_accuracy', 'test_accuracy', 'latency_ms', or a key of its
+            ``cost`` (params, macs, bops, size_bytes, energy_mj, peak_activation_bytes).
+
+    Returns:
+        The value as a float, or None when the record does not have it.
+    """
+    value = record[name] if name in record else (record.get("cost") or {}).get(name)
+    return None if value is None else float(value)
 
 
 def _parse(line: str) -> dict | None:

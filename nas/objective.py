@@ -21,6 +21,11 @@ from typing import Mapping
 
 import jax.numpy as jnp
 
+#: Cost metrics of a candidate known without training it (:mod:`nas.metrics`; latency_ms from the
+#: latency table): what ``objective.metric``, ``objective.limits`` and a Pareto front may name.
+COST_METRICS = ("latency_ms", "params", "macs", "bops", "size_bytes", "energy_mj",
+                "peak_activation_bytes")
+
 SOFT = (-0.07, -0.07)
 HARD = (0.0, -1.0)
 CONSTRAINTS = {"soft": SOFT, "hard": HARD}

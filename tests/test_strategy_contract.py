@@ -101,8 +101,9 @@ def run(request, tmp_path_factory):
 
 
 def test_the_registry_lists_every_strategy_once_with_its_family():
-    assert registry.names() == ["evolution", "fbnet", "proxyless", "random", "rl", "single_path"]
-    assert registry.names("sample") == ["evolution", "random", "rl"]
+    assert registry.names() == ["evolution", "fbnet", "nsga2", "proxyless", "random", "rl",
+                                "single_path"]
+    assert registry.names("sample") == ["evolution", "nsga2", "random", "rl"]
     assert registry.names(supernet="paths") == ["fbnet", "proxyless"]
     for name in registry.names():
         e = registry.entry(name)

@@ -11,7 +11,7 @@ from nas.runs.workdir import add_resume_flag, locked_command
 
 RUN_DESCRIPTION = """\
 Run the whole pipeline a YAML config describes, one stage after the other:
-  1. search   the architecture search, as 'nas search' (random, evolution, rl, fbnet,
+  1. search   the architecture search, as 'nas search' (random, evolution, rl, nsga2, fbnet,
               proxyless or single_path)
   2. retrain  the retrain.top_k best distinct candidates, from scratch (on Ray when
               executor.kind is ray); the winner is the best by the objective

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search", help="run or resume an architecture search from a YAML config",
         description="Run the search a YAML config describes (strategy: random, evolution, rl, "
-                    "fbnet, proxyless or single_path). Every strategy writes WORKDIR/"
+                    "nsga2, fbnet, proxyless or single_path). Every strategy writes WORKDIR/"
                     "best_arch.json (the best Arch), WORKDIR/summary.json and WORKDIR/"
                     "history.jsonl (sample-based: one record per evaluated candidate; one-shot: "
                     "one per supernet epoch, with the Arch derived after it); running the same "
@@ -114,6 +114,43 @@ def _print_summary(summary: dict) -> None:
         print(f"  {devices_line}")
     if summary["best_arch"] is not None:
         print(f"  best Arch: {summary['best_arch']}")
+    for line in limits_and_front_lines(summary):
+        print(f"  {line}")
+
+
+def limits_and_front_lines(summary: dict, max_front: int = 10) -> list[str]:
+    """Returns the lines on ``objective.limits`` (rejected candidates, an early stop) and the
+    Pareto front of a sample-based search summary.
+
+    Args:
+        summary: :meth:`nas.search.SearchResult.summary`.
+        max_front: front members listed at most (the rest are in pareto.json).
+
+    Returns:
+        Lines without indentation, e.g. ``'rejected before training: 7 (over objective.limits:
+        size_bytes 7)'``, ``'Pareto front (accuracy, size_bytes): 3 of 12 in .../pareto.json'``
+        and one line per front member.
+    """
+    lines = []
+    if summary.get("limits"):
+        counts = ", ".join(f"{m} {n}" for m, n in (summary.get("rejected_by_limit") or {}).items())
+        limits = ", ".join(f"{m} <= {v:g}" for m, v in summary["limits"].items())
+        lines.append(f"rejected before training: {summary.get('rejected', 0)} (limits {limits}"
+                     + (f"; broken: {counts}" if counts else "") + ")")
+    if summary.get("stopped"):
+        lines.append(f"stopped early: {summary['stopped']}")
+    pareto = summary.get("pareto")
+    if pareto:
+        names = pareto["objectives"]
+        lines.append(f"Pareto front ({', '.join(names)}): {len(pareto['front'])} of "
+                     f"{pareto['compared']} trained candidates, in {pareto['file']}")
+        for m in pareto["front"][:max_front]:
+            values = ", ".join(f"{k} {m[k]:.4f}" if k == "accuracy" else f"{k} {m[k]:.6g}"
+                               for k in names if m.get(k) is not None)
+            lines.append(f"  {m['arch_id']}: {values}")
+        if len(pareto["front"]) > max_front:
+            lines.append(f"  ... {len(pareto['front']) - max_front} more in pareto.json")
+    return lines
 
 
 def device_use_text(summary: dict) -> str | None:

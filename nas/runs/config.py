@@ -30,12 +30,11 @@ import pydantic
 
 from nas.runs.config_compose import compose_config
 from nas.errors import NasInputError
-from nas.objective import CONSTRAINTS, MnasObjective
+from nas.limits import check_limits
+from nas.objective import CONSTRAINTS, COST_METRICS, MnasObjective
 from nas.space import resolve_space
 from nas.strategies import registry
 
-COST_METRICS = ("latency_ms", "params", "macs", "bops", "size_bytes", "energy_mj",
-                "peak_activation_bytes")
 # TrainConfig fields a search config may set (the rest are managed by the search).
 TRAIN_FIELDS = ("epochs", "batch_size", "eval_batch_size", "optimizer", "learning_rate",
                 "momentum", "weight_decay", "warmup_epochs", "final_lr_fraction",
@@ -67,6 +66,9 @@ class ObjectiveConfig(_Section):
         target: T in the metric's unit; None = maximize accuracy only.
         constraint: 'soft' (alpha = beta = -0.07) or 'hard' (alpha = 0, beta = -1).
         alpha, beta: explicit exponents (override the constraint's).
+        limits: hard limits ``{metric: max}`` checked before training (:mod:`nas.limits`): a
+            sample-based search never trains a candidate over one; a one-shot search reports a
+            derived Arch over one.
     """
 
     kind: Literal["mnasnet"] = "mnasnet"
@@ -75,6 +77,7 @@ class ObjectiveConfig(_Section):
     constraint: Literal["soft", "hard"] = "soft"
     alpha: float | None = None
     beta: float | None = None
+    limits: dict[str, float] = {}
 
     def build(self) -> MnasObjective:
         """Returns the objective these settings describe."""
@@ -232,6 +235,8 @@ class SearchConfig(_Section):
         body = self.model_dump(exclude={"budget", "executor", *PIPELINE_SECTIONS})
         if self.evaluation == EvaluationConfig():  # fingerprints from before the section stay valid
             body.pop("evaluation")
+        if not self.objective.limits:  # likewise for configs without limits
+            body["objective"].pop("limits")
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -299,6 +304,8 @@ def parse_config(data: Any, source: str | None = None, base_dir: str | os.PathLi
         raise NasInputError("metric latency_ms needs a latency table; set latency_table: PATH "
                             "(build one with 'nas latency build') or use another metric",
                             source, "objective.metric")
+    check_limits(config.objective.limits, table is not None, source)
+    _check_front_metrics(config, table is not None, source)
     _check_evaluation(config, base_dir, source)
     if config.executor.address and config.executor.kind != "ray":
         raise NasInputError("an address needs kind: ray", source, "executor.address")
@@ -344,6 +351,16 @@ def _check_evaluation(config: SearchConfig, base_dir: str | os.PathLike | None,
 
 def _check_strategy(config: SearchConfig, source: str | None) -> None:
     registry.parse_params(config.strategy.name, config.strategy.params, source)
+
+
+def _check_front_metrics(config: SearchConfig, has_table: bool, source: str | None) -> None:
+    """A multi-objective strategy's latency_ms objective needs a latency table."""
+    metrics = registry.front_metrics(config.strategy.name, config.strategy.params,
+                                     config.objective.metric, has_table)
+    if "latency_ms" in metrics and not has_table:
+        raise NasInputError("objective latency_ms (the default: objective.metric) needs a latency "
+                            "table; set latency_table: PATH or strategy.params.objectives: "
+                            "[size_bytes, ...]", source, "strategy.params.objectives")
 
 
 def _check_train(train: Mapping[str, Any], source: str | None, section: str = "train") -> None:
@@ -413,6 +430,8 @@ def check_inputs(loaded: LoadedConfig, data: bool = True) -> dict[str, Any]:
     summary: dict[str, Any] = {"config": loaded.source, "space": space.name,
                                "slots": len(space.slots), "log10_size": round(space.log10_size(), 2),
                                "strategy": config.strategy.name, "latency_table": None}
+    if config.objective.limits:
+        summary["limits"] = dict(config.objective.limits)
     if loaded.latency_table:
         from nas.latency.table import LatencyTable
 

@@ -37,6 +37,9 @@ from nas.runs.stages import STAGES, read_marker, stage_marker, write_json_atomic
 from nas.strategies import registry
 from nas.strategies.outputs import HISTORY_FILE, candidate_records
 
+#: one-shot searches with objective.limits: extra runner-ups drawn, as some may break the limits
+RUNNER_UP_SPARE = 8
+
 
 def _train_settings(config: SearchConfig, *overrides: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(config.train)
@@ -138,10 +141,33 @@ class Pipeline:
 
     def costs(self, arch: Mapping[str, Any]) -> dict[str, Any]:
         """Cost metrics of an Arch (latency_ms from the config's table, if any)."""
-        from nas.training.evaluate import CandidateEvaluator
+        from nas.training.evaluate import cost_function
 
-        ev = CandidateEvaluator.for_space(self.space, latency_table=self.loaded.latency_table)
-        return ev.costs(arch)
+        return cost_function(self.space, self.loaded.latency_table)(arch)
+
+    def within_limits(self, archs: list[dict]) -> list[dict]:
+        """Returns the Archs within ``objective.limits`` (all of them without limits); logs the
+        ones left out.
+
+        Raises:
+            NasInputError: none is within the limits.
+        """
+        from nas.limits import violations, violations_text
+
+        limits = self.config.objective.limits
+        kept, dropped = [], []
+        for arch in archs:
+            broken = violations(self.costs(arch), limits) if limits else []
+            (dropped if broken else kept).append((arch, broken))
+        for arch, broken in dropped:
+            self.log(f"search: {self.space.arch_id(arch)} left out: over objective.limits "
+                     f"({violations_text(broken)})")
+        if not kept:
+            raise NasInputError(f"the one-shot search's derived Arch and its runner-ups all break "
+                                f"objective.limits ({violations_text(dropped[0][1])} for the "
+                                "derived one); weigh the cost more (strategy.params) or loosen "
+                                "the limits", self.loaded.source, "objective.limits")
+        return [arch for arch, _ in kept]
 
     def _executor(self):
         from nas.executor import make_executor
@@ -198,8 +224,11 @@ class Pipeline:
         if self.one_shot:  # fbnet / proxyless supernet, or single_path's superkernel
             summary = run_search(self.loaded, self.workdir / "search",
                                  progress=self.progress).summary()
+            top_k = self.config.retrain.top_k
+            spare = RUNNER_UP_SPARE if self.config.objective.limits else 0  # some may break them
             archs = runner_ups(self.space, summary["arch"], summary.get("distribution") or {},
-                               self.config.retrain.top_k, seed=self.config.seed)
+                               top_k + spare, seed=self.config.seed)
+            archs = self.within_limits(archs)[:top_k]
             cands = [{"arch_id": self.space.arch_id(a), "arch": a, "reward": None,
                       "accuracy": None, "status": "ok"} for a in archs]
             return {"summary": summary, "one_shot": True, "candidates": cands}
@@ -213,7 +242,9 @@ class Pipeline:
 
     def top_candidates(self) -> list[dict]:
         """The top-k distinct ok candidates of the search history, best reward first (one-shot:
-        the derived Arch and its runner-ups, see :func:`runner_ups`)."""
+        the derived Arch and its runner-ups within ``objective.limits``, see :func:`runner_ups`).
+        Candidates rejected for breaking the limits were never trained and are not candidates
+        (``kind: "rejected"``, :func:`nas.strategies.outputs.rejected_records`)."""
         from nas.history import History
 
         marker = read_marker(self.workdir, "search") or {}

@@ -16,11 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from nas.history import History
+from nas.history import History, record_value
+from nas.limits import rejection_counts, violations_text
 from nas.pareto import plot_front
 from nas.safe_write import write_atomic
 from nas.runs.stages import read_marker
-from nas.strategies.outputs import HISTORY_FILE, candidate_records
+from nas.strategies.outputs import HISTORY_FILE, PARETO_FILE, candidate_records, rejected_records
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -34,9 +35,34 @@ def stage_result(workdir: Path, stage: str) -> dict | None:
 
 def load_history(workdir: Path) -> list[dict]:
     """Returns the search's candidate records (empty if there is none; the epoch records of a
-    one-shot search are not candidates, see :mod:`nas.strategies.outputs`)."""
+    one-shot search and the rejected records of ``objective.limits`` are not candidates, see
+    :mod:`nas.strategies.outputs`)."""
     path = workdir / "search" / HISTORY_FILE
     return candidate_records(History(path).load()) if path.exists() else []
+
+
+def load_rejected(workdir: Path) -> list[dict]:
+    """Returns the search's records of candidates rejected for breaking ``objective.limits``."""
+    path = workdir / "search" / HISTORY_FILE
+    return rejected_records(History(path).load()) if path.exists() else []
+
+
+def load_pareto(workdir: Path) -> dict | None:
+    """Returns the search's pareto.json (None when there is none or it is unreadable)."""
+    try:
+        return json.loads((workdir / "search" / PARETO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pareto_table(pareto: Mapping[str, Any]) -> list[str]:
+    """Returns the markdown table of a pareto.json front (arch id, accuracy, each cost)."""
+    names = [o["name"] for o in pareto["objectives"]]
+    lines = ["| arch_id | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for m in pareto["front"]:
+        lines.append(f"| `{m['arch_id']}` | " + " | ".join(
+            _fmt(record_value(m, k), ".4f" if k == "accuracy" else ".4g") for k in names) + " |")
+    return lines
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -78,20 +104,34 @@ def candidates_table(history: Sequence[Mapping], retrain: Mapping | None, limit:
 def _points(history: Sequence[Mapping], cost_key: str) -> list[tuple[float, float]]:
     pts = []
     for r in history:
-        cost = r.get("latency_ms") if cost_key == "latency_ms" else (r.get("cost") or {}).get(cost_key)
-        if r.get("status") == "ok" and cost is not None and r.get("accuracy") is not None:
-            pts.append((float(cost), float(r["accuracy"])))
+        cost = record_value(r, cost_key)
+        if r.get("status", "ok") == "ok" and cost is not None and r.get("accuracy") is not None:
+            pts.append((cost, float(r["accuracy"])))
     return pts
 
 
-def write_plots(workdir: Path, history: Sequence[Mapping], retrain: Mapping | None) -> list[str]:
-    """Writes the Pareto PNGs (accuracy vs latency, or MACs without a table; accuracy vs size)."""
+AXIS_LABELS = {"latency_ms": "predicted latency (ms)", "macs": "MACs", "size_bytes":
+               "model size (bytes)", "params": "parameters", "bops": "BOPs",
+               "energy_mj": "energy estimate (mJ)",
+               "peak_activation_bytes": "peak activations (bytes)"}
+
+
+def write_plots(workdir: Path, history: Sequence[Mapping], retrain: Mapping | None,
+                pareto: Mapping | None = None) -> list[str]:
+    """Writes the Pareto PNGs: accuracy vs latency (or MACs without a table), vs size, and vs
+    every other cost of the search's pareto.json; its front's members are ringed on each."""
     plots = []
     cands = [c for c in (retrain or {}).get("candidates", []) if c.get("status") == "ok"]
     has_latency = any(r.get("latency_ms") is not None for r in list(history) + cands)
     axes = [("latency_ms", "predicted latency (ms)", "accuracy_vs_latency.png")] if has_latency \
         else [("macs", "MACs", "accuracy_vs_macs.png")]
     axes.append(("size_bytes", "model size (bytes)", "accuracy_vs_size.png"))
+    front = list((pareto or {}).get("front") or [])
+    for o in (pareto or {}).get("objectives", [])[1:]:
+        if o["name"] not in [a[0] for a in axes]:
+            axes.append((o["name"], AXIS_LABELS.get(o["name"], o["name"]),
+                         f"accuracy_vs_{o['name']}.png"))
+    front_names = "/".join(o["name"] for o in (pareto or {}).get("objectives", []))
     winner = next((c for c in cands if c["arch_id"] == (retrain or {}).get("winner")), None)
     for key, label, name in axes:
         series = {"searched (validation accuracy)": _points(history, key)}
@@ -110,7 +150,9 @@ def write_plots(workdir: Path, history: Sequence[Mapping], retrain: Mapping | No
             star = None if cost is None else (float(cost), float(winner["val_accuracy"]))
         if next(iter(series.values())):
             plots.append(str(plot_front(series, label, workdir / PLOTS_DIR / name,
-                                        title=f"accuracy vs {label}", highlight=star)))
+                                        title=f"accuracy vs {label}", highlight=star,
+                                        marked=_points(front, key),
+                                        marked_label=f"Pareto front ({front_names})")))
     return plots
 
 
@@ -174,6 +216,15 @@ def _latency_line(export: Mapping | None, winner: Mapping | None) -> str:
     return "Latency: " + ", ".join(parts) + "."
 
 
+def _rejected_line(rejected: Sequence[Mapping]) -> str:
+    """One line on the candidates rejected for breaking objective.limits (empty: none)."""
+    if not rejected:
+        return ""
+    counts = ", ".join(f"{m} {n}" for m, n in rejection_counts(rejected).items())
+    return (f"Rejected before training: {len(rejected)} candidates over objective.limits "
+            f"({counts}); never trained, not counted in the budget.")
+
+
 def _search_line(workdir: Path, search: Mapping | None, history: Sequence[Mapping]) -> str:
     """One line naming the strategy and what the search produced (empty before the search)."""
     if not search:
@@ -187,9 +238,14 @@ def _search_line(workdir: Path, search: Mapping | None, history: Sequence[Mappin
         summary = search.get("summary") or {}
         lat = summary.get("predicted_latency_ms")
         lat_text = "" if lat is None else f", predicted latency {lat:.4f} ms"
+        limits_text = ""
+        if summary.get("meets_limits") is False:
+            limits_text = (" It breaks objective.limits ("
+                           + violations_text(summary.get("limit_violations") or []) + ").")
         return (f"Search: {strategy} (one-shot), derived Arch `{summary.get('arch_id')}`{lat_text}; "
                 f"{len(search.get('candidates') or [])} Archs retrained (the derived one and its "
-                f"runner-ups), search {_fmt(summary.get('search_seconds'), '.1f')} s.")
+                f"runner-ups within the limits), search "
+                f"{_fmt(summary.get('search_seconds'), '.1f')} s.{limits_text}")
     ok = sum(1 for r in history if r.get("status") == "ok")
     return f"Search: {strategy}, {len(history)} candidates evaluated ({ok} ok)."
 
@@ -206,9 +262,10 @@ def write_report(workdir: str | os.PathLike, objective: Any = None) -> dict[str,
     """
     workdir = Path(workdir).resolve()
     history = load_history(workdir)
+    pareto = load_pareto(workdir)
     search, retrain = stage_result(workdir, "search"), stage_result(workdir, "retrain")
     distill, export = stage_result(workdir, "distill"), stage_result(workdir, "export")
-    plots = write_plots(workdir, history, retrain)
+    plots = write_plots(workdir, history, retrain, pareto)
     table = candidates_table(history, retrain)
     winner = None
     if retrain:
@@ -220,6 +277,9 @@ def write_report(workdir: str | os.PathLike, objective: Any = None) -> dict[str,
     search_line = _search_line(workdir, search, history)
     if search_line:
         md += ["", search_line]
+    rejected_line = _rejected_line(load_rejected(workdir))
+    if rejected_line:
+        md += ["", rejected_line]
     md += ["", "## Winner", ""]
     if winner is None:
         md.append("Not chosen yet (retrain stage not done).")
@@ -240,7 +300,13 @@ def write_report(workdir: str | os.PathLike, objective: Any = None) -> dict[str,
         else:
             md += ["", "Distillation: disabled; the retrained winner is exported."]
     md += ["", _latency_line(export, winner), "", "## Export", ""] + _export_section(export)
-    md += ["", "## Candidates", "", "```", table, "```", "", "## Plots", ""]
+    md += ["", "## Candidates", "", "```", table, "```", ""]
+    if pareto is not None:
+        names = ", ".join(o["name"] for o in pareto["objectives"])
+        md += ["## Pareto front", "", f"{len(pareto['front'])} of the {pareto['compared']} "
+               f"trained candidates are non-dominated over ({names}); `search/{PARETO_FILE}` "
+               "holds their Archs.", ""] + pareto_table(pareto) + [""]
+    md += ["## Plots", ""]
     md += [f"![{Path(p).stem}]({PLOTS_DIR}/{Path(p).name})" for p in plots]
     stages = {s: (m or {}).get("seconds") for s, m in
               (("search", search), ("retrain", retrain), ("distill", distill), ("export", export))}

@@ -1,7 +1,7 @@
 """Search strategies and their one registry (:mod:`.registry`).
 
-Sample-based strategies (random, evolution, rl) share the ask/tell interface of :mod:`.base`;
-one-shot strategies (fbnet, proxyless, single_path) share the one-shot protocol of
+Sample-based strategies (random, evolution, rl, nsga2) share the ask/tell interface of
+:mod:`.base`; one-shot strategies (fbnet, proxyless, single_path) share the one-shot protocol of
 :mod:`.protocol` (init / weight_step / arch_step / derive / distribution): they train a supernet
 with the one trainer (:func:`nas.training.loop.run_training`) and derive an Arch. Use
 :func:`make_strategy` to build one from its config name and :func:`parse_params` to validate its

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -47,15 +47,23 @@ class Proposal:
 
 @dataclasses.dataclass(frozen=True)
 class Observation:
-    """An evaluated proposal.
+    """An evaluated (or rejected) proposal.
 
     Attributes:
         proposal: what was asked.
-        reward: the objective's reward (higher is better); None when evaluation failed.
+        reward: the objective's reward (higher is better); None when evaluation failed or the
+            proposal was rejected.
+        rejected: the proposal broke a hard limit (``objective.limits``) and was never trained;
+            random and evolution ignore it (never a parent), rl gives it its ``rejected_reward``,
+            nsga2 keeps it out of its population.
+        metrics: what the history records of it: 'accuracy' (trained ones), 'latency_ms' and
+            the cost metrics (params, macs, ...) it has; multi-objective strategies rank on them.
     """
 
     proposal: Proposal
     reward: float | None
+    rejected: bool = False
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 class Strategy(NamedTuple):

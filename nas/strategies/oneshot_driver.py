@@ -9,6 +9,11 @@ exact :func:`nas.cost_table.objective_table`) or ``"superkernel"`` (single_path:
 unless its params set one). Both write ``best_arch.json``, ``summary.json`` and epoch records in
 ``history.jsonl`` (:mod:`nas.strategies.outputs`).
 
+With ``objective.limits`` the derived Arch is checked against them (:func:`check_derived_arch`):
+one over a limit is reported in one warning line, moved from ``best_arch.json`` to
+``over_limits_arch.json`` (nothing downstream takes it for the search's result) and the summary
+says ``meets_limits: false`` with the ``limit_violations``.
+
 Example:
     >>> summary = run_oneshot_config(load_config("experiments/digits_fbnet.yaml"), "runs/fb").summary()
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,13 +30,18 @@ from nas.runs.config import LoadedConfig
 from nas.cost_table import objective_table
 from nas.data import load_data
 from nas.latency.table import LatencyTable
+from nas.limits import violations, violations_text
 from nas.space import resolve_space
 from nas.strategies import single_path_run
 from nas.strategies.oneshot_loop import run_oneshot
 from nas.strategies.outputs import BEST_ARCH_FILE, write_summary
 from nas.strategies.registry import entry
-from nas.runs.workdir import claim_workdir
+from nas.runs.workdir import claim_workdir, lock_workdir
+from nas.safe_write import write_atomic
+from nas.training.evaluate import cost_function
 
+#: where a derived Arch over objective.limits is kept instead of best_arch.json
+OVER_LIMITS_FILE = "over_limits_arch.json"
 #: objective.metric -> the single_path ``cost`` of the same quantity (a constant factor apart).
 SINGLE_PATH_COST = {"params": "params", "macs": "macs", "bops": "bops", "size_bytes": "size_bits",
                     "energy_mj": "energy_pj"}
@@ -69,12 +80,60 @@ def run_oneshot_config(loaded: LoadedConfig, workdir: str | os.PathLike,
     strategy = entry(config.strategy.name, loaded.source)
     metric = config.objective.metric
     if strategy.supernet == "superkernel":
+        run = loaded
         if metric in SINGLE_PATH_COST and "cost" not in config.strategy.params:
             section = config.strategy.model_copy(update={"params": {
                 **config.strategy.params, "cost": SINGLE_PATH_COST[metric]}})
-            loaded = dataclasses.replace(loaded, config=config.model_copy(update={"strategy": section}))
-        return OneShotSearchResult(single_path_run.run_single_path(loaded, workdir, progress=progress))
-    return OneShotSearchResult(run_paths_config(loaded, workdir, progress))
+            run = dataclasses.replace(loaded,
+                                      config=config.model_copy(update={"strategy": section}))
+        summary = single_path_run.run_single_path(run, workdir, progress=progress)
+    else:
+        summary = run_paths_config(loaded, workdir, progress)
+    return OneShotSearchResult(check_derived_arch(loaded, workdir, summary))
+
+
+def check_derived_arch(loaded: LoadedConfig, workdir: str | os.PathLike,
+                       summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Checks a one-shot search's derived Arch against ``objective.limits``.
+
+    Within all limits, the summary gains ``limits``, ``limit_costs`` and ``meets_limits: true``.
+    Over one, it also gets ``limit_violations`` ([{metric, value, limit}]), ``best_arch: None``
+    and ``over_limits_arch`` (best_arch.json is moved there), and one warning line names the
+    broken limits. summary.json is rewritten either way; without limits nothing changes.
+
+    Args:
+        loaded: the config.
+        workdir: the search's workdir (holding best_arch.json and summary.json).
+        summary: the search's summary (``strategy``, ``arch``, ``arch_id``, ``best_arch``).
+
+    Returns:
+        The summary, with the fields above.
+    """
+    limits = dict(loaded.config.objective.limits)
+    if not limits:
+        return dict(summary)
+    space = resolve_space(loaded.config.space, loaded.source)
+    costs = cost_function(space, loaded.latency_table)(summary["arch"])
+    broken = violations(costs, limits)
+    wd = Path(workdir).resolve()
+    out = {**summary, "limits": limits, "limit_costs": {m: costs[m] for m in limits},
+           "meets_limits": not broken, "limit_violations": [v.to_dict() for v in broken]}
+    with lock_workdir(wd):  # re-entrant: a caller holding the workdir keeps it
+        moved = wd / OVER_LIMITS_FILE
+        if broken:
+            if (wd / BEST_ARCH_FILE).exists():
+                write_atomic(moved, (wd / BEST_ARCH_FILE).read_bytes())
+                (wd / BEST_ARCH_FILE).unlink()
+            out.update(best_arch=None, over_limits_arch=str(moved))
+            sys.stderr.write(f"nas: warning: {summary['strategy']}: the derived Arch "
+                             f"{summary['arch_id']} breaks objective.limits: "
+                             f"{violations_text(broken)}; not written to {BEST_ARCH_FILE} (kept as "
+                             f"{moved}); weigh the cost more (strategy.params) or loosen the "
+                             "limits\n")
+        else:
+            moved.unlink(missing_ok=True)
+        write_summary(wd, out)
+    return out
 
 
 def run_paths_config(loaded: LoadedConfig, workdir: str | os.PathLike,
@@ -132,4 +191,10 @@ def print_summary(summary: Mapping[str, Any]) -> None:
           f"{summary['search_seconds']:.1f} s; workdir {summary['workdir']}")
     child = summary.get("child")
     extra = f"  (its weights, cut from the superkernel: {child})" if child else ""
+    if summary.get("meets_limits") is False:
+        print(f"  over objective.limits ({violations_text(summary['limit_violations'])}): no best "
+              f"Arch; the derived one is in {summary['over_limits_arch']}")
+        return
+    if summary.get("meets_limits"):
+        extra += "  (within objective.limits)"
     print(f"  best Arch: {summary['best_arch']}{extra}")

@@ -12,7 +12,11 @@ A search work directory holds, for every strategy of :mod:`nas.strategies.regist
   runs have no ``kind`` and count as candidates); one-shot strategies write one ``kind:
   "epoch"`` record per supernet epoch (:func:`epoch_record`: the Arch derived after that epoch,
   its predicted cost and latency, the epoch's metrics). Readers of candidates use
-  :func:`candidate_records`, so epoch records never enter a replay.
+  :func:`candidate_records`, so epoch records never enter a replay. A sample-based search with
+  ``objective.limits`` also writes one ``kind: "rejected"`` record per distinct candidate it
+  refused to train (:mod:`nas.limits`; :func:`rejected_records`); they are not candidates either.
+* ``pareto.json`` (sample-based): the non-dominated front of the trained candidates over
+  accuracy and the cost metrics of the search (:func:`write_pareto`).
 
 Example:
     >>> write_epoch_record(wd / HISTORY_FILE, epoch_record("fbnet", space, 3, arch, {...}))
@@ -24,17 +28,20 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-from nas.history import History
+from nas.history import History, record_value
+from nas.pareto import non_dominated_sort
 from nas.safe_write import write_atomic, write_json_atomic
 from nas.space import Space
 
 BEST_ARCH_FILE = "best_arch.json"
 SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.jsonl"
+PARETO_FILE = "pareto.json"
 CANDIDATE = "candidate"
 EPOCH = "epoch"
+REJECTED = "rejected"
 
 
 def record_kind(record: Mapping[str, Any]) -> str:
@@ -57,6 +64,58 @@ def candidate_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:
 def epoch_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Returns the one-shot epoch records of a history, in order."""
     return [dict(r) for r in records if record_kind(r) == EPOCH]
+
+
+def rejected_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Returns the records of candidates rejected for breaking ``objective.limits``, in order."""
+    return [dict(r) for r in records if record_kind(r) == REJECTED]
+
+
+def pareto_front_records(records: Sequence[Mapping[str, Any]],
+                         metrics: Sequence[str]) -> tuple[list[dict], int]:
+    """Returns the non-dominated trained candidates over accuracy (max) and cost metrics (min).
+
+    Args:
+        records: candidate records (only 'ok' ones with an accuracy and every metric count).
+        metrics: cost metrics ('latency_ms', 'size_bytes', ...; :func:`nas.history.record_value`).
+
+    Returns:
+        (the front's records, cheapest in the first metric first; how many records were
+        compared). Candidates with equal values are all kept: none dominates the other.
+    """
+    usable, points = [], []
+    for r in records:
+        values = [record_value(r, name) for name in ("accuracy", *metrics)]
+        if r.get("status") == "ok" and all(v is not None for v in values):
+            usable.append(r)
+            points.append((-values[0], *values[1:]))
+    fronts = non_dominated_sort(points)
+    front = sorted(fronts[0] if fronts else [], key=lambda i: (points[i][1:], points[i][0], i))
+    return [dict(usable[i]) for i in front], len(usable)
+
+
+def write_pareto(workdir: str | Path, records: Sequence[Mapping[str, Any]],
+                 metrics: Sequence[str]) -> dict[str, Any]:
+    """Writes ``pareto.json``: the front of :func:`pareto_front_records`, atomically.
+
+    Args:
+        workdir: the search's work directory.
+        records: its candidate records.
+        metrics: the cost metrics of the front.
+
+    Returns:
+        What was written: ``{"objectives": [{"name", "goal": "max"|"min"}], "compared",
+        "front": [{"arch_id", "arch", "n", "accuracy", "val_accuracy", "test_accuracy",
+        "latency_ms", "cost", "reward"}]}``.
+    """
+    front, compared = pareto_front_records(records, metrics)
+    keep = ("arch_id", "arch", "n", "accuracy", "val_accuracy", "test_accuracy", "latency_ms",
+            "cost", "reward")
+    data = {"objectives": [{"name": "accuracy", "goal": "max"}]
+            + [{"name": m, "goal": "min"} for m in metrics],
+            "compared": compared, "front": [{k: r.get(k) for k in keep} for r in front]}
+    write_json_atomic(Path(workdir) / PARETO_FILE, data, default=json_default)
+    return data
 
 
 def _number(value: Any) -> float | None:

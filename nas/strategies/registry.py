@@ -4,8 +4,10 @@ Every place that lists, validates or dispatches strategy names asks this module 
 ``nas run``, config validation, the weight-sharing fast path); nothing else keeps a list of
 names. Two families:
 
-* ``"sample"`` (random, evolution, rl): ``factory(space, params) -> Strategy``, the ask/tell
-  protocol of :mod:`nas.strategies.base`, run by the ask/tell loop of :mod:`nas.search`.
+* ``"sample"`` (random, evolution, rl, nsga2): ``factory(space, params) -> Strategy``, the
+  ask/tell protocol of :mod:`nas.strategies.base`, run by the ask/tell loop of :mod:`nas.search`.
+  A multi-objective one (nsga2) has an ``objectives`` parameter: the cost metrics it minimizes
+  beside the accuracy (unset: the config's ``objective.metric``, see :func:`make_strategy`).
 * ``"one_shot"`` (fbnet, proxyless, single_path): train a supernet and derive an Arch, run by
   :mod:`nas.strategies.oneshot_driver`. All three implement the one-shot protocol
   :class:`~nas.strategies.protocol.OneShot` (init / weight_step / arch_step / derive /
@@ -20,7 +22,7 @@ Example:
     >>> registry.entry("fbnet").family
     'one_shot'
     >>> registry.names("sample")
-    ['evolution', 'random', 'rl']
+    ['evolution', 'nsga2', 'random', 'rl']
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from nas.single_path.plan import space_plan
 from nas.space import Space
 from nas.strategies.evolution import EvolutionParams, regularized_evolution
 from nas.strategies.fbnet import fbnet_strategy
+from nas.strategies.nsga2 import NSGA2Params, nsga2
 from nas.strategies.oneshot_base import OneShotParams, objective_and_cost
 from nas.strategies.proxyless import proxyless_strategy
 from nas.strategies.random import RandomParams, random_search
@@ -110,6 +113,8 @@ REGISTRY: dict[str, StrategyEntry] = {e.name: e for e in (
                   summary="regularized (aging) evolution"),
     StrategyEntry("rl", "sample", RLParams, reinforce,
                   summary="MnasNet's REINFORCE controller"),
+    StrategyEntry("nsga2", "sample", NSGA2Params, nsga2,
+                  summary="NSGA-II: Pareto search over accuracy and costs"),
     StrategyEntry("fbnet", "one_shot", OneShotParams, fbnet_strategy, supernet="paths",
                   default_objective="fbnet", summary="FBNet: Gumbel-softmax supernet"),
     StrategyEntry("proxyless", "one_shot", OneShotParams, proxyless_strategy, supernet="paths",
@@ -172,10 +177,30 @@ def parse_params(name: str, params: Mapping[str, Any] | None,
     return entry(name, source).parse_params(params, source)
 
 
+def front_metrics(name: str, params: Mapping[str, Any], metric: str,
+                  has_latency_table: bool) -> list[str]:
+    """Returns the cost metrics of a sample-based search's Pareto front (``pareto.json``).
+
+    Args:
+        name: the strategy name.
+        params: its ``strategy.params`` mapping.
+        metric: the config's ``objective.metric``.
+        has_latency_table: whether the config names a latency table.
+
+    Returns:
+        A multi-objective strategy's ``objectives`` (unset: ``[metric]``); for the others
+        ``[metric]``, or ``['macs']`` when the metric is latency_ms without a table to predict it.
+    """
+    if "objectives" in entry(name).params.model_fields:
+        return list(params.get("objectives") or [metric])
+    return ["macs"] if metric == "latency_ms" and not has_latency_table else [metric]
+
+
 def make_strategy(name: str, space: Space,
                   params: Mapping[str, Any] | pydantic.BaseModel | None = None, *,
                   net: Any = None, table: Any = None, target: float | None = None,
-                  train: TrainConfig | None = None, steps_per_epoch: int = 1) -> Any:
+                  train: TrainConfig | None = None, steps_per_epoch: int = 1,
+                  metric: str | None = None) -> Any:
     """Builds a strategy from its config name.
 
     Args:
@@ -190,6 +215,8 @@ def make_strategy(name: str, space: Space,
         target: single_path only: the cost target T (``objective.target``), or None.
         train: single_path only: the trainer settings (default ``TrainConfig()``).
         steps_per_epoch: single_path only: steps per epoch (turns ``warmup_epochs`` into steps).
+        metric: sample-based only: the config's ``objective.metric``, the objective of a
+            multi-objective strategy whose ``objectives`` are unset (:func:`front_metrics`).
 
     Returns:
         A :class:`~nas.strategies.base.Strategy` (sample) or a
@@ -202,6 +229,8 @@ def make_strategy(name: str, space: Space,
     if not isinstance(params, pydantic.BaseModel):
         params = e.parse_params(params)
     if e.family == "sample":
+        if "objectives" in type(params).model_fields and not params.objectives:
+            params = params.model_copy(update={"objectives": [metric or "latency_ms"]})
         return e.factory(space, params)
     if e.supernet == "paths":
         net = net if net is not None else SuperNet(space, params.depthwise_impl, pick=params.pick)

@@ -9,7 +9,10 @@ Zoph & Le 2017 and Tan et al. 2019):
 where ``b`` is an exponential moving average of past rewards (the baseline), ``s`` an optional
 moving estimate of the rewards' standard deviation (so the step size does not depend on how
 closely accuracies cluster), and the entropy bonus keeps the controller exploring. Failed
-candidates (reward None) are left out of the update. MnasNet itself used PPO; REINFORCE with a
+candidates (reward None) are left out of the update. Candidates rejected before training for
+breaking ``objective.limits`` get ``rejected_reward`` (default 0: as bad as a network that never
+classifies right, so the update pushes the controller away from the decisions that broke a limit;
+None leaves them out like failed ones). MnasNet itself used PPO; REINFORCE with a
 baseline is the simpler estimator of the same gradient.
 
 All state (controller params, Adam state, baseline) lives in :class:`RLState`, a pytree; the
@@ -42,6 +45,8 @@ class RLParams(pydantic.BaseModel):
         baseline_decay: decay of the reward moving average (0.95 = slow).
         normalize: divide advantages by a moving estimate of the rewards' std.
         tanh_constant: bound C of the logits, C * tanh(logits / C); 0 = unbounded.
+        rejected_reward: the reward of a candidate rejected for breaking ``objective.limits``
+            (None: left out of the update).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -51,6 +56,7 @@ class RLParams(pydantic.BaseModel):
     baseline_decay: float = pydantic.Field(0.9, ge=0, lt=1)
     normalize: bool = True
     tanh_constant: float = pydantic.Field(1.5, ge=0)
+    rejected_reward: float | None = 0.0
 
 
 class RLState(NamedTuple):
@@ -125,11 +131,12 @@ def reinforce(space: Space, params: RLParams | None = None) -> Strategy:
         return state._replace(step=state.step + 1), proposals
 
     def tell(state: RLState, observations: Sequence[Observation]) -> RLState:
-        done = [o for o in observations if o.reward is not None]
+        done = [(o, p.rejected_reward if o.rejected else o.reward) for o in observations]
+        done = [(o, r) for o, r in done if r is not None]
         if not done:
             return state
-        tokens = jnp.asarray([o.proposal.tokens for o in done], jnp.int32)
-        rewards = jnp.asarray([o.reward for o in done], jnp.float32)
+        tokens = jnp.asarray([o.proposal.tokens for o, _ in done], jnp.int32)
+        rewards = jnp.asarray([r for _, r in done], jnp.float32)
         cparams, opt_state, baseline, sq = _update(
             state.params, state.opt_state, state.baseline, state.sq, state.updates == 0, tokens, rewards)
         return state._replace(params=cparams, opt_state=opt_state, baseline=baseline, sq=sq,

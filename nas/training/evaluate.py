@@ -44,6 +44,21 @@ def _table(path: str, definition_json: str):
     return LatencyTable.load(path, _space(definition_json))
 
 
+def cost_function(space: Space,
+                  latency_table: str | None = None) -> Callable[[Mapping[str, Any]], dict]:
+    """Returns ``costs(arch)``: an Arch's costs known without training it.
+
+    Args:
+        space: the Space.
+        latency_table: path of a latency table (adds latency_ms), or None.
+
+    Returns:
+        :meth:`CandidateEvaluator.costs` of an evaluator for the space: params, macs, bops,
+        size_bytes, energy_mj, peak_activation_bytes (:mod:`nas.metrics`) and latency_ms.
+    """
+    return CandidateEvaluator.for_space(space, latency_table=latency_table).costs
+
+
 @dataclasses.dataclass(frozen=True)
 class CandidateEvaluator:
     """Trains and measures one Arch.
