@@ -1,17 +1,26 @@
 """Weight-sharing fast path: score sample-based candidates on a trained one-shot supernet.
 
 Instead of training every candidate from scratch, a random / evolution / RL search can score an
-Arch with the weights of a supernet trained by ``nas search`` with strategy fbnet or proxyless::
+Arch with the weights of a supernet trained by ``nas search`` with a one-shot strategy; ``spos``
+trains one made for this (uniform sampling, sandwich rule, in-place distillation over the
+single-path superkernel, :mod:`nas.strategies.spos`), fbnet / proxyless / single_path
+workdirs work too::
 
-    evaluation: {mode: supernet, supernet: runs/digits_fbnet}   # that search's workdir
+    evaluation: {mode: supernet, supernet: runs/digits_spos}   # that search's workdir
 
-The score of an Arch is the validation accuracy of its path through the supernet: the child
-network (:func:`nas.model.build_model`) with the supernet's weights sliced to it
-(:func:`nas.supernet.network.child_params`), after its BatchNorm statistics (and activation
-quantizer ranges) are recalibrated for that path on training images, as Once-for-All does: the
-statistics of one shared path are wrong for every other path, so they are recomputed, exactly,
-from one large batch of training images (the supernet's own training split; the validation split
-stays held out as in its search). Nothing is trained.
+The score of an Arch is the validation accuracy of its sub-network of the supernet after its
+BatchNorm statistics (and activation quantizer ranges) are recalibrated for it on training
+images, as Once-for-All does: the statistics of the shared network are wrong for every single
+sub-network, so they are recomputed, exactly, from one large batch of training images (the
+supernet's own training split, the same images for every Arch; the validation split stays held
+out as in its search). Nothing is trained. The sub-network of an Arch is
+
+* in an fbnet / proxyless supernet ('paths'): the child network (:func:`nas.model.build_model`)
+  with the supernet's weights sliced to it (:func:`nas.supernet.network.child_params`; one
+  compiled program per Arch);
+* in a spos / single_path superkernel: the superkernel run with the Arch's hard gates
+  (:mod:`nas.single_path.subnets`, :mod:`nas.single_path.scoring`; one compiled program for
+  every Arch, the same outputs as the Arch's exported child).
 
 Example:
     >>> scorer = SupernetScorer(str(Path("runs/digits_fbnet").resolve()))
@@ -33,14 +42,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from nas.blocks.layers import BN_MOMENTUM
+from nas.single_path.network import SinglePathNetwork, init_single_path
+from nas.single_path.plan import space_plan
+from nas.single_path.scoring import SubnetEvaluator
+from nas.single_path.subnets import arch_levels, network_gates
 from nas.training.checkpoint import Checkpointer
 from nas.data import load_data
 from nas.errors import NasInputError
 from nas.training.evaluate import CandidateEvaluator
-from nas.model import build_model, init_variables
+from nas.model import add_missing_quant_steps, build_model, init_variables
 from nas.space import Space, resolve_space
 from nas.strategies import registry
+from nas.strategies.single_path import merge_thresholds, split_thresholds
 from nas.supernet.network import SuperNet, child_params, merge_trainable, trainable
+from nas.training.recalibrate import calibration_batch, recalibrated_stats, stacked_batches
 
 SCORED_BY = "supernet"
 SEARCH_RECORD = "search.json"
@@ -55,10 +70,14 @@ class Supernet:
         space: its Space.
         data: its data spec.
         seed: its seed (data splits).
-        strategy: a registry name whose supernet is 'paths' (fbnet, proxyless).
-        net: the :class:`nas.supernet.network.SuperNet`.
-        weights: the full weight tree (``net.init`` structure) with the trained leaves.
+        strategy: a one-shot registry name (its entry's ``supernet`` says which network).
+        net: the :class:`nas.supernet.network.SuperNet` ('paths') or
+            :class:`nas.single_path.network.SinglePathNetwork` ('superkernel').
+        weights: 'paths': the full weight tree (``net.init`` structure) with the trained
+            leaves; 'superkernel': the network's {"params", "batch_stats"}.
         epochs: epochs the supernet was trained (from the checkpoint's meta).
+        evaluator: 'superkernel': the :class:`~nas.single_path.scoring.SubnetEvaluator` that
+            scores its sub-networks (compiled once); None for 'paths'.
     """
 
     workdir: str
@@ -69,10 +88,16 @@ class Supernet:
     net: Any
     weights: Any
     epochs: int
+    evaluator: Any = None
+
+    @property
+    def kind(self) -> str:
+        """'paths' (fbnet, proxyless) or 'superkernel' (spos, single_path)."""
+        return registry.entry(self.strategy).supernet
 
 
 def load_supernet(workdir: str | Path) -> Supernet:
-    """Reads the supernet of a finished (or checkpointed) fbnet / proxyless search.
+    """Reads the supernet of a finished (or checkpointed) one-shot search.
 
     Args:
         workdir: the one-shot search's workdir (holds search.json and checkpoints/).
@@ -91,12 +116,16 @@ def load_supernet(workdir: str | Path) -> Supernet:
         strategy = config["strategy"]["name"]
     except (OSError, ValueError, KeyError, TypeError):
         raise NasInputError(f"{record} is not a search record; give the --workdir of a finished "
-                            "'nas search' with strategy fbnet or proxyless", None, field) from None
-    trainable_with = registry.names(supernet="paths")  # SuperNet checkpoints, one weight set per path
+                            "'nas search' with a one-shot strategy (spos trains one for this)",
+                            None, field) from None
+    trainable_with = registry.names("one_shot")
     if strategy not in trainable_with:
         raise NasInputError(f"{wd} holds a {strategy!r} search; the fast path needs a supernet "
-                            f"trained with strategy {' or '.join(trainable_with)}", None, field)
+                            f"trained with strategy {', '.join(trainable_with)} (spos trains one "
+                            "for this)", None, field)
     space = resolve_space(config["space"], str(record))
+    if registry.entry(strategy).supernet == "superkernel":
+        return _load_superkernel(wd, config, space, strategy)
     net = SuperNet(space)
     full = net.init(jax.random.PRNGKey(0))
     manager = ocp.CheckpointManager(wd / "checkpoints")
@@ -116,25 +145,29 @@ def load_supernet(workdir: str | Path) -> Supernet:
                     strategy, net, whole, int(meta.get("epoch", 0)))
 
 
-def recalibrated_stats(old: Any, new: Any, momentum: float) -> Any:
-    """Returns the batch's own statistics from one BatchNorm running-average update.
-
-    Linen's BatchNorm updates ``ra = m * ra + (1 - m) * batch``; after one update from `old`
-    the batch's statistics are ``(new - m * old) / (1 - m)``. Leaves other than 'mean' and 'var'
-    (activation quantizer ranges, which start from the batch's own range) are taken from `new`.
-
-    Args:
-        old: batch_stats before the update.
-        new: batch_stats after one training-mode pass.
-        momentum: the BatchNorm momentum m.
-    """
-    def fix(path, o, n):
-        name = getattr(path[-1], "key", None)
-        if name in ("mean", "var"):
-            return (n - momentum * o) / (1.0 - momentum)
-        return n
-
-    return jax.tree_util.tree_map_with_path(fix, old, new)
+def _load_superkernel(wd: Path, config: Mapping[str, Any], space: Space, strategy: str
+                      ) -> Supernet:
+    """Reads the superkernel network of a spos / single_path workdir (the one-shot loop's
+    checkpoint: params without thresholds, batch_stats; the thresholds, which scoring never
+    reads, come from a fresh initialization)."""
+    net = SinglePathNetwork(space)
+    init = init_single_path(net, jax.random.PRNGKey(0))
+    weights, thresholds = split_thresholds(space, init["params"])
+    manager = ocp.CheckpointManager(wd / "checkpoints")
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise NasInputError(f"{wd} has no supernet checkpoint yet; run its 'nas search' first",
+                            None, "evaluation.supernet")
+    meta = manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    ckpt = Checkpointer(wd, meta["arch_id"])
+    try:
+        model, _, meta = ckpt.restore({"params": weights, "batch_stats": init["batch_stats"]})
+    finally:
+        ckpt.close()
+    variables = {"params": merge_thresholds(model["params"], thresholds),
+                 "batch_stats": model["batch_stats"]}
+    return Supernet(str(wd), space, config.get("data", "digits"), int(config.get("seed", 0)),
+                    strategy, net, variables, int(meta.get("epoch", 0)), SubnetEvaluator(net))
 
 
 @functools.lru_cache(maxsize=2)
@@ -198,7 +231,7 @@ class SupernetScorer:
 
 def path_accuracy(sn: Supernet, arch: Mapping[str, Any], data: Any, calibration_images: int = 512,
                   eval_batch_size: int = 512) -> dict[str, float | None]:
-    """Returns the validation and test accuracy of an Arch's path through the supernet.
+    """Returns the validation and test accuracy of an Arch's sub-network of the supernet.
 
     Args:
         sn: the supernet.
@@ -211,11 +244,35 @@ def path_accuracy(sn: Supernet, arch: Mapping[str, Any], data: Any, calibration_
     Returns:
         {"val": accuracy, "test": accuracy or None when the data has no test split}.
     """
+    x_cal = calibration_batch(data.x_train, calibration_images, sn.seed)
+    splits = [(x, y) for x, y in ((data.x_val, data.y_val), (data.x_test, data.y_test))
+              if x is not None and len(x)]
+    x_eval = np.concatenate([x for x, _ in splits])
+    if sn.kind == "superkernel":
+        plans = space_plan(sn.space)
+        gates = network_gates(plans, arch_levels(sn.space, plans, arch))
+        preds = sn.evaluator.predict(sn.weights, gates, x_cal, x_eval, eval_batch_size)
+    else:
+        preds = _paths_predictions(sn, arch, x_cal, x_eval, eval_batch_size)
+    out, start = [], 0
+    for x, y in splits:
+        out.append(float(np.mean(preds[start:start + len(x)] == y)))
+        start += len(x)
+    has_test = data.x_test is not None and len(data.x_test) > 0
+    return {"val": out[0], "test": out[1] if has_test and len(out) > 1 else None}
 
+
+def _paths_predictions(sn: Supernet, arch: Mapping[str, Any], x_cal: np.ndarray,
+                       x_eval: np.ndarray, eval_batch_size: int) -> np.ndarray:
+    """The predicted classes of `x_eval` by an Arch's path through a 'paths' supernet (its
+    child network with the sliced weights, recalibrated on `x_cal`)."""
     model = build_model(sn.space, arch)
     shape = (1, *sn.space.resolution, sn.space.in_channels)
     init = init_variables(model, jax.random.PRNGKey(0), shape)
     params = {k: v for k, v in child_params(sn.net, sn.weights, arch).items() if v}  # skip: {}
+    # the child's learned quantizer steps (LSQ) are absent from the supernet: 0 = minmax, what
+    # the supernet's paths compute
+    params = add_missing_quant_steps(model, {"params": params, "batch_stats": {}}, shape)["params"]
 
     def shapes(tree):
         return [(jax.tree_util.keystr(path), jnp.shape(leaf))
@@ -223,15 +280,7 @@ def path_accuracy(sn: Supernet, arch: Mapping[str, Any], data: Any, calibration_
 
     if shapes(init["params"]) != shapes(params):  # a slicing bug would silently score garbage
         raise RuntimeError(f"supernet slice of {sn.space.arch_id(arch)} does not fit its child")
-    rng = np.random.default_rng(sn.seed)
-    pick = rng.permutation(len(data.x_train))[:calibration_images]
-    splits = [(x, y) for x, y in ((data.x_val, data.y_val), (data.x_test, data.y_test))
-              if x is not None and len(x)]
-    x_eval = np.concatenate([x for x, _ in splits])
-    n_batches = -(-len(x_eval) // eval_batch_size)
-    pad = n_batches * eval_batch_size - len(x_eval)
-    x_eval = np.concatenate([x_eval, np.zeros((pad, *x_eval.shape[1:]), x_eval.dtype)])
-    x_eval = x_eval.reshape(n_batches, eval_batch_size, *x_eval.shape[1:])
+    batches = stacked_batches(x_eval, eval_batch_size)
 
     @jax.jit
     def predict(params, stats, x_cal, x_eval):
@@ -246,14 +295,8 @@ def path_accuracy(sn: Supernet, arch: Mapping[str, Any], data: Any, calibration_
 
         return jax.lax.map(classify, x_eval)
 
-    preds = np.asarray(predict(params, init["batch_stats"], jnp.asarray(data.x_train[pick]),
-                               jnp.asarray(x_eval))).reshape(-1)
-    out, start = [], 0
-    for x, y in splits:
-        out.append(float(np.mean(preds[start:start + len(x)] == y)))
-        start += len(x)
-    has_test = data.x_test is not None and len(data.x_test) > 0
-    return {"val": out[0], "test": out[1] if has_test and len(out) > 1 else None}
+    preds = predict(params, init["batch_stats"], jnp.asarray(x_cal), jnp.asarray(batches))
+    return np.asarray(preds).reshape(-1)[:len(x_eval)]
 
 
 def check_compatible(sn: Supernet, space: Space, data: str, source: str | None = None) -> None:

@@ -21,7 +21,7 @@ from nas.errors import NasInputError
 from nas.history import History
 from nas.search import run_search
 from nas.space import Space
-from nas.strategies import oneshot_loop, registry, single_path_run
+from nas.strategies import oneshot_loop, registry, single_path_run, spos_run
 from nas.strategies.outputs import candidate_records, epoch_records, json_default
 
 SPACE = {"name": "contract", "input": {"resolution": 8, "channels": 1}, "num_classes": 10,
@@ -36,6 +36,8 @@ CONFIGS = {
     "proxyless": {"strategy": {"name": "proxyless", "params": ONE_SHOT_PARAMS}},
     "single_path": {"strategy": {"name": "single_path", "params": {"lam": 1.0}},
                     "train": {"epochs": EPOCHS, "batch_size": 64}},
+    "spos": {"strategy": {"name": "spos", "params": {"random_subnets": 0}},
+             "train": {"epochs": EPOCHS, "batch_size": 64}},
 }
 COMMON_SUMMARY_FIELDS = ("strategy", "family", "workdir", "best_arch", "arch_id", "arch")
 
@@ -79,7 +81,7 @@ def _run(name, workdir, interrupt, evaluate):
     """Runs the search with every history write counted (and maybe interrupted)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(History, "append", interrupt.wrap(History.append))
-        for module in (oneshot_loop, single_path_run):
+        for module in (oneshot_loop, single_path_run, spos_run):
             mp.setattr(module, "write_epoch_record", interrupt.wrap(module.write_epoch_record))
         sample = registry.entry(name).family == "sample"
         return run_search(_config(name), workdir, evaluate=evaluate if sample else None)
@@ -102,7 +104,7 @@ def run(request, tmp_path_factory):
 
 def test_the_registry_lists_every_strategy_once_with_its_family():
     assert registry.names() == ["evolution", "fbnet", "nsga2", "proxyless", "random", "rl",
-                                "single_path"]
+                                "single_path", "spos"]
     assert registry.names("sample") == ["evolution", "nsga2", "random", "rl"]
     assert registry.names(supernet="paths") == ["fbnet", "proxyless"]
     for name in registry.names():

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search", help="run or resume an architecture search from a YAML config",
         description="Run the search a YAML config describes (strategy: random, evolution, rl, "
-                    "nsga2, fbnet, proxyless or single_path). Every strategy writes WORKDIR/"
+                    "nsga2, fbnet, proxyless, single_path or spos). Every strategy writes WORKDIR/"
                     "best_arch.json (the best Arch), WORKDIR/summary.json and WORKDIR/"
                     "history.jsonl (sample-based: one record per evaluated candidate; one-shot: "
                     "one per supernet epoch, with the Arch derived after it); running the same "

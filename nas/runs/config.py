@@ -92,8 +92,8 @@ class EvaluationConfig(_Section):
 
     Attributes:
         mode: 'train' (train it from scratch with the ``train`` settings) or 'supernet' (the
-            weight-sharing fast path: its path through a trained fbnet / proxyless supernet,
-            BatchNorm recalibrated, see :mod:`nas.weight_sharing`).
+            weight-sharing fast path: its sub-network of a trained one-shot supernet, BatchNorm
+            recalibrated, see :mod:`nas.weight_sharing`; strategy spos trains one made for it).
         supernet: the workdir of that supernet's 'nas search' (mode supernet).
         calibration_images: training images of the BatchNorm recalibration batch.
         eval_batch_size: batch size of the scoring passes.
@@ -343,9 +343,10 @@ def _check_evaluation(config: SearchConfig, base_dir: str | os.PathLike | None,
                             f"({registry.names('sample')}), not {config.strategy.name!r}", source,
                             "evaluation.mode")
     if not ev.supernet:
-        paths = " or ".join(registry.names(supernet="paths"))
+        one_shot = ", ".join(registry.names("one_shot"))
         raise NasInputError(f"mode supernet needs supernet: WORKDIR (a finished 'nas search' with "
-                            f"strategy {paths})", source, "evaluation.supernet")
+                            f"strategy {one_shot}; spos trains one for this)", source,
+                            "evaluation.supernet")
     ev.supernet = str(_resolve(ev.supernet, base_dir, source, "evaluation.supernet"))
 
 

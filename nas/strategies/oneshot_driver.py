@@ -32,7 +32,7 @@ from nas.data import load_data
 from nas.latency.table import LatencyTable
 from nas.limits import violations, violations_text
 from nas.space import resolve_space
-from nas.strategies import single_path_run
+from nas.strategies import single_path_run, spos_run
 from nas.strategies.oneshot_loop import run_oneshot
 from nas.strategies.outputs import BEST_ARCH_FILE, write_summary
 from nas.strategies.registry import entry
@@ -79,6 +79,8 @@ def run_oneshot_config(loaded: LoadedConfig, workdir: str | os.PathLike,
     config = loaded.config
     strategy = entry(config.strategy.name, loaded.source)
     metric = config.objective.metric
+    if not strategy.learns_arch:  # spos: a supernet trained for scoring its sub-networks
+        return OneShotSearchResult(spos_run.run_spos(loaded, workdir, progress=progress))
     if strategy.supernet == "superkernel":
         run = loaded
         if metric in SINGLE_PATH_COST and "cost" not in config.strategy.params:
@@ -198,3 +200,7 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     if summary.get("meets_limits"):
         extra += "  (within objective.limits)"
     print(f"  best Arch: {summary['best_arch']}{extra}")
+    scoring = summary.get("scoring")  # spos: a supernet made for scoring candidates
+    if scoring:
+        print(f"  score candidates on it: evaluation: {{mode: {scoring['mode']}, "
+              f"supernet: {scoring['supernet']}}}")

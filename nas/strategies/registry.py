@@ -15,7 +15,10 @@ names. Two families:
   :class:`~nas.supernet.network.SuperNet` with one weight set per path, whose checkpoint the
   weight-sharing fast path can score candidates on; ``factory(net, objective, cost, params)``)
   or ``"superkernel"`` (the Single-Path superkernel network; ``factory(space, params, costs,
-  target, train, warmup_steps=...)``).
+  target, train, warmup_steps=...)``). spos trains the superkernel's sub-networks by uniform
+  sampling (sandwich rule, in-place distillation) and learns no architecture parameters
+  (``learns_arch`` False; ``factory(space, params, train, net=...)``): its workdir is a supernet
+  to score candidates on (``evaluation.mode: supernet``), as every one-shot workdir is.
 
 Example:
     >>> from nas.strategies import registry
@@ -44,6 +47,7 @@ from nas.strategies.proxyless import proxyless_strategy
 from nas.strategies.random import RandomParams, random_search
 from nas.strategies.rl import RLParams, reinforce
 from nas.strategies.single_path import SinglePathParams, single_path_strategy
+from nas.strategies.spos import SposParams, spos_space_check, spos_strategy
 from nas.supernet.network import SuperNet
 from nas.training.trainer import TrainConfig
 
@@ -66,6 +70,8 @@ class StrategyEntry:
         summary: one line for help texts.
         check_space: ``f(space)`` raising NasInputError for a space the strategy cannot search
             (run by ``--check`` and before any work), or None (every space).
+        learns_arch: one-shot only: whether ``arch_step`` trains architecture parameters
+            (False: spos, which trains sub-networks sampled uniformly and derives its largest).
     """
 
     name: str
@@ -76,6 +82,7 @@ class StrategyEntry:
     default_objective: str | None = None
     summary: str = ""
     check_space: Callable[[Space], Any] | None = None
+    learns_arch: bool = True
 
     def parse_params(self, params: Mapping[str, Any] | None,
                      source: str | None = None) -> pydantic.BaseModel:
@@ -123,6 +130,10 @@ REGISTRY: dict[str, StrategyEntry] = {e.name: e for e in (
                   supernet="superkernel",
                   summary="Single-Path NAS: one superkernel, learned thresholds",
                   check_space=space_plan),
+    StrategyEntry("spos", "one_shot", SposParams, spos_strategy, supernet="superkernel",
+                  summary="a supernet for scoring sub-networks: uniform sampling (SPOS), "
+                          "sandwich rule and in-place distillation (BigNAS) over the superkernel",
+                  check_space=spos_space_check, learns_arch=False),
 )}
 
 
@@ -236,6 +247,8 @@ def make_strategy(name: str, space: Space,
         net = net if net is not None else SuperNet(space, params.depthwise_impl, pick=params.pick)
         objective, cost = objective_and_cost(name, params, e.default_objective, table)
         return e.factory(net, objective, cost, params)
+    if not e.learns_arch:  # spos: the superkernel's sub-networks, no cost term
+        return e.factory(space, params, train, net=net)
     if params.cost == "latency":
         if table is None:
             raise NasInputError("single_path with cost latency needs a latency table; set "

@@ -211,6 +211,22 @@ def _write_outputs(wd: Path, space: Any, out: Mapping[str, Any], child: tuple) -
     meta["strategy"] = NAME
     meta["note"] = "val/test accuracy: the superkernel network with these gates (not retrained)"
     ArchFile(space, out["arch"], meta).save(wd / BEST_ARCH_FILE)
+    write_child(wd, space, child, "single_path export")
+
+
+def write_child(wd: Path, space: Any, child: tuple, source: str) -> Path:
+    """Writes ``wd/child/``: an Arch's weights cut from the superkernel, as a 'nas train' work
+    directory (arch.json + an orbax checkpoint) that ``load_trained`` reads.
+
+    Args:
+        wd: the search's workdir.
+        space: the Space.
+        child: (arch, {"params", "batch_stats"}) of :func:`nas.single_path.export.export_child`.
+        source: what cut it (stored in the checkpoint's metadata).
+
+    Returns:
+        The child folder.
+    """
     arch, variables = child
     child_dir = wd / CHILD_DIR
     if child_dir.exists():
@@ -220,9 +236,10 @@ def _write_outputs(wd: Path, space: Any, out: Mapping[str, Any], child: tuple) -
     ckpt = Checkpointer(child_dir, space.arch_id(arch))
     try:
         ckpt.save(0, jax.device_get(variables), {"step": np.zeros((), np.int32)},
-                  {"epoch": 0, "source": "single_path export"})
+                  {"epoch": 0, "source": source})
     finally:
         ckpt.close()
+    return child_dir
 
 
 def run_single_path(loaded: Any, workdir: str | os.PathLike, progress: bool = False) -> dict[str, Any]:
