@@ -245,8 +245,12 @@ def test_skip_projection_works_with_op_knobs_and_canonicalizes_the_kernel(tmp_pa
     specs = space.block_specs(canon)
     assert [s.op for s in specs[1:3]] == ["skip_proj", "skip"]
     assert specs[1].bits_w == 8 and specs[1].kernel == 1
-    with pytest.raises(NasInputError, match="s1_b1_op.*single_path cannot search"):
-        space_plan(space)
+    # single_path: the skip projection is an op switch's first branch, with the ladders a 1x1
+    # conv has (bits, no kernel); the identity skip stays the keep ladder
+    switch, keep = space_plan(space)
+    assert switch.ladders["op"].values == ("skip", "mbconv") and "keep" in keep.ladders
+    assert list(switch.branch("skip").ladders) == ["bits"]
+    assert switch.spec({"op": 0, "bits": 0}) == specs[1]
     path.write_text(KNOB_YAML % "false")  # without it, skip is dropped where the shape changes
     assert "s1_b1_op" not in Space.from_yaml(path).labels()
 

@@ -17,6 +17,8 @@ Modules:
     nested_act_quant  the nested activation quantizer of bits_a and its residual statistics
     plan           a Space's slots as nested ladders (keep, op, mid, kernel, se, rank, bits,
                    bits_a)
+    candidates     FBNet-style candidate blocks as ladders, and each level combination's name
+    groups         grouped 1x1 convs (with their channel shuffle) as the lowest mid level
     op_switch      two operators that do not nest: branches, the op gate's rule, gate keys
     gates          the gates and masks of a slot, from its variables alone
     superblock     the superkernel block (child param names, the project's convs and quantizer)

@@ -8,7 +8,9 @@ that Arch's variables out of the superkernel in the params layout of
 (:func:`nas.blocks.slicing.slice_block_variables`): the first m channels, the centre k x k
 taps of every kxk conv, the first r singular directions, the convs of a switched segment (SE,
 the expand of an MBConv vs DWSep) only when chosen, the chosen branch's convs of an op switch
-(:mod:`nas.single_path.op_switch`), BatchNorm statistics of the kept channels,
+(:mod:`nas.single_path.op_switch`: a skip that changes shape is its own branch), a grouped
+child's diagonal blocks with its shuffle's permutation (:mod:`nas.single_path.groups`),
+BatchNorm statistics of the kept channels,
 and the running ranges of the activation quantizers the child has (the child's weight and
 activation steps are 0, i.e. minmax, which is what the superkernel's nested quantizers compute;
 a child built at any searched bits_a takes the shared running range ``amax``). A full-rank
@@ -32,7 +34,8 @@ import numpy as np
 from nas.blocks.slicing import set_path, slice_block_variables
 from nas.model import add_missing_quant_steps, build_model
 from nas.single_path.gates import THRESHOLD_SCALE, hard_levels, outer_log_rms, slot_gates
-from nas.single_path.op_switch import ladder_of, threshold_path
+from nas.single_path.groups import group_level, grouped_child_variables
+from nas.single_path.op_switch import OP_LADDER, ladder_of, threshold_path
 from nas.single_path.plan import SlotPlan, levels_to_arch, space_plan
 from nas.space import Arch, Space
 
@@ -98,11 +101,17 @@ def gate_values(space: Space, params: Mapping[str, Any], stats: Mapping[str, Any
 
 def _child_block(plan: SlotPlan, levels: Mapping[str, int], params, stats) -> tuple[dict, dict]:
     """The chosen child's (params, batch_stats) cut from the slot's superkernel (from the
-    chosen branch's variables in an op switch)."""
+    chosen branch's variables in an op switch; a grouped child's with its shuffle's
+    permutation, :mod:`nas.single_path.groups`)."""
     spec = plan.spec(levels)
-    if plan.branches and spec.op != "skip":
-        params, stats = params[spec.op], stats.get(spec.op, {})
-    return slice_block_variables(spec, params, stats) if spec.op != "skip" else ({}, {})
+    if spec.op == "skip":
+        return {}, {}
+    if plan.branches:
+        plan = plan.branches[levels.get(OP_LADDER, 0)]
+        params, stats = params[plan.base_op], stats.get(plan.base_op, {})
+    if spec.groups > 1 and group_level(plan) is not None:
+        return grouped_child_variables(plan, spec, params, stats)
+    return slice_block_variables(spec, params, stats)
 
 
 def export_child(space: Space, variables: Mapping[str, Any], levels: Levels | None = None

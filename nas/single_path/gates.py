@@ -7,8 +7,9 @@ in :mod:`nas.single_path.plan`; all are read from the slot's params except the a
 residuals of the bits_a ladder, whose running estimates are in the slot's batch_stats
 (:mod:`nas.single_path.nested_act_quant`).
 
-Also here: the 0/1 masks the gates switch (channels of the mid ladder, taps of the kernel ladder,
-singular directions of the rank ladder), built as sums of gate products over disjoint groups so
+Also here: the 0/1 masks the gates switch (channels of the mid ladder, the off-diagonal blocks of
+a grouped mid level's 1x1 convs, taps of the kernel ladder, singular directions of the rank
+ladder), built as sums of gate products over disjoint groups so
 that hard gates give exact 0/1 masks.
 """
 
@@ -25,6 +26,7 @@ from nas.blocks.slicing import get_path
 from nas.single_path.indicators import NORM_EPS, hard_level, indicator, ladder_levels, log_rms, reached
 from nas.single_path.nested_act_quant import RESIDUAL_STAT, residual_growth
 from nas.single_path.nested_quant import residual_parts
+from nas.single_path.groups import GroupLevel, group_level
 from nas.single_path.op_switch import OP_LADDER, branch_gates, branch_key, threshold_path
 from nas.single_path.plan import SlotPlan
 from nas.single_path.roles import slot_program
@@ -102,12 +104,16 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any],
         # mean squares of the channel groups: one reduction and one constant matrix product
         groups = np.stack(range_masks(mids, plan.max_mid), axis=1)          # [M, levels]
         per_channel = jnp.sum(jnp.square(kxk), axis=(0, 1, 2))              # [M]
-        group_ms = jnp.dot(per_channel, groups / (groups.sum(0) * k * k * fan))
+        sizes = np.maximum(groups.sum(0), 1)       # a grouped level adds no channels
+        group_ms = jnp.dot(per_channel, groups / (sizes * k * k * fan))
         log_group = 0.5 * jnp.log(group_ms + NORM_EPS)
         if "keep" in plan.ladders:
             out["keep"] = log_group[:1]
         if "mid" in plan.ladders:
             out["mid"] = log_group[1:]
+            level = group_level(plan)
+            if level is not None:  # its gate: the grouped convs' off-diagonal blocks
+                out["mid"] = out["mid"].at[level.level].set(_off_diagonal_log_rms(level, params))
     for switch in ("op", "se"):  # the first conv of the segment the gate turns on
         if switch in plan.ladders:
             first = sp.segment_convs(switch)[0]
@@ -140,6 +146,14 @@ def outer_log_rms(plan: SlotPlan, params: Mapping[str, Any],
                              f"({RESIDUAL_STAT}); pass the network's batch_stats")
         out["bits_a"] = residual_growth(stats)
     return out
+
+
+def _off_diagonal_log_rms(level: GroupLevel, params: Mapping[str, Any]) -> jax.Array:
+    """log RMS of the weights a grouped level drops (:mod:`nas.single_path.groups`)."""
+    total = sum(jnp.sum(jnp.square(get_path(params, name)["kernel"][0, 0]) * off)
+                for name, off in level.off.items())
+    count = sum(float(off.sum()) for off in level.off.values())
+    return 0.5 * jnp.log(total / max(count, 1.0) + NORM_EPS)
 
 
 def switch_log_rms(plan: SlotPlan, params: Mapping[str, Any],
@@ -188,6 +202,17 @@ def channel_mask(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array:
     groups = range_masks(plan.mids, plan.max_mid)
     on = reached(gates["mid"]) if "mid" in gates else jnp.ones((1,))
     return sum(on[i] * g for i, g in enumerate(groups))
+
+
+def group_masks(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Returns {1x1 conv name: [cin, cout] mask} of the convs a grouped mid level groups:
+    1 except at the off-diagonal blocks, which take the gate of the level above it (exactly
+    0 or 1 with hard gates); empty without a grouped level."""
+    level = group_level(plan)
+    if level is None:
+        return {}
+    on = reached(gates["mid"])[level.level + 1]
+    return {name: 1.0 - off * (1.0 - on) for name, off in level.off.items()}
 
 
 def kernel_mask(plan: SlotPlan, gates: Mapping[str, jax.Array]) -> jax.Array:

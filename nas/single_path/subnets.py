@@ -119,11 +119,12 @@ def gates_levels(plans: Sequence[SlotPlan], gates: Mapping[str, Mapping[str, Any
 
 
 def _mid_level(plan: SlotPlan, values: Mapping[str, Any]) -> int:
-    """The mid level of the (expand, width) of `values`: the index of its channel count."""
+    """The mid level of the (expand, width, groups) of `values`: the index of its channel
+    count and groups (a grouped level repeats the channels of the one above it)."""
     slot = plan.slot
     m = BlockSpec(plan.base_op, slot.cin, slot.cout, 1, slot.in_hw, expand=values["expand"],
                   width=values["width"]).mid_channels
-    return plan.mids.index(m)
+    return list(zip(plan.mids, plan.mid_groups)).index((m, values["groups"]))
 
 
 def slot_levels(plan: SlotPlan, values: Mapping[str, Any]) -> dict[str, int]:
@@ -144,16 +145,17 @@ def slot_levels(plan: SlotPlan, values: Mapping[str, Any]) -> dict[str, int]:
             has no level for).
     """
     top = {name: ladder.n - 1 for name, ladder in plan.ladders.items()}
-    if values["op"] == "skip":
+    op = "skip" if values["op"] == "skip_proj" else values["op"]   # the op knob's value
+    if op == "skip" and "keep" in plan.ladders:
         return {**top, "keep": 0}
     levels = {"keep": 1} if "keep" in plan.ladders else {}
-    if "op" in plan.ladders:
-        levels["op"] = plan.ladders["op"].values.index(values["op"])
+    if "op" in plan.ladders:       # a skip that changes shape: an op switch's branch
+        levels["op"] = plan.ladders["op"].values.index(op)
     if plan.branches:
         branch = plan.branches[levels["op"]]
         inner = slot_levels(branch, values)
         return {**top, **inner, "op": levels["op"]}
-    if "mid" in plan.ladders and op_traits(values["op"]).expands:
+    if "mid" in plan.ladders and op_traits(values["op"]).bottleneck:
         levels["mid"] = _mid_level(plan, values)
     found = {"kernel": (plan.kernel_sizes, values["kernel"]), "se": (plan.se, bool(values["se"])),
              "rank": (plan.ranks, values["rank"]), "bits": (plan.bits, values["bits_w"]),

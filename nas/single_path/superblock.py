@@ -11,7 +11,9 @@ choice is a slice of these (:mod:`nas.single_path.export`).
 How each ladder acts on the ops is read from the program (:mod:`nas.single_path.roles`): switch
 ladders (keep, op, se) choose a segment or its input with the exact
 :func:`~nas.single_path.indicators.select`; kxk convs carry the kernel ring mask; 1x1 convs
-reading the mid channels have their input rows masked; factorized convs keep their first inner
+reading the mid channels have their input rows masked; the 1x1 convs a grouped mid level groups
+carry its off-diagonal mask (:mod:`nas.single_path.groups`: no shuffle runs, its permutation is
+in the mask and the exported weights); factorized convs keep their first inner
 directions (or, at the full-rank level, run the product of their factors); every weight goes
 through the nested quantizer (masks applied first, so per-output-channel scales see only the
 kept part); where activations are quantized, mid tensors are masked before each quantizer and
@@ -46,8 +48,9 @@ from nas.blocks.plain_ops import plain_op
 from nas.blocks.program import INPUT, Act, Conv, Op, Quantize, output_of
 from nas.blocks.quant import ActQuant
 from nas.blocks.slicing import factor_product, set_path
-from nas.single_path.gates import (THRESHOLD_SCALE, channel_mask, full_rank_gate, init_thresholds,
-                                   kernel_mask, outer_log_rms, rank_row_mask, slot_gates)
+from nas.single_path.gates import (THRESHOLD_SCALE, channel_mask, full_rank_gate, group_masks,
+                                   init_thresholds, kernel_mask, outer_log_rms, rank_row_mask,
+                                   slot_gates)
 from nas.single_path.indicators import indicator, select
 from nas.single_path.nested_act_quant import (FIRST_RESIDUAL_STAT, RESIDUAL_STAT, NestedActQuant,
                                               update_residual_stats)
@@ -128,6 +131,7 @@ class _Run:
             block, scopes, sp, weights, gates, train
         self.plan = block.plan
         self.mid_mask = channel_mask(self.plan, gates)
+        self.group_masks = group_masks(self.plan, gates)
         self.kernel_mask = kernel_mask(self.plan, gates)
         self.quantized = any(isinstance(op, Quantize) for op in sp.ops)
         self.env: dict[str, jax.Array] = {}
@@ -215,7 +219,10 @@ class _Run:
         rows = ((lambda k: k * self.mid_mask[:, None]) if self.sp.reads_mid(op)
                 else (lambda k: k))
         if "kernel" in w:
-            return pointwise(x, q(rows(w["kernel"])), op.groups)
+            kernel = rows(w["kernel"])
+            if op.name in self.group_masks:         # a grouped mid level (never factorized)
+                kernel = kernel * self.group_masks[op.name]
+            return pointwise(x, q(kernel), op.groups)
         u, v = rows(w["kernel_u"]), w["kernel_v"]
         keep = rank_row_mask(self.plan, self.gates, op, v.shape[-2])
         inner = pointwise(x, q(u))

@@ -104,7 +104,8 @@ def decision_metrics(space: Any, costs: Any, model_params: Mapping[str, Any],
 
     Decisions are logged as numbers: kernel, expand, width, bits_w, bits_a, rank (1 = full), se
     and op (0 = the lower level of the op or keep ladder: dwsep / skip; 1 = the layer's operator;
-    in an op switch 1 / 2 = its first / second operator).
+    in an op switch 1 / 2 = its first / second operator); a candidate block by its index in the
+    space's list of candidates.
 
     Args:
         space: the Space.
@@ -118,7 +119,9 @@ def decision_metrics(space: Any, costs: Any, model_params: Mapping[str, Any],
     switches = {plan.prefix + "_op": plan.ladders["op"].values
                 for plan in space_plan(space) if plan.branches}
     for label, value in derive_arch(space, model_params, stats).items():
-        if isinstance(value, str) and label in switches and value != "skip":
+        if label.endswith("_block"):
+            value = space.choices(label).index(value)
+        elif isinstance(value, str) and label in switches and value != "skip":
             value = 1.0 + switches[label].index(value)
         elif isinstance(value, str):
             value = 0.0 if value in ("dwsep", "skip") else 1.0
