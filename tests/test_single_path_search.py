@@ -173,3 +173,24 @@ def test_check_refuses_a_space_single_path_cannot_nest_as_the_run_would(tmp_path
     assert main(["search", str(path), "--workdir", str(tmp_path / "w")]) == 2
     assert capsys.readouterr().err.strip() == err             # the run refuses the same line
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("objective, params, field", [
+    ({"metric": "macs", "target": 2e7}, {"cost": "macs"}, "objective.target"),
+    ({}, {"cost": "bops", "warmup_epochs": 2}, "strategy.params.warmup_epochs"),
+    ({}, {}, "latency_table"),
+])
+def test_check_refuses_the_settings_the_run_refuses(tmp_path, capsys, objective, params, field):
+    import yaml
+
+    from nas.cli import main
+
+    path = tmp_path / "sp.yaml"
+    path.write_text(yaml.safe_dump({"space": "tiny", "data": "synthetic", "objective": objective,
+                                    "train": {"epochs": 2},
+                                    "strategy": {"name": "single_path", "params": params}}))
+    assert main(["search", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and field in err
+    assert main(["search", str(path), "--workdir", str(tmp_path / "w")]) == 2
+    assert capsys.readouterr().err.strip() == err             # the run refuses the same line

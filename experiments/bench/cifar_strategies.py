@@ -41,8 +41,9 @@ def search_config(strategy: str, space: str, data_dir: Path, batch: int) -> dict
               "train": {"epochs": 1, "batch_size": batch}, "executor": {"kind": "local"}}
     if strategy in SAMPLE:
         config.update(budget=1, strategy={"name": strategy, "params": {}})
-    elif strategy == "single_path":
-        config["strategy"] = {"name": strategy, "params": {"cost": "macs"}}
+    elif strategy == "single_path":  # a target needs cost latency: a MACs weight instead
+        config["objective"] = {"metric": "macs"}
+        config["strategy"] = {"name": strategy, "params": {"cost": "macs", "lam": 0.1}}
     else:
         config["strategy"] = {"name": strategy, "params": {"epochs": 1, "warmup_epochs": 0,
                                                            "batch_size": batch}}

@@ -425,9 +425,13 @@ def check_inputs(loaded: LoadedConfig, data: bool = True) -> dict[str, Any]:
 
     config = loaded.config
     space = resolve_space(config.space, loaded.source)
-    check_space = registry.entry(config.strategy.name, loaded.source).check_space
-    if check_space is not None:  # what the strategy would refuse after loading the data
-        check_space(space)
+    strategy = registry.entry(config.strategy.name, loaded.source)
+    if strategy.check_space is not None:  # what the strategy would refuse after loading the data
+        strategy.check_space(space)
+    if strategy.check_settings is not None:
+        strategy.check_settings(strategy.parse_params(config.strategy.params, loaded.source),
+                                config.objective, bool(loaded.latency_table),
+                                train_config(config).epochs, loaded.source)
     summary: dict[str, Any] = {"config": loaded.source, "space": space.name,
                                "slots": len(space.slots), "log10_size": round(space.log10_size(), 2),
                                "strategy": config.strategy.name, "latency_table": None}

@@ -46,7 +46,8 @@ from nas.strategies.oneshot_base import OneShotParams, objective_and_cost
 from nas.strategies.proxyless import proxyless_strategy
 from nas.strategies.random import RandomParams, random_search
 from nas.strategies.rl import RLParams, reinforce
-from nas.strategies.single_path import SinglePathParams, single_path_strategy
+from nas.strategies.single_path import (SinglePathParams, single_path_strategy,
+                                        check_settings as single_path_settings)
 from nas.strategies.spos import SposParams, spos_space_check, spos_strategy
 from nas.supernet.network import SuperNet
 from nas.training.trainer import TrainConfig
@@ -70,6 +71,9 @@ class StrategyEntry:
         summary: one line for help texts.
         check_space: ``f(space)`` raising NasInputError for a space the strategy cannot search
             (run by ``--check`` and before any work), or None (every space).
+        check_settings: ``f(params, objective, has_table, epochs, source)`` raising
+            NasInputError for settings the strategy's run would refuse (run by ``--check`` and
+            by the run itself), or None.
         learns_arch: one-shot only: whether ``arch_step`` trains architecture parameters
             (False: spos, which trains sub-networks sampled uniformly and derives its largest).
     """
@@ -82,6 +86,7 @@ class StrategyEntry:
     default_objective: str | None = None
     summary: str = ""
     check_space: Callable[[Space], Any] | None = None
+    check_settings: Callable[..., None] | None = None
     learns_arch: bool = True
 
     def parse_params(self, params: Mapping[str, Any] | None,
@@ -129,7 +134,7 @@ REGISTRY: dict[str, StrategyEntry] = {e.name: e for e in (
     StrategyEntry("single_path", "one_shot", SinglePathParams, single_path_strategy,
                   supernet="superkernel",
                   summary="Single-Path NAS: one superkernel, learned thresholds",
-                  check_space=space_plan),
+                  check_space=space_plan, check_settings=single_path_settings),
     StrategyEntry("spos", "one_shot", SposParams, spos_strategy, supernet="superkernel",
                   summary="a supernet for scoring sub-networks: uniform sampling (SPOS), "
                           "sandwich rule and in-place distillation (BigNAS) over the superkernel",

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import pydantic
 
 from nas.blocks.slicing import get_path, set_path
+from nas.errors import NasInputError
 from nas.single_path.export import derive_arch, slot_stats
 from nas.single_path.gates import slot_gates
 from nas.single_path.network import SinglePathNetwork, init_single_path
@@ -57,6 +58,38 @@ class SinglePathParams(pydantic.BaseModel):
     cost: Literal["latency", "macs", "bops", "size_bits", "energy_pj", "params"] = "latency"
     margin: float = pydantic.Field(0.05, ge=0, lt=1)
     warmup_epochs: float = pydantic.Field(0.0, ge=0)
+
+
+def check_settings(params: SinglePathParams, objective: Any, has_table: bool, epochs: float,
+                   source: str | None = None) -> None:
+    """Checks the settings a single_path run would refuse, before any data is read (``nas
+    search --check`` and the run itself call this one function).
+
+    Args:
+        params: the parsed ``strategy.params``.
+        objective: the config's objective section (``metric``, ``target``).
+        has_table: whether the config names a latency table.
+        epochs: ``train.epochs``.
+        source: the config file, named in errors.
+
+    Raises:
+        NasInputError: the first bad setting (one line naming the field and the fix).
+    """
+    if params.cost == "latency":
+        if not has_table:
+            raise NasInputError("cost latency needs a latency table; set latency_table: PATH or "
+                                "strategy.params.cost: bops", source, "latency_table")
+        if objective.target is not None and objective.metric != "latency_ms":
+            raise NasInputError(f"single_path with cost latency needs metric latency_ms, not "
+                                f"{objective.metric!r}", source, "objective.metric")
+    elif objective.target is not None:
+        raise NasInputError("a target is only supported with cost: latency; remove "
+                            "objective.target or set strategy.params.cost: latency",
+                            source, "objective.target")
+    if params.warmup_epochs >= epochs:
+        raise NasInputError(f"warmup_epochs {params.warmup_epochs} leaves no epoch to train the "
+                            f"thresholds; use fewer than train.epochs ({epochs})",
+                            source, "strategy.params.warmup_epochs")
 
 
 def penalty(cost: jax.Array, lam: Any, target: float | None, margin: float) -> jax.Array:

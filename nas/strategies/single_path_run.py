@@ -38,7 +38,6 @@ from nas.archfile import ArchFile
 from nas.training.checkpoint import Checkpointer, write_arch
 from nas.runs.config import train_config
 from nas.data import load_data
-from nas.errors import NasInputError
 from nas.latency.table import LatencyTable
 from nas.single_path.cost import SlotCosts
 from nas.single_path.export import derive_levels, export_child, gate_values, slot_stats
@@ -51,7 +50,8 @@ from nas.strategies.outputs import (BEST_ARCH_FILE, HISTORY_FILE, epoch_record,
 from nas.strategies.registry import entry
 from nas.strategies.protocol import OneShotState
 from nas.strategies.oneshot_train import OneShotSchedule, train_oneshot
-from nas.strategies.single_path import SinglePathParams, decision_metrics, merge_thresholds
+from nas.strategies.single_path import (SinglePathParams, check_settings, decision_metrics,
+                                        merge_thresholds)
 from nas.runs.workdir import claim_workdir
 
 CHILD_DIR = "child"
@@ -94,25 +94,12 @@ def setup_from_config(loaded: Any) -> SinglePathSetup:
     space_plan(space)
     table = LatencyTable.load(loaded.latency_table, space) if loaded.latency_table else None
     objective = config.objective
+    train = train_config(config)
+    check_settings(params, objective, table is not None, train.epochs, loaded.source)
     if params.cost == "latency":
-        if table is None:
-            raise NasInputError("cost latency needs a latency table; set latency_table: PATH or "
-                                "strategy.params.cost: bops", loaded.source, "latency_table")
-        if objective.target is not None and objective.metric != "latency_ms":
-            raise NasInputError(f"single_path with cost latency needs metric latency_ms, not "
-                                f"{objective.metric!r}", loaded.source, "objective.metric")
         costs = SlotCosts.from_table(space, table)
     else:
-        if objective.target is not None:
-            raise NasInputError("a target is only supported with cost: latency; remove "
-                                "objective.target or set strategy.params.cost: latency",
-                                loaded.source, "objective.target")
         costs = SlotCosts.from_metric(space, params.cost)
-    train = train_config(config)
-    if params.warmup_epochs >= train.epochs:
-        raise NasInputError(f"warmup_epochs {params.warmup_epochs} leaves no epoch to train the "
-                            f"thresholds; use fewer than train.epochs ({train.epochs})",
-                            loaded.source, "strategy.params.warmup_epochs")
     data = load_data(config.data, space)
     return SinglePathSetup(space, data, table, costs, params, objective.target, train)
 
