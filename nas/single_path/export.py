@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping
 
 import jax
@@ -47,6 +48,37 @@ def slot_stats(stats: Mapping[str, Any] | None, prefix: str) -> Mapping[str, Any
     return None if stats is None else stats.get(prefix, {})
 
 
+#: One compiled gate function per Space (its plans do not change once built).
+_GATE_FNS: "weakref.WeakKeyDictionary[Space, Any]" = weakref.WeakKeyDictionary()
+
+
+def network_gate_values(space: Space, params: Mapping[str, Any],
+                        stats: Mapping[str, Any] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Returns every slot's relaxed gates {slot prefix: {gate key: values}} as host arrays,
+    computed by one compiled function per Space (op by op, the gates' norms cost hundreds of
+    small compilations and dispatches per call).
+
+    Args:
+        space: the Space.
+        params: the single-path network's params.
+        stats: its batch_stats (needed where a slot searches bits_a).
+    """
+    fn = _GATE_FNS.get(space)
+    if fn is None:
+        plans = space_plan(space)
+
+        def gates_of(slot_params, slot_batch_stats):
+            return {plan.prefix: slot_gates(plan, slot_params[plan.prefix],
+                                            slot_stats(slot_batch_stats, plan.prefix))
+                    for plan in plans}
+
+        fn = _GATE_FNS[space] = jax.jit(gates_of)
+    prefixes = [plan.prefix for plan in space_plan(space)]
+    slot_params = {p: params[p] for p in prefixes}
+    slot_batch_stats = None if stats is None else {p: stats.get(p, {}) for p in prefixes}
+    return jax.device_get(fn(slot_params, slot_batch_stats))
+
+
 def derive_levels(space: Space, params: Mapping[str, Any],
                   stats: Mapping[str, Any] | None = None) -> Levels:
     """Returns {slot prefix: {ladder: chosen level}} from the hard gates.
@@ -59,12 +91,8 @@ def derive_levels(space: Space, params: Mapping[str, Any],
     Returns:
         The levels.
     """
-    out = {}
-    for plan in space_plan(space):
-        gates = jax.device_get(slot_gates(plan, params[plan.prefix],
-                                          slot_stats(stats, plan.prefix)))
-        out[plan.prefix] = hard_levels(plan, gates)
-    return out
+    gates = network_gate_values(space, params, stats)
+    return {plan.prefix: hard_levels(plan, gates[plan.prefix]) for plan in space_plan(space)}
 
 
 def derive_arch(space: Space, params: Mapping[str, Any],
@@ -91,12 +119,8 @@ def gate_values(space: Space, params: Mapping[str, Any], stats: Mapping[str, Any
         params: the network's params.
         stats: its batch_stats (needed where a slot searches bits_a).
     """
-    out = {}
-    for plan in space_plan(space):
-        gates = jax.device_get(slot_gates(plan, params[plan.prefix],
-                                          slot_stats(stats, plan.prefix)))
-        out[plan.prefix] = {k: [float(x) for x in np.asarray(v)] for k, v in gates.items()}
-    return out
+    return {prefix: {k: [float(x) for x in np.asarray(v)] for k, v in gates.items()}
+            for prefix, gates in network_gate_values(space, params, stats).items()}
 
 
 def _child_block(plan: SlotPlan, levels: Mapping[str, int], params, stats) -> tuple[dict, dict]:

@@ -31,7 +31,7 @@ import pydantic
 
 from nas.blocks.slicing import get_path, set_path
 from nas.errors import NasInputError
-from nas.single_path.export import derive_arch, slot_stats
+from nas.single_path.export import derive_arch, network_gate_values
 from nas.single_path.gates import slot_gates
 from nas.single_path.network import SinglePathNetwork, init_single_path
 from nas.single_path.plan import space_plan
@@ -146,9 +146,8 @@ def decision_metrics(space: Any, costs: Any, model_params: Mapping[str, Any],
         model_params: the superkernel network's params.
         stats: its batch_stats (needed where a slot searches bits_a).
     """
-    gates = [slot_gates(plan, model_params[plan.prefix], slot_stats(stats, plan.prefix))
-             for plan in space_plan(space)]
-    out = {"cost": float(costs.expected(gates))}
+    gates = network_gate_values(space, model_params, stats)
+    out = {"cost": float(costs.expected([gates[plan.prefix] for plan in space_plan(space)]))}
     switches = {plan.prefix + "_op": plan.ladders["op"].values
                 for plan in space_plan(space) if plan.branches}
     for label, value in derive_arch(space, model_params, stats).items():

@@ -40,8 +40,8 @@ from nas.runs.config import train_config
 from nas.data import load_data
 from nas.latency.table import LatencyTable
 from nas.single_path.cost import SlotCosts
-from nas.single_path.export import derive_levels, export_child, gate_values, slot_stats
-from nas.single_path.gates import slot_gates
+from nas.single_path.export import (derive_levels, export_child, gate_values,
+                                    network_gate_values)
 from nas.single_path.network import SinglePathNetwork
 from nas.single_path.plan import max_arch, space_plan
 from nas.space import resolve_space
@@ -104,14 +104,6 @@ def setup_from_config(loaded: Any) -> SinglePathSetup:
     return SinglePathSetup(space, data, table, costs, params, objective.target, train)
 
 
-def gates_of(space: Any, model_params: Mapping[str, Any],
-             stats: Mapping[str, Any] | None = None) -> list:
-    """Returns the relaxed gates of every slot of the superkernel's variables (params, and the
-    batch_stats a bits_a ladder reads)."""
-    return [slot_gates(plan, model_params[plan.prefix], slot_stats(stats, plan.prefix))
-            for plan in space_plan(space)]
-
-
 def cost_metric(setup: SinglePathSetup) -> str:
     """Returns the objective metric name of the setup's cost ('latency_ms' for cost latency)."""
     return "latency_ms" if setup.params.cost == "latency" else setup.params.cost
@@ -164,8 +156,8 @@ def search(setup: SinglePathSetup, workdir: str | os.PathLike | None, progress: 
     seconds = time.perf_counter() - t0
     final = superkernel_variables(out.state)
     arch = strategy.derive(out.state)
-    gates = [jax.device_get(g) for g in gates_of(space, final["params"], final["batch_stats"])]
-    cost = float(setup.costs.expected(gates))
+    gates = network_gate_values(space, final["params"], final["batch_stats"])
+    cost = float(setup.costs.expected([gates[plan.prefix] for plan in space_plan(space)]))
     predicted = setup.table.predict(arch) if setup.table is not None else None
     result = {
         "arch": arch, "arch_id": space.arch_id(arch), "cost": cost, "cost_unit": setup.costs.unit,
