@@ -245,3 +245,31 @@ def arch_metrics(space: Any, arch: Mapping[str, Any]) -> dict[str, Any]:
     out = {"space": space.name, "arch_id": space.arch_id(arch)}
     out.update(network_costs(space.block_specs(arch)))
     return out
+
+
+def largest_arch(space: Any) -> dict[str, Any]:
+    """Returns the space's largest Arch: every slot at its most expressive option.
+
+    A slot's shapes (input, output, stride) do not depend on any decision, so the network with
+    the most MACs is the one whose every slot holds its option with the most MACs. Ties are
+    broken by params, then BOPs (32-bit weights and activations beat fewer bits), then model
+    size; options equal on all four (e.g. another activation) keep the space's first choice. The
+    result has the largest kernel, expansion, width and SE where they add MACs, full rank,
+    ungrouped 1x1 convs, 32-bit weights and activations, and no skip.
+
+    Args:
+        space: the :class:`nas.space.Space`.
+
+    Returns:
+        A valid canonical Arch whose MACs (and, slot by slot, params) no Arch of `space` exceeds.
+    """
+    labels = set(space.labels())
+    arch: dict[str, Any] = {}
+    for slot in space.slots:
+        def size_key(values: Mapping[str, Any]) -> tuple:
+            c = layer_costs(slot.spec(values))
+            return c["macs"], c["params"], c["bops"], c["size_bits"]
+
+        best = max(space.slot_options(slot), key=size_key)  # first of equals: declaration order
+        arch.update({slot.label(k): v for k, v in best.items() if slot.label(k) in labels})
+    return space.validate(arch)

@@ -357,16 +357,18 @@ def test_teacher_from_a_bigger_arch_is_trained_first(finished, tmp_path, monkeyp
     ArchFile(space, big, {"note": "teacher"}).save(cfg_dir / "teacher.json")
     workdir = _copy_until(finished[0], tmp_path / "w", "retrain")
     calls = _spy_distill(monkeypatch)
-    # a relative path is found next to the config, like latency_table
+    # a relative path is found next to the config, like latency_table; 2 epochs: not the
+    # retrain settings (a retrained candidate of the same Arch and settings would be reused)
     loaded = parse_config(micro_config_dict(distill={"teacher": "arch:teacher.json",
-                                                     "teacher_train": {"epochs": 1},
+                                                     "teacher_train": {"epochs": 2},
                                                      "train": {"epochs": 1}}),
                           str(cfg_dir / "run.yaml"), cfg_dir)
     distill = _run_stages(loaded, workdir, "distill")["distill"]
     assert distill["teacher"].startswith(f"arch {cfg_dir / 'teacher.json'}")
     (tmodel, _), = calls[0]["teachers"]
     assert tmodel.specs == tuple(space.block_specs(big))
-    teacher_wd = workdir / "distill" / "teacher"
+    teacher_wd, = (workdir / "distill" / "teacher").iterdir()  # <arch_id>-<settings key>/
+    assert teacher_wd.name.startswith(space.arch_id(big) + "-")
     assert json.loads((teacher_wd / "arch.json").read_text())["arch"] == big
     assert (teacher_wd / "checkpoints").is_dir()
 

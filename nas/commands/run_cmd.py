@@ -15,8 +15,10 @@ Run the whole pipeline a YAML config describes, one stage after the other:
               proxyless or single_path)
   2. retrain  the retrain.top_k best distinct candidates, from scratch (on Ray when
               executor.kind is ray); the winner is the best by the objective
-  3. distill  the winner from a teacher (distill.teacher: best | arch:PATH | ckpt:DIR);
-              the better of student and retrained winner is kept
+  3. distill  the winner from a teacher (distill.teacher: largest (default: the space's
+              largest Arch, trained once) | best | top:K | arch:PATH | ckpt:DIR), and the
+              winner from scratch for the same epochs; the better of student and
+              retrained winner is kept
   4. export   JSON, packed ints, orbax, StableHLO, ONNX; each file is loaded back and
               checked against the JAX model, the ONNX latency is measured
 
@@ -31,7 +33,7 @@ start from another (extends: PATH) and carry a smoke: section of overrides that
 Outputs, all under WORKDIR:
   search/  retrain/<arch_id>/  distill/     each stage's files (checkpoints, metrics)
   export/      model.onnx, model.stablehlo, model.npk, orbax/, arch.json, export.json
-  report.md    the winner, its metrics, predicted vs measured latency, the plots
+  report.md    the winner, its metrics, the KD table, predicted vs measured latency, plots
   plots/*.png  Pareto fronts (accuracy vs latency, accuracy vs size);  tb/  TensorBoard
   stages/*.json  a marker per finished stage: running the same command again skips
                finished stages and resumes an interrupted one (same config needed)."""

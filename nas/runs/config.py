@@ -29,6 +29,7 @@ from typing import Any, Literal, Mapping
 import pydantic
 
 from nas.runs.config_compose import compose_config
+from nas.runs.teacher import DEFAULT_TEACHER, check_teacher_setting, parse_teacher
 from nas.errors import NasInputError
 from nas.limits import check_limits
 from nas.objective import CONSTRAINTS, COST_METRICS, MnasObjective
@@ -150,16 +151,19 @@ class DistillSection(_Section):
 
     Attributes:
         enabled: run the stage (false: the retrained winner is exported).
-        teacher: 'best' (the most accurate retrained candidate other than the winner, or the
-            winner itself when it is the only one), 'arch:PATH' (an Arch file, trained first with
-            ``teacher_train``) or 'ckpt:DIR' (a finished 'nas train' work directory).
+        teacher: 'largest' (the space's largest Arch, trained once per run with
+            ``teacher_train``), 'best' (the most accurate retrained candidate other than the
+            winner), 'top:K' (an ensemble of the K most accurate retrained candidates),
+            'arch:PATH' (an Arch file, trained first with ``teacher_train``) or 'ckpt:DIR' (a
+            finished 'nas train' work directory); see :mod:`nas.runs.teacher`.
         train: TrainConfig fields overriding the retrain settings for the student.
-        teacher_train: TrainConfig fields overriding the retrain settings for an 'arch:' teacher.
+        teacher_train: TrainConfig fields overriding the retrain settings for a trained
+            ('largest' or 'arch:') teacher.
         temperature, kd_weight, hint_weight: see :class:`nas.training.distill.DistillConfig`.
     """
 
     enabled: bool = True
-    teacher: str = "best"
+    teacher: str = DEFAULT_TEACHER
     train: dict[str, Any] = {}
     teacher_train: dict[str, Any] = {}
     temperature: float = pydantic.Field(4.0, gt=0)
@@ -169,9 +173,7 @@ class DistillSection(_Section):
     @pydantic.field_validator("teacher")
     @classmethod
     def _teacher_form(cls, value: str) -> str:
-        kind, _, path = value.partition(":")
-        if value != "best" and not (kind in ("arch", "ckpt") and path):
-            raise ValueError("expected 'best', 'arch:PATH' or 'ckpt:DIR'")
+        parse_teacher(value)
         return value
 
 
@@ -297,6 +299,7 @@ def parse_config(data: Any, source: str | None = None, base_dir: str | os.PathLi
     _check_train(config.retrain.train, source, "retrain.train")
     _check_train(config.distill.train, source, "distill.train")
     _check_train(config.distill.teacher_train, source, "distill.teacher_train")
+    check_teacher_setting(config.distill.teacher, config.retrain.top_k, source)
     table = None
     if config.latency_table:
         table = str(_resolve(config.latency_table, base_dir, source, "latency_table"))

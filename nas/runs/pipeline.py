@@ -9,7 +9,10 @@ replays its history.jsonl, training resumes from its orbax checkpoints)::
 
     W/search/    history.jsonl, best_arch.json, summary.json   (nas search, every strategy)
     W/retrain/<arch_id>/   arch.json, checkpoints/, metrics.jsonl, tb/, result.json
-    W/distill/student/ (and teacher/ for an 'arch:' teacher)   same layout
+    W/distill/student/   the distilled winner (same layout as a retrain folder)
+    W/distill/teacher/<arch_id>-<key>/   a trained teacher ('largest', 'arch:'), once per setting
+    W/distill/scratch/<arch_id>-<key>/   the winner from scratch with the student's settings
+                                         (only when they differ from the retrain settings)
     W/export/    arch.json, model.npk, orbax/, model.stablehlo, model.onnx, export.json
     W/stages/    search.json, retrain.json, distill.json, export.json   (completion markers)
     W/report.md, W/plots/*.png, W/tb/    (rewritten at the end of every run)
@@ -294,67 +297,11 @@ class Pipeline:
         winner = max(ok, key=lambda r: r["reward"])
         return {"candidates": rows, "winner": winner["arch_id"], "train": train}
 
-    def _teacher(self, retrain: Mapping[str, Any]) -> tuple[Any, Any, str]:
-        from nas.archfile import load_arch
-        from nas.training.checkpoint import load_trained
-
-        spec = self.config.distill.teacher
-        ok = [r for r in retrain["candidates"] if r["status"] == "ok"]
-        if spec == "best":
-            others = [r for r in ok if r["arch_id"] != retrain["winner"]] or ok
-            best = max(others, key=lambda r: r["val_accuracy"])
-            _, model, variables, _ = load_trained(best["workdir"])
-            return model, variables, f"retrained {best['arch_id']}"
-        kind, _, path = spec.partition(":")
-        path = self._teacher_path(path) if path else path
-        if kind == "ckpt" and path:
-            taf, model, variables, _ = load_trained(path)
-            self._check_teacher_io(taf.space, path)
-            return model, variables, f"checkpoint {path}"
-        if kind == "arch" and path:
-            from nas.training.trainer import TrainConfig, train_arch
-
-            taf = load_arch(path)
-            self._check_teacher_io(taf.space, path)
-            train = _train_settings(self.config, self.config.retrain.train,
-                                    self.config.distill.teacher_train)
-            config = TrainConfig(**train, seed=self.config.seed, progress=self.progress)
-            wd = self.workdir / "distill" / "teacher"
-            train_arch(taf.space, taf.arch, self.data, config, workdir=str(wd))
-            _, model, variables, _ = load_trained(wd)
-            return model, variables, f"arch {path} (trained in {wd})"
-        raise NasInputError(f"{spec!r} is not allowed; expected 'best', 'arch:PATH' or 'ckpt:DIR'",
-                            self.loaded.source, "distill.teacher")
-
-    def _teacher_path(self, path: str) -> str:
-        """Resolves a teacher's relative path like the config's other paths: the current folder,
-        then the config's folder, then the project root (the first that exists; else as given,
-        so that loading it names the missing file)."""
-        from nas.space import repo_root
-
-        p = Path(path).expanduser()
-        if p.is_absolute():
-            return str(p)
-        bases = [Path.cwd()]
-        if self.loaded.source:
-            bases.append(Path(self.loaded.source).parent)
-        bases.append(repo_root())
-        for base in bases:
-            if (base / p).exists():
-                return str((base / p).resolve())
-        return path
-
-    def _check_teacher_io(self, space: Any, where: str) -> None:
-        mine = (tuple(self.space.resolution), self.space.in_channels, self.space.num_classes)
-        theirs = (tuple(space.resolution), space.in_channels, space.num_classes)
-        if mine != theirs:
-            raise NasInputError(f"teacher takes {theirs[0]}x{theirs[1]} inputs and {theirs[2]} "
-                                f"classes, the searched space {mine[0]}x{mine[1]} and {mine[2]}; "
-                                "use a teacher with the same input and classes", where,
-                                "distill.teacher")
-
     def distill(self, retrain: Mapping[str, Any]) -> dict:
-        """Stage 3: distill the winner from the teacher; keep the better of student and winner."""
+        """Stage 3: distill the winner from the teacher (:mod:`nas.runs.teacher`), and train it
+        from scratch for the same epochs (the KD table's baseline, :meth:`scratch_student`);
+        keep the better (validation accuracy) of the KD student and the retrained winner."""
+        from nas.runs.teacher import TeacherBuilder
         from nas.training.distill import DistillConfig, distill_arch
         from nas.training.trainer import TrainConfig
 
@@ -362,20 +309,49 @@ class Pipeline:
         d = self.config.distill
         if not d.enabled:
             return {"enabled": False, "final_workdir": winner["workdir"], "final": "retrained"}
-        tmodel, tvars, teacher = self._teacher(retrain)
+        teacher_train = _train_settings(self.config, self.config.retrain.train, d.teacher_train)
+        teacher = TeacherBuilder(self.space, self.data, self.config.data, self.config.seed,
+                                 self.workdir, self.loaded.source, teacher_train, self.progress,
+                                 self.log).build(d.teacher, retrain)
         train = _train_settings(self.config, self.config.retrain.train, d.train)
         config = TrainConfig(**train, seed=self.config.seed, progress=self.progress)
         dconfig = DistillConfig(temperature=d.temperature, kd_weight=d.kd_weight,
                                 hint_weight=d.hint_weight).validate()
         wd = self.workdir / "distill" / "student"
         result = distill_arch(self.space, winner["arch"], self.data, config, dconfig,
-                              [(tmodel, tvars)], workdir=str(wd), teacher_ids=[teacher])
-        student = {k: result.get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds")}
+                              teacher.members, workdir=str(wd), teacher_ids=[teacher.description])
+        student = {k: result.get(k) for k in ("val_accuracy", "test_accuracy", "train_seconds",
+                                              "epochs")}
         better = student["val_accuracy"] >= winner["val_accuracy"]
-        return {"enabled": True, "teacher": teacher, "student": student, "workdir": str(wd),
-                "retrained": {k: winner.get(k) for k in ("val_accuracy", "test_accuracy")},
+        return {"enabled": True, "teacher": teacher.description,
+                "teacher_summary": teacher.summary(self.data, d.temperature),
+                "student": student, "scratch": self.scratch_student(winner, train, retrain),
+                "workdir": str(wd),
+                "retrained": {k: winner.get(k) for k in ("val_accuracy", "test_accuracy", "epochs")},
                 "final": "distilled" if better else "retrained",
                 "final_workdir": str(wd) if better else winner["workdir"]}
+
+    def scratch_student(self, winner: Mapping[str, Any], train: Mapping[str, Any],
+                        retrain: Mapping[str, Any]) -> dict:
+        """The distilled student trained from scratch with the same settings and seed.
+
+        The retrain stage's run of the winner is that run when its settings are the student's;
+        otherwise it is trained (once per setting) in ``W/distill/scratch/<arch_id>-<key>/``.
+
+        Returns:
+            {val_accuracy, test_accuracy, epochs, workdir, reused_retrain}.
+        """
+        from nas.runs.teacher import cached_training
+
+        keep = ("val_accuracy", "test_accuracy", "epochs")
+        if dict(train) == dict(retrain.get("train") or {}):
+            return {**{k: winner.get(k) for k in keep}, "workdir": winner["workdir"],
+                    "reused_retrain": True}
+        wd, result = cached_training(self.space, winner["arch"], self.data, self.config.data, train,
+                                     self.config.seed, self.workdir / "distill" / "scratch",
+                                     self.progress,
+                                     lambda m: self.log(f"distill: scratch student {m}"))
+        return {**{k: result.get(k) for k in keep}, "workdir": str(wd), "reused_retrain": False}
 
     def export(self, distill: Mapping[str, Any]) -> dict:
         """Stage 4: export the final model (see :mod:`nas.export`)."""

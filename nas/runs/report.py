@@ -203,6 +203,58 @@ def _export_section(export: Mapping | None) -> list[str]:
     return lines
 
 
+TEACHER_LABELS = {"largest": "the space's largest Arch", "best": "best other retrained candidate",
+                  "top": "ensemble of the top retrained candidates", "arch": "a given Arch",
+                  "ckpt": "a given checkpoint"}
+
+
+def kd_table(distill: Mapping[str, Any], winner: Mapping[str, Any]) -> list[str]:
+    """Returns the report's KD table: the teacher, the winner distilled from it, the winner
+    trained from scratch for the same epochs (and the retrained winner when its schedule
+    differs), which one is exported and why.
+
+    Args:
+        distill: the distill stage's marker (with ``teacher_summary`` and ``scratch``).
+        winner: the retrain stage's winner row.
+    """
+    t, st, sc = distill["teacher_summary"], distill["student"], distill["scratch"]
+    final = distill["final"]
+    cost = winner.get("cost") or {}
+    arch = f"`{winner['arch_id']}` | {_fmt(cost.get('macs'), 'd')} | {_fmt(cost.get('params'), 'd')}"
+
+    def row(name: str, arch_cells: str, epochs: Any, res: Mapping[str, Any], mark: str) -> str:
+        return (f"| {name} | {arch_cells} | {epochs} | {_fmt(res.get('val_accuracy'))} | "
+                f"{_fmt(res.get('test_accuracy'))} | {mark} |")
+
+    ids = ", ".join(f"`{i}`" for i in t["arch_ids"])
+    t_epochs = "/".join(_fmt(e, "d") for e in t["epochs"])
+    lines = ["| model | Arch | MACs | params | epochs | val accuracy | test accuracy | exported |",
+             "|---|---|---:|---:|---:|---:|---:|---|",
+             row(f"teacher: {TEACHER_LABELS.get(t['kind'], t['kind'])}",
+                 f"{ids} | {_fmt(t.get('macs'), 'd')} | {_fmt(t.get('params'), 'd')}", t_epochs, t, ""),
+             row("student with KD", arch, _fmt(st.get("epochs"), "d"), st,
+                 "yes" if final == "distilled" else ""),
+             row("student from scratch, same epochs" + (" (= the retrained winner)"
+                                                         if sc["reused_retrain"] else ""),
+                 arch, _fmt(sc.get("epochs"), "d"), sc,
+                 "yes" if final == "retrained" and sc["reused_retrain"] else "")]
+    if not sc["reused_retrain"]:
+        lines.append(row("retrained winner (retrain stage)", arch,
+                         _fmt(distill["retrained"].get("epochs"), "d"), distill["retrained"],
+                         "yes" if final == "retrained" else ""))
+    gain = None
+    if st.get("test_accuracy") is not None and sc.get("test_accuracy") is not None:
+        gain = 100 * (st["test_accuracy"] - sc["test_accuracy"])
+    exported = "the student with KD" if final == "distilled" else "the retrained winner"
+    lines += ["", f"KD vs scratch (same student, epochs and seed): test accuracy "
+                  f"{_fmt(gain, '+.2f')} points. Exported: {exported} - the stage keeps the better "
+                  "validation accuracy of the student with KD and the retrained winner (a tie "
+                  "goes to KD).",
+              "", f"Teacher: {t['description']}; its accuracy is that of the soft targets the "
+                  "student learns from (an ensemble's: the mean of its members' tempered softmaxes)."]
+    return lines
+
+
 def _latency_line(export: Mapping | None, winner: Mapping | None) -> str:
     lat = (export or {}).get("latency") or {}
     measured = lat.get("measured_ms")
@@ -291,7 +343,9 @@ def write_report(workdir: str | os.PathLike, objective: Any = None) -> dict[str,
         cost = winner.get("cost") or {}
         md.append("Metrics: " + ", ".join(f"{k} {_fmt(v, '.4g')}" for k, v in sorted(cost.items())) + ".")
     if distill:
-        if distill.get("enabled"):
+        if distill.get("enabled") and distill.get("scratch") and winner is not None:
+            md += ["", "## Distillation", ""] + kd_table(distill, winner)
+        elif distill.get("enabled"):  # a marker written before the KD table existed
             st, rt = distill["student"], distill["retrained"]
             md += ["", f"Distillation from {distill['teacher']}: student test accuracy "
                        f"{st['test_accuracy']:.4f} (validation {st['val_accuracy']:.4f}) vs retrained "

@@ -21,8 +21,10 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nas.archfile import ArchFile
+from nas.data import eval_batches
 from nas.errors import NasInputError
 from nas.model import build_model, init_variables
 from nas.training.trainer import TrainConfig, batch_metrics, cross_entropy, init_quantizers
@@ -69,6 +71,30 @@ def soft_targets(teacher_logits: Sequence[jax.Array], temperature: float) -> jax
     """Returns the ensemble's soft targets: the mean of softmax(logits / T) over teachers."""
     probs = [jax.nn.softmax(t / temperature, axis=-1) for t in teacher_logits]
     return sum(probs) / len(probs)
+
+
+def ensemble_predictions(teachers: Sequence[tuple[Any, Mapping[str, Any]]], x: Any,
+                         temperature: float, batch_size: int = 256) -> Any:
+    """Returns the classes the soft targets a student learns from pick: the argmax of
+    :func:`soft_targets` (the mean of the teachers' tempered softmaxes, not of their logits).
+
+    Args:
+        teachers: [(network, {"params", "batch_stats"})], run in inference mode.
+        x: [N, H, W, C] images.
+        temperature: T of the soft targets (a single teacher's predictions do not depend on it).
+        batch_size: images per forward pass (the last batch is padded: one compile per teacher).
+
+    Returns:
+        [N] int numpy array.
+    """
+    applies = [jax.jit(lambda v, xb, m=model: m.apply(v, xb, train=False)) for model, _ in teachers]
+    tvars = [{"params": v["params"], "batch_stats": v.get("batch_stats", {})} for _, v in teachers]
+    out = []
+    for batch in eval_batches(x, np.zeros(len(x), np.int32), batch_size):
+        logits = [f(v, batch["x"]) for f, v in zip(applies, tvars)]
+        pred = np.asarray(jnp.argmax(soft_targets(logits, temperature), axis=-1))
+        out.append(pred[batch["mask"] > 0])
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def kd_loss(student_logits: jax.Array, teacher_probs: jax.Array, temperature: float,
