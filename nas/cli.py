@@ -15,7 +15,7 @@ from nas.errors import ExportCheckError, NasInputError
 
 COMMAND_MODULES = ("nas.commands.space_cmd", "nas.commands.arch_cmd", "nas.commands.train_cmd",
                    "nas.commands.latency_cmd", "nas.commands.search_cmd", "nas.commands.export_cmd",
-                   "nas.commands.run_cmd")
+                   "nas.commands.run_cmd", "nas.commands.specialize_cmd")
 
 
 class _Parser(argparse.ArgumentParser):
