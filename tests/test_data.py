@@ -179,3 +179,83 @@ def test_random_crop_flip_moves_content_without_changing_it():
     flipped = sum(np.array_equal(random_crop_flip(x[i:i + 1], np.random.default_rng(i), pad=0)[0],
                                  x[i, :, ::-1]) for i in range(64))
     assert 15 < flipped < 50
+
+
+def _write_idx(path, arr, gz=False, magic_type=0x08):
+    """Writes an unsigned-byte IDX file the way MNIST's are written (big-endian header)."""
+    import gzip
+
+    header = bytes([0, 0, magic_type, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    data = header + np.ascontiguousarray(arr, np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+def _mnist_folder(folder, n_train=40, n_test=20, gz=True):
+    rng = np.random.default_rng(0)
+    out = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        y = np.arange(n, dtype=np.uint8) % 10
+        suffix = ".gz" if gz else ""
+        _write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", x, gz)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", y, gz)
+        out[split] = (x, y)
+    return out
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx_folder_keeps_its_own_test_split(tmp_path, tiny, gz):
+    from nas.data.idx import read_mnist_folder
+
+    written = _mnist_folder(tmp_path, gz=gz)
+    x, y, (x_test, y_test) = read_mnist_folder(str(tmp_path))
+    assert np.array_equal(x[..., 0], written["train"][0]) and np.array_equal(y, written["train"][1])
+    assert np.array_equal(x_test[..., 0], written["t10k"][0])
+    d = load_data(f"mnist:{tmp_path}", tiny)
+    assert d.image_shape == (16, 16, 1) and len(d.y_test) == 20
+    assert sorted(d.y_test.tolist()) == sorted(written["t10k"][1].tolist())
+    assert len(d.y_train) + len(d.y_val) == 40
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("missing", "missing t10k-labels-idx1-ubyte"),
+    ("truncated", "train-images-idx3-ubyte.gz: .* data bytes where the header declares"),
+    ("magic", "train-images-idx3-ubyte.gz: not an IDX file"),
+    ("type", "train-images-idx3-ubyte.gz: IDX value type 0x0d is not unsigned byte"),
+    ("count", "train-labels-idx1-ubyte.gz: 39 labels for 40 images"),
+])
+def test_bad_mnist_folders_give_one_line_errors(tmp_path, tiny, damage, match):
+    import gzip
+
+    _mnist_folder(tmp_path)
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    if damage == "missing":
+        (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    elif damage == "truncated":
+        raw = gzip.open(images).read()
+        gzip.open(images, "wb").write(raw[:-5])
+    elif damage == "magic":
+        gzip.open(images, "wb").write(b"PK\x03\x04 not idx")
+    elif damage == "type":
+        _write_idx(images, np.zeros((40, 28, 28), np.uint8), gz=True, magic_type=0x0D)
+    else:
+        _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(39, np.uint8), gz=True)
+    with pytest.raises(NasInputError, match=match) as e:
+        load_data(f"mnist:{tmp_path}", tiny)
+    assert "\n" not in str(e.value)
+
+
+def test_npz_in_keras_layout_uses_its_test_arrays(tmp_path, tiny):
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), np.arange(50) % 10
+    xt, yt = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), (np.arange(30) + 3) % 10
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    d = load_data(f"npz:{tmp_path / 'mnist.npz'}", tiny)
+    assert len(d.y_test) == 30 and sorted(d.y_test.tolist()) == sorted(yt.tolist())
+    assert len(d.y_train) + len(d.y_val) == 50
+    np.savez(tmp_path / "half.npz", x=x, y=y, x_test=xt)
+    with pytest.raises(NasInputError, match="y_test: 'x_test' without 'y_test'"):
+        load_data(f"npz:{tmp_path / 'half.npz'}", tiny)
+    np.savez(tmp_path / "shape.npz", x=x, y=y, x_test=xt[:, :20], y_test=yt)
+    with pytest.raises(NasInputError, match="x_test: test images are"):
+        load_data(f"npz:{tmp_path / 'shape.npz'}", tiny)

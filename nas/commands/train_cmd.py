@@ -17,7 +17,7 @@ from nas.runs.workdir import add_resume_flag, locked_command
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits",
-                   help="data spec: digits (default), synthetic, npz:PATH, cifar10:DIR, folder:DIR")
+                   help="data spec: digits (default), synthetic, npz:PATH, mnist:DIR, cifar10:DIR, folder:DIR")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     p.add_argument("--workdir", default=None,
                    help="folder for checkpoints, arch.json, metrics.jsonl, tb/, result.json; "

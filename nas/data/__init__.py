@@ -1,7 +1,8 @@
 """Data sets named by data spec strings, split, normalized and resized for a Space.
 
 Specs (the same everywhere: CLI, configs, library):
-    ``digits`` (default), ``npz:PATH``, ``cifar10:DIR``, ``folder:DIR``, ``synthetic``.
+    ``digits`` (default), ``npz:PATH``, ``mnist:DIR``, ``cifar10:DIR``, ``folder:DIR``,
+    ``synthetic``.
 
 Example:
     >>> data = load_data("digits", Space.by_name("tiny"), seed=0)
@@ -18,6 +19,7 @@ import numpy as np
 
 from nas.data.batches import (Batch, epoch_rng, eval_batches, num_train_batches, prefetch,
                               train_batches)
+from nas.data.idx import read_mnist_folder
 from nas.data.sources import read_cifar10, read_digits, read_folder, read_npz, read_synthetic
 from nas.data.transforms import (channel_stats, match_channels, random_crop_flip, resize_images,
                                  to_unit_float)
@@ -27,7 +29,7 @@ __all__ = ["Dataset", "load_data", "parse_spec", "stratified_split", "kfold_indi
            "epoch_rng", "eval_batches", "train_batches", "num_train_batches", "prefetch",
            "SPEC_HELP"]
 
-SPEC_HELP = "digits, synthetic, npz:PATH, cifar10:DIR or folder:DIR"
+SPEC_HELP = "digits, synthetic, npz:PATH, mnist:DIR, cifar10:DIR or folder:DIR"
 AUGMENT_MIN_SIZE = 32
 
 
@@ -137,7 +139,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         if arg:
             raise NasInputError(f"'{kind}' takes no argument; expected one of {SPEC_HELP}", field="data")
         return kind, None
-    if kind in ("npz", "cifar10", "folder"):
+    if kind in ("npz", "mnist", "cifar10", "folder"):
         if not arg:
             raise NasInputError(f"'{kind}' needs a path, e.g. {kind}:/path; expected one of {SPEC_HELP}",
                                 field="data")
@@ -184,6 +186,8 @@ def load_data(spec: str = "digits", space: Any = None, *, resolution: tuple[int,
         x, y, test = read_synthetic(num_classes, (*resolution, channels), synthetic_size, seed)
     elif kind == "npz":
         x, y, test = read_npz(arg)
+    elif kind == "mnist":
+        x, y, test = read_mnist_folder(arg)
     elif kind == "cifar10":
         x, y, test = read_cifar10(arg)
     else:

@@ -2,12 +2,14 @@
 
 Each reader returns ``(x, y, test)`` where ``x`` is ``N x H x W x C`` (uint8 or float32), ``y``
 holds ``N`` integer labels and ``test`` is an optional ``(x_test, y_test)`` pair when the source
-ships its own test split (CIFAR-10). Every problem with a user's file is a
+ships its own test split (CIFAR-10, MNIST-format folders, npz files with test arrays). Every problem with a user's file is a
 :class:`~nas.errors.NasInputError` naming the file, what is wrong and the fix.
 
 Sources:
     digits          scikit-learn's bundled 8x8 handwritten digits (1797 images, offline).
-    npz:PATH        arrays ``x`` (N x H x W [x C], uint8 or float) and ``y`` (N ints).
+    npz:PATH        arrays ``x`` (N x H x W [x C], uint8 or float) and ``y`` (N ints), or
+                    Keras's ``x_train``/``y_train``; optional ``x_test``/``y_test``.
+    mnist:DIR       MNIST-format IDX files (MNIST, Fashion-MNIST, ...; nas.data.idx).
     cifar10:DIR     the standard binary folder: data_batch_1..5.bin and test_batch.bin.
     folder:DIR      one subfolder of images per class (class = subfolder name, sorted).
     synthetic       random class-dependent patterns (seeded), for smoke tests.
@@ -66,8 +68,15 @@ def read_synthetic(num_classes: int, shape: tuple[int, int, int], n: int = 1200,
     return x, y, None
 
 
+NPZ_LAYOUTS = (("x", "y"), ("x_train", "y_train"))
+NPZ_TEST = ("x_test", "y_test")
+
+
 def read_npz(path: str) -> Raw:
-    """Reads ``x`` and ``y`` arrays from an .npz file (no pickled objects allowed).
+    """Reads images and labels from an .npz file (no pickled objects allowed).
+
+    Two layouts: arrays ``x`` and ``y``, or Keras's ``x_train`` and ``y_train`` (as in its
+    ``mnist.npz``); either may add ``x_test`` and ``y_test``, which then become the test split.
 
     Raises:
         NasInputError: missing/unreadable file, missing arrays, wrong shapes or dtypes.
@@ -85,35 +94,68 @@ def read_npz(path: str) -> Raw:
                                     "with arrays 'x' and 'y' written with numpy.savez", src)
             f = np.load(raw, allow_pickle=False)
             names = set(f.files)
-            for name in ("x", "y"):
+            layout = next((pair for pair in NPZ_LAYOUTS if pair[0] in names), NPZ_LAYOUTS[0])
+            for name in layout:
                 if name not in names:
                     raise NasInputError(f"missing array; the file has {sorted(names)}, "
                                         "expected 'x' (N x H x W x C images) and 'y' (N labels)",
                                         src, name)
-            x, y = f["x"], f["y"]
+            present = [n for n in NPZ_TEST if n in names]
+            if len(present) == 1:
+                other = NPZ_TEST[1 - NPZ_TEST.index(present[0])]
+                raise NasInputError(f"'{present[0]}' without '{other}'; give both test arrays "
+                                    "or neither", src, other)
+            arrays = [f[n] for n in layout] + [f[n] for n in present]
     except NasInputError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged zip/npy fails in many ways (zlib, struct...)
         reason = str(e).splitlines()[0][:200] if str(e) else ""
         raise NasInputError(f"not a readable .npz file ({type(e).__name__}: {reason}); "
                             "write it with numpy.savez", src) from None
+    x, y = check_image_arrays(arrays[0], arrays[1], src, layout)
+    if not present:
+        return x, y, None
+    x_test, y_test = check_image_arrays(arrays[2], arrays[3], src, NPZ_TEST)
+    if x_test.shape[1:] != x.shape[1:]:
+        raise NasInputError(f"test images are {x_test.shape[1:]}, training images "
+                            f"{x.shape[1:]}; they must have the same H x W x C", src, "x_test")
+    return x, y, (x_test, y_test)
+
+
+def check_image_arrays(x: np.ndarray, y: np.ndarray, src: str,
+                       names: tuple[str, str] = ("x", "y")) -> tuple[np.ndarray, np.ndarray]:
+    """Checks and normalizes an image array and its labels read from a user's file.
+
+    Args:
+        x: images, N x H x W or N x H x W x C (C in 1, 3, 4; an alpha channel is dropped).
+        y: N integer labels (N or N x 1).
+        src: the file, for error messages.
+        names: the arrays' names in the file, for error messages.
+
+    Returns:
+        ``(x, y)``: N x H x W x C images (float32 if they were floating point) and int32 labels.
+
+    Raises:
+        NasInputError: wrong shapes, dtypes, counts, negative labels or non-finite values.
+    """
+    xname, yname = names
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4) or 0 in x.shape[1:3]:
         raise NasInputError(f"shape {x.shape} is not N x H x W x C with H, W >= 1 and C in "
-                            "(1, 3, 4)", src, "x")
+                            "(1, 3, 4)", src, xname)
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise NasInputError(f"dtype {x.dtype} is not numeric; use uint8 or float", src, "x")
+        raise NasInputError(f"dtype {x.dtype} is not numeric; use uint8 or float", src, xname)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise NasInputError(f"expected a 1-D array of integer labels, got shape {y.shape} "
-                            f"dtype {y.dtype}", src, "y")
+                            f"dtype {y.dtype}", src, yname)
     if len(x) != len(y):
-        raise NasInputError(f"{len(y)} labels for {len(x)} images; the counts must match", src, "y")
+        raise NasInputError(f"{len(y)} labels for {len(x)} images; the counts must match", src, yname)
     if y.size and (int(y.min()) < 0 or int(y.max()) > np.iinfo(np.int32).max):
         bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
-        raise NasInputError(f"label {bad} is not a class index (0, 1, ...)", src, "y")
+        raise NasInputError(f"label {bad} is not a class index (0, 1, ...)", src, yname)
     if x.shape[-1] == 4:
         x = x[..., :3]
     if np.issubdtype(x.dtype, np.floating):
@@ -121,8 +163,8 @@ def read_npz(path: str) -> Raw:
             x = x.astype(np.float32)
         if not np.all(np.isfinite(x)):
             raise NasInputError("contains NaN or infinite values (or values beyond float32's "
-                                "range)", src, "x")
-    return x, y.astype(np.int32), None
+                                "range)", src, xname)
+    return x, y.astype(np.int32)
 
 
 def _read_cifar_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
