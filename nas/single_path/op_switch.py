@@ -29,6 +29,20 @@ to the loss, ``(fused(x) - mbconv(x)) . dL/dy``, and from the cost difference of
 children, and it follows the thresholds' rule (warm-up, shared RMS,
 :mod:`nas.single_path.threshold_opt`).
 
+The op gate during the warm-up. While the thresholds are frozen (``warmup_epochs``, the steps
+in which the threshold rule's updates are zero) every threshold gate stays on, so an op gate
+left to its threshold would select the second operator on every step: the first operator's
+branch would keep its initial weights, and once the op threshold starts learning it would
+compare a trained branch with an untrained one (a bias towards the operator listed second).
+So during the warm-up each op switch's op gate is drawn on every training step, uniformly
+(Bernoulli 0.5, independently per slot, SPOS-style) from a key derived from the step's key
+(:func:`sample_op_gates`; the same draw in the weight and the arch step of one batch, and the
+same sequence on a rerun or a resume), and both branches train; after the warm-up it follows
+its threshold. The nested ladders inside each branch (kernel, mid, bits...) stay all on during
+the warm-up, as in the paper. Without a warm-up nothing is drawn. Whether a step is in the
+warm-up is a traced value (the threshold rule's step count), so one compiled step serves the
+whole search.
+
 The other ladders (keep, mid, kernel, se, rank, bits, bits_a) nest inside each branch as in any
 single-path slot, with each branch's thresholds (a depthwise and a full kxk kernel have norms
 on different scales, so they cannot share one). Each branch runs at its own gates, so the op
@@ -41,7 +55,10 @@ Gate keys. A switch slot's gates are ``{"op": [g], "<operator>/<ladder>": [gates
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
 
 from nas.blocks.program import Conv, Op, program
 from nas.spec import BlockSpec
@@ -94,3 +111,29 @@ def branch_gates(gates: Mapping[str, Any], operator: str) -> dict[str, Any]:
     """Returns one branch's gates {ladder: [gates]} out of a switch slot's gates."""
     prefix = operator + "/"
     return {k[len(prefix):]: v for k, v in gates.items() if k.startswith(prefix)}
+
+
+def sample_op_gates(plans: Sequence[Any], gates: Mapping[str, Mapping[str, Any]],
+                    key: jax.Array, warming: Any) -> dict[str, Any]:
+    """Returns the network's gates with every op switch's op gate drawn at random while
+    `warming` (see the module docstring: the op gate during the warm-up).
+
+    Args:
+        plans: the space's slot plans (:func:`nas.single_path.plan.space_plan`).
+        gates: {slot prefix: {gate key: [gates]}} of the thresholds.
+        key: a PRNG key of this step (slot i draws from ``fold_in(key, i)``).
+        warming: a (traced) boolean: draw the op gates (True) or keep the thresholds' (False).
+
+    Returns:
+        The gates, an op switch's ``"op"`` gate replaced by an exact 0./1. Bernoulli(0.5) draw
+        (no gradient to its threshold) where `warming`; every other gate unchanged.
+    """
+    out = dict(gates)
+    for index, plan in enumerate(plans):
+        if not plan.branches:
+            continue
+        slot = dict(gates[plan.prefix])
+        drawn = jax.random.bernoulli(jax.random.fold_in(key, index), 0.5, slot[OP_LADDER].shape)
+        slot[OP_LADDER] = jnp.where(warming, drawn.astype(slot[OP_LADDER].dtype), slot[OP_LADDER])
+        out[plan.prefix] = slot
+    return out

@@ -69,7 +69,7 @@ def scale_by_shared_rms(warmup_steps: int = 0, b1: float = B1, b2: float = B2,
         leaves = jax.tree_util.tree_leaves(grads)
         size = sum(g.size for g in leaves)
         mean_sq = sum(jnp.sum(jnp.square(g)) for g in leaves) / max(size, 1)
-        active = state.count >= warmup_steps
+        active = jnp.logical_not(in_warmup(state, warmup_steps))
         t = jnp.maximum(state.count - warmup_steps + 1, 1).astype(jnp.float32)
         mu = jax.tree_util.tree_map(lambda m, g: jnp.where(active, b1 * m + (1 - b1) * g, m),
                                     state.mu, grads)
@@ -80,6 +80,19 @@ def scale_by_shared_rms(warmup_steps: int = 0, b1: float = B1, b2: float = B2,
         return updates, SharedRmsState(state.count + 1, mu, nu)
 
     return optax.GradientTransformation(init, update)
+
+
+def in_warmup(state: SharedRmsState, warmup_steps: int) -> jax.Array:
+    """Whether the rule's next update is still a warm-up step (zero update).
+
+    Args:
+        state: the rule's state (:func:`scale_by_shared_rms`).
+        warmup_steps: its warm-up steps.
+
+    Returns:
+        A traced boolean scalar (one compiled step serves the warm-up and what follows).
+    """
+    return state.count < warmup_steps
 
 
 def is_threshold(path) -> bool:

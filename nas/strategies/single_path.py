@@ -10,9 +10,11 @@ where LAT is the cost of the gates' Arch computed from the LatencyTable (or from
 metric such as BOPs) as a function of the relaxed indicators (:mod:`nas.single_path.cost`).
 With a target, the penalty vanishes once the selected Arch is ``margin`` below T, so the search
 spends the rest of its budget on accuracy, as the paper's tuned lambda does. The weights train
-with the config's optimizer; the thresholds stay fixed for ``warmup_epochs`` and then follow their
-own rule (:mod:`nas.single_path.threshold_opt`: momentum over the RMS of all threshold
-gradients), so gates flip one after another, the cheapest trade first, instead of all at once.
+with the config's optimizer; the thresholds stay fixed for ``warmup_epochs`` (meanwhile each
+op switch's op gate is drawn at random per step, so both of its operators train:
+:mod:`nas.single_path.op_switch`) and then follow their own rule
+(:mod:`nas.single_path.threshold_opt`: momentum over the RMS of all threshold gradients), so
+gates flip one after another, the cheapest trade first, instead of all at once.
 
 This module holds the strategy: its parameters, its loss and :func:`single_path_strategy`, the
 one-shot protocol (:mod:`nas.strategies.protocol`) whose architecture parameters are the
@@ -34,8 +36,9 @@ from nas.errors import NasInputError
 from nas.single_path.export import derive_arch, network_gate_values
 from nas.single_path.gates import slot_gates
 from nas.single_path.network import SinglePathNetwork, init_single_path
+from nas.single_path.op_switch import sample_op_gates
 from nas.single_path.plan import space_plan
-from nas.single_path.threshold_opt import scale_by_shared_rms
+from nas.single_path.threshold_opt import in_warmup, scale_by_shared_rms
 from nas.strategies.protocol import OneShot, OneShotState, one_hot_distribution
 from nas.training.trainer import TrainConfig, batch_metrics, cross_entropy, make_optimizer
 
@@ -48,8 +51,12 @@ class SinglePathParams(pydantic.BaseModel):
         cost: 'latency' (the config's latency_table) or a per-layer metric of nas.metrics
             ('macs', 'bops', 'size_bits', 'energy_pj', 'params').
         margin: with a target T, the penalty stops at T * (1 - margin).
-        warmup_epochs: epochs during which only the weights train (thresholds fixed, every gate
-            on), so the gates then see a trained network's accuracy (fractional allowed).
+        warmup_epochs: epochs during which only the weights train (thresholds fixed, every
+            nested gate on), so the gates then see a trained network's accuracy (fractional
+            allowed). An op switch's op gate (two operators that do not nest, e.g. mbconv vs
+            fused_mbconv) is instead drawn at random on each warm-up step (Bernoulli 0.5 per
+            slot, from the step's key: deterministic and resumable), so both operators' branches
+            train before its threshold compares them (:mod:`nas.single_path.op_switch`).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -106,19 +113,31 @@ def penalty(cost: jax.Array, lam: Any, target: float | None, margin: float) -> j
     return lam * jax.nn.relu(jnp.log(cost / (target * (1.0 - margin))))
 
 
+#: The stream of the step's key that the warm-up's op gates are drawn from (the dropout masks
+#: use the key itself).
+OP_DRAW_STREAM = 0x0b5e
+
+
 def make_loss(net: Any, space: Any, costs: Any, params: SinglePathParams, target: float | None,
               label_smoothing: float = 0.0):
     """Returns ``loss_fn(params, batch_stats, batch, rng, consts)`` of the single-path search.
 
-    ``consts["lam"]`` is the cost weight (an array argument of the compiled step).
+    ``consts["lam"]`` is the cost weight (an array argument of the compiled step). The optional
+    ``consts["op_warmup"]`` (a traced boolean) draws every op switch's op gate at random from
+    ``fold_in(rng, OP_DRAW_STREAM)`` instead of taking its threshold's
+    (:func:`nas.single_path.op_switch.sample_op_gates`; the warm-up of the search).
 
     Metrics summed per epoch: loss_sum (of the cross-entropy), correct, count, cost_sum.
     """
     plans = space_plan(space)
+    has_switch = any(plan.branches for plan in plans)
 
     def loss_fn(p, batch_stats, batch, rng, consts=None):
         gates = {plan.prefix: slot_gates(plan, p["model"][plan.prefix],
                                          batch_stats.get(plan.prefix, {})) for plan in plans}
+        if has_switch and consts is not None and "op_warmup" in consts:
+            gates = sample_op_gates(plans, gates, jax.random.fold_in(rng, OP_DRAW_STREAM),
+                                    consts["op_warmup"])
         logits, updates = net.apply({"params": p["model"], "batch_stats": batch_stats}, batch["x"],
                                     train=True, gates=gates, mutable=["batch_stats"],
                                     rngs={"dropout": rng})
@@ -206,7 +225,10 @@ def single_path_strategy(space: Any, params: SinglePathParams, costs: Any,
     Both steps descend the same loss (``CE + penalty(cost)``, :func:`make_loss`): the weight
     step on the superkernel's weights (the config's optimizer), the arch step on the thresholds
     (:func:`nas.single_path.threshold_opt.scale_by_shared_rms`, frozen for ``warmup_steps``
-    arch steps); both are scaled by the scheduled learning rate ``lr``.
+    arch steps); both are scaled by the scheduled learning rate ``lr``. While the thresholds
+    are frozen (the threshold rule's step count in ``state.arch_opt``, a traced value), each op
+    switch's op gate is drawn at random per step (:func:`make_loss`, ``op_warmup``); with
+    ``warmup_steps`` 0 or no op switch in the space nothing is drawn.
 
     Args:
         space: the Space (every slot nestable).
@@ -226,9 +248,13 @@ def single_path_strategy(space: Any, params: SinglePathParams, costs: Any,
     tx, arch_tx = make_optimizer(train), scale_by_shared_rms(warmup_steps)
     lam = jnp.float32(params.lam)
 
-    def loss_of(weights, thresholds, stats, batch, rng):
-        return loss_fn({"model": merge_thresholds(weights, thresholds)}, stats, batch, rng,
-                       {"lam": lam})
+    def consts_of(state):
+        if warmup_steps <= 0:
+            return {"lam": lam}
+        return {"lam": lam, "op_warmup": in_warmup(state.arch_opt, warmup_steps)}
+
+    def loss_of(weights, thresholds, stats, batch, rng, consts):
+        return loss_fn({"model": merge_thresholds(weights, thresholds)}, stats, batch, rng, consts)
 
     def init(rng):
         variables = init_single_path(net, rng)
@@ -243,14 +269,14 @@ def single_path_strategy(space: Any, params: SinglePathParams, costs: Any,
     def weight_step(state, batch, rng, lr, epoch):
         del epoch
         (loss, (stats, m)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            state.weights, state.arch, state.stats, batch, rng)
+            state.weights, state.arch, state.stats, batch, rng, consts_of(state))
         weights, opt = descend(state.weights, grads, state.weight_opt, tx, lr)
         return state._replace(weights=weights, weight_opt=opt, stats=stats), {"loss": loss, **m}
 
     def arch_step(state, batch, rng, lr, epoch):
         del epoch
         (loss, _), grads = jax.value_and_grad(loss_of, argnums=1, has_aux=True)(
-            state.weights, state.arch, state.stats, batch, rng)
+            state.weights, state.arch, state.stats, batch, rng, consts_of(state))
         thresholds, opt = descend(state.arch, grads, state.arch_opt, arch_tx, lr)
         return state._replace(arch=thresholds, arch_opt=opt), {"arch_loss": loss}
 
