@@ -39,6 +39,7 @@ from nas.data import Dataset, epoch_rng, stratified_split, train_batches
 from nas.strategies.protocol import OneShot, OneShotState
 from nas.training.loop import run_training
 from nas.training.trainer import TrainConfig, TrainState, make_schedule
+from nas.training.step import NonFiniteWeightsError, non_finite_leaves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +196,9 @@ def train_oneshot(strategy: OneShot, data: Dataset, schedule: OneShotSchedule, *
                 now, m = arch_step(now, b, key, lr, jnp.float32(epoch))
                 metrics.append(m)
         current["state"] = now
+        broken = non_finite_leaves({"weights": now.weights, "arch": now.arch, "stats": now.stats})
+        if broken:  # before describe and any checkpoint: never score or save a broken supernet
+            raise NonFiniteWeightsError(epoch + 1, broken, f"{strategy.name} supernet")
         record = _mean(metrics)
         if describe is not None:
             record.update(describe(now, epoch))

@@ -100,7 +100,7 @@ def setup_from_config(loaded: Any) -> SinglePathSetup:
         costs = SlotCosts.from_table(space, table)
     else:
         costs = SlotCosts.from_metric(space, params.cost)
-    data = load_data(config.data, space)
+    data = load_data(config.data, space, seed=config.seed)
     return SinglePathSetup(space, data, table, costs, params, objective.target, train)
 
 

@@ -126,6 +126,41 @@ class NonFiniteLossError(NasInputError):
                          "rate, set grad_clip, or check the data for NaN/inf", source)
 
 
+class NonFiniteWeightsError(NasInputError):
+    """A supernet's weights or statistics became NaN or infinite while its loss stayed finite
+    (e.g. a rarely sampled sub-network overflowed); the run stops instead of going on at chance.
+
+    Args:
+        epoch: the epoch (1-based) after which the weights were checked.
+        names: the first non-finite variables' paths.
+        source: what was trained.
+    """
+
+    def __init__(self, epoch: int, names: list[str], source: str | None = None):
+        self.epoch, self.names = int(epoch), list(names)
+        super().__init__(f"weights became NaN or infinite in epoch {epoch} ({', '.join(names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''}); lower the learning rate or set "
+                         "train.grad_clip, then resume from the last finite checkpoint", source)
+
+
+def non_finite_leaves(tree: Any, limit: int = 4) -> list[str]:
+    """Returns the paths of up to `limit` floating-point leaves of `tree` holding NaN or inf.
+
+    Args:
+        tree: a pytree of arrays (weights, batch statistics).
+        limit: the most paths returned.
+
+    Returns:
+        The leaves' paths (``jax.tree_util.keystr``), empty when everything is finite.
+    """
+    leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+              if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)]
+    if not leaves:
+        return []
+    flags = np.asarray(jnp.stack([jnp.all(jnp.isfinite(leaf)) for _, leaf in leaves]))
+    return [jax.tree_util.keystr(leaves[i][0]) for i in np.flatnonzero(~flags)[:limit]]
+
+
 class TrainState(NamedTuple):
     """Everything that changes during training (a pytree)."""
 
