@@ -1,20 +1,65 @@
-"""Benchmark: RL and regularized evolution vs random search at the same candidate budget.
+"""Benchmark: do the search strategies find better networks than random search? (issue 18, 4)
 
-For each seed and strategy, runs ``nas.search.run_search`` on the tiny space and digits (real
-trainer, short epochs) and reports the best validation accuracy among candidates that meet the
-target T (and that candidate's test accuracy), mean and std over seeds. Candidates are trained
-deterministically from (Arch, seed), so a memo in the driver shares results between strategies
-that propose the same Arch under the same seed (random and evolution start from the same random
-draws); every strategy still sees exactly the results it would get by training. ``--workers 2``
-trains on Ray (two trials at a time); ``--workdir`` keeps the searches, and rerunning with the
-same folder resumes them (the memo is refilled from their history.jsonl).
+For every seed, on one space and data set, with one cost target T:
 
-Run (the issue's setting: T = 0.05 ms on the ORT tiny table):
-    python experiments/bench/strategy_comparison.py --budget 24 --epochs 2 --seeds 0,1,2 \
-        --metric latency_ms --table latency_tables/onnxruntime-cpu/tiny.json --target 0.05
+* **Sample-based** (random, evolution, rl; settings of experiments/digits_<name>.yaml): a search
+  of ``--budget`` candidates, each trained from scratch ``--epochs`` epochs. Result of a seed =
+  the test accuracy of its best *feasible* candidate (cost metric <= T), picked by validation
+  accuracy. ``--budgets 20,60`` also reports the first 20 candidates of the same run: for all
+  three that is exactly a run of 20 (none of them is told the budget: random draws from
+  (seed, round), evolution and rl depend only on what they were told so far, and the search
+  loop trains proposals in order), so no extra training.
+* **One-shot** (fbnet, proxyless, single_path, spos): the supernet search (its yaml's epochs,
+  or ``--oneshot-epochs``); spos = the uniform-sampling supernet, then a constrained evolution
+  over its sub-networks (every member meets T; supernet validation accuracy; as ``nas
+  specialize``). The derived Arch is trained from scratch exactly like a candidate; its result
+  is its test accuracy if it meets T, else none. It is compared with an **equal-cost random
+  search**: N = floor(W / c) (at least 1) candidates of the same seed's random search, where W =
+  the one-shot search's wall seconds (supernet training incl. data loading, XLA compiles,
+  per-epoch scoring and checkpoints, + derive) and c = the mean wall seconds of one of the
+  random search's first ``--budget`` candidates (training incl. its own XLA compile +
+  evaluation; no persistent compile cache on either side, so compile time counts on both;
+  both run on one core: the driver and every Ray trial are single-threaded). The random search
+  is extended to N candidates when N > budget.
 
-Without ``--target``, T is ``--target-quantile`` of the metric over 500 random Archs.
-The strategies' settings are those of experiments/digits_{rl,evolution}.yaml.
+Per strategy (and budget): mean +- std over seeds of the result, seeds with a feasible result,
+and the fraction of seeds in which it beats random (strictly greater test accuracy; ties
+counted apart; no feasible result loses): against random at the same budget, and for one-shot
+strategies against the equal-cost random search's best.
+
+Candidates are deterministic per (Arch, seed): a memo shares trainings between the searches of
+a seed (runs/*_<seed>/history.jsonl). Results go to ``--workdir``/results.jsonl, one row per
+(strategy, seed, budget); rerunning with the same --workdir resumes (finished rows are kept,
+searches replay their history, a finished one-shot search is read from its
+comparison_oneshot.json; one interrupted mid-way is restarted so its time is one whole run). A
+workdir refuses other settings (space, data, epochs, metric, T, ...). The markdown tables go to
+stdout and ``--out`` (default WORKDIR/comparison.md), everything as JSON next to it (.json).
+
+Full run (2 CPU cores, two Ray trials at a time; candidates trained 3 epochs as in the digits
+yamls; several hours per data set, see below), digits then a Fashion-MNIST subset
+(``python experiments/data/mnist_subset.py DIR --train 3000 --test 1000 --out fashion3k.npz``):
+    python experiments/bench/strategy_comparison.py --data digits --space tiny \
+        --strategies random,evolution,rl,fbnet,proxyless,single_path,spos \
+        --seeds 0,1,2,3,4 --budget 60 --budgets 20,60 --epochs 3 --workers 2 \
+        --workdir runs/compare_digits
+    python experiments/bench/strategy_comparison.py --data npz:fashion3k.npz --space tiny \
+        --strategies random,evolution,rl,fbnet,proxyless,single_path,spos \
+        --seeds 0,1,2,3,4 --budget 60 --budgets 20,60 --epochs 3 --workers 2 \
+        --workdir runs/compare_fashion
+Cost: about 170 distinct candidates per seed (random 60, evolution and rl ~55 new each; the
+memo answers the rest) at c seconds each, halved by the two workers, plus the one-shot searches
+on one core (supernet epochs of the yamls: fbnet 16, proxyless 16, single_path 10, spos 40 +
+its evolution over ~500 sub-networks; ~20-30 minutes per seed on digits). The smoke measured c
+~28 s at 1 epoch on digits, mostly XLA compile, on a busy machine.
+
+Smoke (correctness only: tiny, 1 epoch, 1 seed, short supernets; ~6 minutes on a busy machine):
+    python experiments/bench/strategy_comparison.py --budget 4 --epochs 1 --seeds 0 \
+        --strategies random,evolution,fbnet,spos --oneshot-epochs 2 --spos-evolution 8,2 \
+        --workdir /tmp/compare_smoke
+
+Default metric latency_ms on latency_tables/onnxruntime-cpu/<space>.json (the one-shot
+settings in the yamls are tuned for it; single_path supports a target only with it); T =
+``--target`` or the ``--target-quantile`` of the metric over 500 random Archs.
 """
 
 from __future__ import annotations
@@ -22,143 +67,339 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
-                      "--xla_cpu_parallel_codegen_split_count=1")
-os.environ.setdefault("PJRT_NPROC", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from nas.single_thread import single_thread_env  # noqa: E402  (imports no JAX)
+
+os.environ.update(single_thread_env())  # before JAX starts: the driver runs on one thread
+
+import strategy_stats as stats  # noqa: E402
+from strategy_runs import (ONESHOT, ROOT, SAMPLE, Bench, best_feasible, memo_from_history,  # noqa: E402
+                           run_oneshot, run_sample, strategy_settings, train_derived)
+
+RESULTS_FILE = "results.jsonl"
+SETTINGS_FILE = "settings.json"
 
 
-STRATEGY_PARAMS = {"rl": {"lr": 0.02, "entropy_weight": 0.1, "hidden": 64},
-                   "evolution": {"population": 8, "sample_size": 3}}  # as in experiments/digits_*.yaml
+def parse_args(argv=None) -> argparse.Namespace:
+    """Returns the command line's options."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="digits", help="digits, npz:PATH (MNIST-format), mnist:DIR...")
+    p.add_argument("--space", default="tiny", help="a shipped space name or a YAML path")
+    p.add_argument("--strategies", default="random,evolution,rl,fbnet,proxyless,single_path,spos")
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--budget", type=int, default=60, help="candidates per sample-based search")
+    p.add_argument("--budgets", default=None,
+                   help="budgets reported from the same runs, e.g. 20,60 (each <= --budget)")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="from-scratch epochs of every candidate (digits yamls: 3)")
+    p.add_argument("--batch", type=int, default=4, help="candidates proposed per round")
+    p.add_argument("--population", type=int, default=8, help="evolution's population")
+    p.add_argument("--oneshot-epochs", type=int, default=None,
+                   help="supernet epochs of every one-shot strategy (default: its yaml's)")
+    p.add_argument("--spos-evolution", default="32,20",
+                   help="population,generations of spos's search over sub-networks")
+    p.add_argument("--workers", type=int, default=1, help="> 1: Ray executor with this many workers")
+    p.add_argument("--workdir", default=None, help="results and searches (reuse to resume)")
+    p.add_argument("--out", default=None, help="markdown report (default WORKDIR/comparison.md)")
+    p.add_argument("--metric", default="latency_ms", help="cost metric of the target T")
+    p.add_argument("--table", default=None,
+                   help="latency table (default latency_tables/onnxruntime-cpu/<space>.json)")
+    p.add_argument("--target", type=float, default=None, help="T (absolute, metric units)")
+    p.add_argument("--target-quantile", type=float, default=0.4,
+                   help="without --target: T = this quantile of the metric over 500 random Archs")
+    return p.parse_args(argv)
 
 
-class MemoExecutor:
-    """Trains each (Arch, seed) once: results come from a memo (filled from earlier strategies'
-    history.jsonl of the same seed) or from the wrapped executor, which trains only the rest.
-    Results are deterministic per (Arch, seed), so every strategy still sees what training gives.
+def int_list(text: str, flag: str) -> list[int]:
+    """Returns the comma-separated integers of a flag.
+
+    Raises:
+        NasInputError: not a list of integers >= 0.
     """
+    from nas.errors import NasInputError
 
-    def __init__(self, space, inner, memo):
-        self.space, self.inner, self.memo = space, inner, memo
-        self.trained = 0
-
-    def map(self, fn, items, on_result=None):
-        """Like the executors' map: memoized items are answered without training."""
-        from nas.executor import Outcome
-
-        keys = [self.space.arch_id(a) for a in items]
-        todo = [i for i, k in enumerate(keys) if k not in self.memo]
-        fresh = self.inner.map(fn, [items[i] for i in todo]) if todo else []
-        for i, outcome in zip(todo, fresh):
-            if outcome.status == "ok":
-                self.memo[keys[i]] = outcome.value
-        self.trained += len(todo)
-        by_index = dict(zip(todo, fresh))
-        out = [by_index.get(i) or Outcome("ok", self.memo[k], seconds=0.0) for i, k in enumerate(keys)]
-        if on_result is not None:
-            for i, outcome in enumerate(out):
-                on_result(i, outcome)
-        return out
-
-    def close(self) -> None:
-        """The wrapped executor is closed by main()."""
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise NasInputError(f"{text!r} is not allowed; give comma-separated integers >= 0, "
+                            "e.g. 0,1,2", field=flag)
+    return values
 
 
-def memo_from_history(root: str, seed: int) -> dict:
-    """Returns {arch_id: result} of the ok records of every search with this seed under root."""
-    memo = {}
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name, "history.jsonl")
-        if not name.endswith(f"_{seed}") or not os.path.exists(path):
-            continue
-        for line in open(path):
-            r = json.loads(line)
-            if r["status"] == "ok":
-                memo[r["arch_id"]] = {"accuracy": r["accuracy"], "val_accuracy": r["val_accuracy"],
-                                      "test_accuracy": r["test_accuracy"], "latency_ms": r["latency_ms"],
-                                      **r.get("cost", {})}
-    return memo
+def check_options(args: argparse.Namespace) -> dict:
+    """Checks the options; returns {strategies, seeds, budgets, spos_evolution}.
+
+    Raises:
+        NasInputError: the first bad option (one line naming it).
+    """
+    from nas.errors import NasInputError
+
+    known = SAMPLE + ONESHOT
+    names = [s for s in args.strategies.split(",") if s]
+    bad = [s for s in names if s not in known]
+    if bad or not names:
+        raise NasInputError(f"{bad or args.strategies!r} is not allowed; choose from "
+                            f"{','.join(known)}", field="--strategies")
+    if args.budget < 1 or args.epochs < 1 or args.batch < 1:
+        raise NasInputError("--budget, --epochs and --batch must be >= 1", field="--budget")
+    budgets = int_list(args.budgets, "--budgets") if args.budgets else [args.budget]
+    if max(budgets) > args.budget or min(budgets) < 1:
+        raise NasInputError(f"{args.budgets!r} is not allowed; every budget must be 1..--budget "
+                            f"({args.budget})", field="--budgets")
+    evolution = int_list(args.spos_evolution, "--spos-evolution")
+    if len(evolution) != 2 or evolution[0] < 2:
+        raise NasInputError(f"{args.spos_evolution!r} is not allowed; give population,"
+                            "generations (population >= 2), e.g. 32,20", field="--spos-evolution")
+    order = ["random"] + [s for s in dict.fromkeys(names) if s != "random"]  # random: the baseline
+    return {"strategies": order, "seeds": int_list(args.seeds, "--seeds"),
+            "budgets": sorted(set(budgets)), "spos_evolution": tuple(evolution)}
 
 
-def main() -> None:
-    """Runs every (seed, strategy) search and prints the comparison table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--population", type=int, default=8, help="evolution's population")
-    parser.add_argument("--workers", type=int, default=1, help="> 1: Ray executor with this many workers")
-    parser.add_argument("--workdir", default=None, help="root folder (reusing one resumes the searches)")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--strategies", default="random,evolution,rl")
-    parser.add_argument("--metric", default="macs", help="cost metric (latency_ms needs --table)")
-    parser.add_argument("--table", default=None, help="latency table for metric latency_ms")
-    parser.add_argument("--target", type=float, default=None, help="T (absolute, metric units)")
-    parser.add_argument("--target-quantile", type=float, default=0.4,
-                        help="without --target: T = this quantile of the metric over 500 random Archs")
-    args = parser.parse_args()
+def make_bench(args: argparse.Namespace, options: dict, root: Path, log) -> Bench:
+    """Resolves space, data, table and T, checks the workdir's settings, starts the executor.
 
+    Raises:
+        NasInputError: unknown space, unreadable data, no table for latency_ms, or a workdir
+            holding results of other settings.
+    """
     import numpy as np
 
-    from nas.runs.config import parse_config
-    from nas.training.evaluate import CandidateEvaluator
+    from nas.data import load_data, parse_spec
+    from nas.errors import NasInputError
     from nas.executor import LocalExecutor, RayExecutor
-    from nas.search import best_records, run_search
-    from nas.space import Space
+    from nas.space import resolve_space
+    from nas.training.evaluate import cost_function
 
-    space = Space.by_name("tiny")
-    base = CandidateEvaluator.for_space(space, seed=0, latency_table=args.table)
-    costs = [base.costs(space.sample(10_000 + i))[args.metric] for i in range(500)]
-    target = args.target if args.target is not None else float(np.quantile(costs, args.target_quantile))
+    space = resolve_space(args.space)
+    space_arg = str(Path(args.space).resolve()) if args.space.endswith((".yaml", ".yml")) \
+        else args.space
+    table = args.table
+    if table is None and args.metric == "latency_ms":
+        default = ROOT / "latency_tables" / "onnxruntime-cpu" / f"{space.name}.json"
+        if not default.exists():
+            raise NasInputError(f"no shipped onnxruntime table for space {space.name!r}; give "
+                                "--table PATH or another --metric (e.g. macs)", field="--table")
+        table = str(default)
+    table = str(Path(table).resolve()) if table else None
+    kind, path = parse_spec(args.data)
+    spec = f"{kind}:{Path(path).resolve()}" if path else kind  # the same files from any folder
+    data = load_data(spec, space, seed=0)  # one clear line for bad data, before any search
+    log(f"data {spec}: {len(data.x_train)} train / {len(data.x_val)} val / "
+        f"{0 if data.x_test is None else len(data.x_test)} test images (seed 0 split)")
+    costs_of = cost_function(space, table)
+    costs = [costs_of(space.sample(10_000 + i))[args.metric] for i in range(500)]
+    target = args.target if args.target is not None else \
+        float(np.quantile(costs, args.target_quantile))
+    settings = {name: strategy_settings(name, args.metric, target, args.population,
+                                        args.oneshot_epochs) for name in options["strategies"]}
+    record = {"space": space_arg, "data": spec, "epochs": args.epochs, "batch": args.batch,
+              "metric": args.metric, "table": table, "target": target,
+              "spos_evolution": list(options["spos_evolution"]),
+              "settings": {k: list(v) for k, v in settings.items()}}
+    check_settings(root, record)
+    inner = RayExecutor(workers=args.workers, retries=1, compile_cache=None) \
+        if args.workers > 1 else LocalExecutor()
     share = float(np.mean(np.asarray(costs) <= target))
-    print(f"strategy_comparison: tiny space, digits, budget {args.budget}, {args.epochs} epoch(s), "
-          f"T = {target:.6g} {args.metric} ({share:.0%} of 500 random Archs meet it)", flush=True)
-    rows: dict[str, list[tuple[float, float]]] = {}
-    root = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="nas-compare-")
-    os.makedirs(root, exist_ok=True)
-    inner = RayExecutor(workers=args.workers, retries=1) if args.workers > 1 else LocalExecutor()
-    print(f"  workdir {root}; executor {type(inner).__name__} with {args.workers} worker(s)", flush=True)
-    params = {**STRATEGY_PARAMS, "evolution": {**STRATEGY_PARAMS["evolution"], "population": args.population}}
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        memo = memo_from_history(root, seed)
-        for name in args.strategies.split(","):
-            loaded = parse_config({
-                "space": "tiny", "seed": seed, "budget": args.budget, "batch": args.batch,
-                "strategy": {"name": name, "params": params.get(name, {})},
-                "objective": {"metric": args.metric, "target": target, "constraint": "soft"},
-                "latency_table": args.table, "train": {"epochs": args.epochs}})
-            evaluator = CandidateEvaluator.for_space(space, data="digits", seed=seed,
-                                                     train={"epochs": args.epochs},
-                                                     latency_table=loaded.latency_table)
-            executor = MemoExecutor(space, inner, memo)
+    log(f"space {space.name}, T = {target:.6g} {args.metric} ({share:.0%} of 500 random Archs "
+        f"meet it), candidates {args.epochs} epoch(s), {type(inner).__name__} with "
+        f"{args.workers} worker(s), workdir {root}")
+    return Bench(space_arg, space, spec, args.epochs, args.batch, args.metric, table, target,
+                 settings, options["spos_evolution"], root / "runs", inner)
+
+
+def check_settings(root: Path, record: dict) -> None:
+    """Writes WORKDIR/settings.json, or checks that the workdir's results share its settings
+    (each strategy's own settings may be added: a strategy not run before).
+
+    Raises:
+        NasInputError: a setting differs (names it).
+    """
+    from nas.errors import NasInputError
+
+    path = root / SETTINGS_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        mine = json.loads(json.dumps(record))
+        for key, value in mine.items():
+            if key == "settings":
+                differ = [k for k, v in value.items() if k in old[key] and old[key][k] != v]
+                if differ:
+                    raise NasInputError(f"the workdir holds results with other {differ[0]} "
+                                        "settings; use a new --workdir", str(path), "settings")
+                old[key].update(value)
+            elif old.get(key) != value:
+                raise NasInputError(f"the workdir holds results with {key} {old.get(key)!r}, not "
+                                    f"{value!r}; use a new --workdir or the same settings",
+                                    str(path), key)
+        record = old
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+
+
+def load_rows(path: Path) -> dict[tuple, dict]:
+    """Returns {(strategy, seed, budget): row} of results.jsonl (the last row of a key wins)."""
+    rows = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[(row["strategy"], row["seed"], row["budget"])] = row
+    return rows
+
+
+def append_row(path: Path, rows: dict, row: dict) -> None:
+    """Appends one result row to results.jsonl (and to `rows`)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+    rows[(row["strategy"], row["seed"], row["budget"])] = row
+
+
+def sample_rows(bench: Bench, name: str, seed: int, records: list, budgets: list) -> list[dict]:
+    """Returns the rows of one sample-based search: the best feasible candidate among its first
+    N, for every budget N."""
+    rows = []
+    for n in budgets:
+        first = stats.first_candidates(records, n)
+        best = best_feasible(bench, first)
+        rows.append({"strategy": name, "seed": seed, "budget": n, "family": "sample",
+                     "val": best and best["accuracy"], "test": best and best["test_accuracy"],
+                     "arch_id": best and best["arch_id"],
+                     "cost": best and (best.get("cost") or {}).get(bench.metric, best.get(bench.metric)),
+                     "candidates": len(first), "ok": sum(r["status"] == "ok" for r in first),
+                     "candidate_seconds": stats.mean_candidate_seconds(first)})
+    return rows
+
+
+def oneshot_row(bench: Bench, name: str, seed: int, budget: int, memo: dict, log) -> dict:
+    """Runs (or reads) a one-shot search, trains its Arch from scratch and compares it with the
+    equal-cost random search of the same seed; returns its row."""
+    from nas.training.evaluate import cost_function
+
+    info = run_oneshot(bench, name, seed, log)
+    row = {"strategy": name, "seed": seed, "budget": budget, "family": "one_shot",
+           "derived_arch_id": info["arch_id"], "oneshot_seconds": info["oneshot_seconds"],
+           "supernet_seconds": info["supernet_seconds"], "derive_seconds": info["derive_seconds"],
+           "derive": info.get("derive"), "val": None, "test": None, "meets_target": False}
+    if info["arch"] is not None:
+        costs = cost_function(bench.space, bench.table)(info["arch"])
+        record = train_derived(bench, seed, info["arch"], memo)
+        row.update(derived_cost=costs[bench.metric], meets_target=bench.objective().feasible(costs),
+                   derived_val=record["val_accuracy"], derived_test=record["test_accuracy"],
+                   derived_status=record["status"], derived_seconds=record["seconds"])
+        if row["meets_target"] and record["status"] == "ok":
+            row.update(val=record["val_accuracy"], test=record["test_accuracy"])
+    random_run, _ = run_sample(bench, "random", seed, budget, memo)
+    row["candidate_seconds"] = stats.mean_candidate_seconds(
+        stats.first_candidates(random_run.records, budget))
+    row["equal_cost_n"] = stats.equal_cost_count(row["oneshot_seconds"], row["candidate_seconds"])
+    n = row["equal_cost_n"]
+    random_run, trained = run_sample(bench, "random", seed, max(budget, n), memo)
+    eq = best_feasible(bench, stats.first_candidates(random_run.records, n))
+    row.update(eq_random_val=eq and eq["accuracy"], eq_random_test=eq and eq["test_accuracy"],
+               eq_random_arch_id=eq and eq["arch_id"], eq_random_trained_now=trained)
+    return row
+
+
+def run_all(args: argparse.Namespace, options: dict, bench: Bench, rows: dict, path: Path, log):
+    """Runs every missing (seed, strategy) and appends its rows."""
+    budgets = options["budgets"]
+    for seed in options["seeds"]:
+        memo = memo_from_history(bench.runs, seed)
+        for name in options["strategies"]:
             start = time.perf_counter()
-            result = run_search(loaded, os.path.join(root, f"{name}_{seed}"), evaluate=evaluator,
-                                executor=executor)
-            first = sorted(result.records, key=lambda r: r["n"])[:args.budget]  # a larger earlier run
-            feasible = best_records(first, loaded.config.objective.build())[1]
-            val = feasible["accuracy"] if feasible else 0.0
-            test = feasible["test_accuracy"] if feasible else 0.0
-            n_ok = sum(r["status"] == "ok" for r in first)
-            rows.setdefault(name, []).append((val, test))
-            print(f"  seed {seed} {name:<9} best val acc under T {val:.4f} (test {test:.4f}); "
-                  f"{n_ok} ok, {executor.trained} trained now, {time.perf_counter() - start:.0f} s", flush=True)
-    print("  strategy   best val acc under T, mean +- std over seeds   its test acc, mean +- std")
-    summary = {}
-    for name, vals in rows.items():
-        v = [a for a, _ in vals]
-        t = [b for _, b in vals]
-        sd = statistics.stdev(v) if len(v) > 1 else 0.0
-        td = statistics.stdev(t) if len(t) > 1 else 0.0
-        print(f"  {name:<9}  {statistics.mean(v):.4f} +- {sd:.4f}{'':<24}{statistics.mean(t):.4f} +- {td:.4f}")
-        summary[name] = {"val_mean": statistics.mean(v), "val_std": sd, "test_mean": statistics.mean(t),
-                         "test_std": td, "val_per_seed": v, "test_per_seed": t}
-    inner.close()
-    print(json.dumps({"budget": args.budget, "epochs": args.epochs, "target": target,
-                      "metric": args.metric, "results": summary}))
+            if name in SAMPLE:
+                if all((name, seed, b) in rows for b in budgets):
+                    continue
+                result, trained = run_sample(bench, name, seed, args.budget, memo)
+                new = sample_rows(bench, name, seed, result.records, budgets)
+                for row in new:
+                    append_row(path, rows, row)
+                last = new[-1]
+                log(f"  seed {seed} {name:<11} best feasible @{last['budget']}: val "
+                    f"{_f(last['val'])} test {_f(last['test'])}; {last['ok']} ok, {trained} "
+                    f"trained now, {time.perf_counter() - start:.0f} s")
+                continue
+            if (name, seed, args.budget) in rows:
+                continue
+            try:
+                row = oneshot_row(bench, name, seed, args.budget, memo, log)
+            except Exception as e:  # noqa: BLE001 - one failing search must not lose the others
+                log(f"  seed {seed} {name}: FAILED ({type(e).__name__}: {e}); not recorded, a "
+                    "rerun retries it")
+                continue
+            append_row(path, rows, row)
+            log(f"  seed {seed} {name:<11} derived {row['derived_arch_id']} meets T "
+                f"{row['meets_target']}: scratch val {_f(row.get('derived_val'))} test "
+                f"{_f(row.get('derived_test'))}; one-shot {row['oneshot_seconds']:.0f} s = "
+                f"{row['equal_cost_n']} candidates of {row['candidate_seconds']:.1f} s; "
+                f"equal-cost random best test {_f(row['eq_random_test'])}; "
+                f"{time.perf_counter() - start:.0f} s")
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def report(args: argparse.Namespace, options: dict, bench: Bench, rows: dict, out: Path) -> str:
+    """Writes the markdown report to `out` and the JSON next to it; returns the markdown."""
+    wanted = [r for (name, seed, _), r in sorted(rows.items(), key=lambda kv: str(kv[0]))
+              if name in options["strategies"] and seed in options["seeds"]]
+    oneshot = [s for s in options["strategies"] if s in ONESHOT]
+    lines = stats.summarize(wanted, options["strategies"], options["budgets"], args.budget, oneshot)
+    per_seed = sorted((r for r in wanted if r["strategy"] in oneshot and r["budget"] == args.budget),
+                      key=lambda r: (r["strategy"], r["seed"]))
+    head = (f"Strategy comparison: space {bench.space.name}, data {bench.data}, T = "
+            f"{bench.target:.6g} {bench.metric}, candidates trained {bench.epochs} epoch(s), "
+            f"seeds {options['seeds']}, budget {args.budget}\n\n")
+    text = head + stats.markdown_tables(lines, per_seed) + "\n" + \
+        "\n".join(f"- {line}" for line in stats.bar_lines(lines)) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"space": bench.space.name, "data": bench.data, "metric": bench.metric,
+         "target": bench.target, "epochs": bench.epochs, "budget": args.budget,
+         "budgets": options["budgets"], "seeds": options["seeds"], "summary": lines,
+         "rows": wanted}, indent=1, default=str))
+    return text
+
+
+def main(argv=None) -> int:
+    """Runs the benchmark; returns the exit status (2: bad input, one line on stderr)."""
+    from nas.errors import NasInputError
+
+    args = parse_args(argv)
+
+    def log(line: str) -> None:
+        print(f"strategy_comparison: {line}", flush=True)
+
+    bench = None
+    try:
+        options = check_options(args)
+        root = Path(args.workdir or tempfile.mkdtemp(prefix="nas-compare-")).resolve()
+        bench = make_bench(args, options, root, log)
+        path = root / RESULTS_FILE
+        rows = load_rows(path)
+        run_all(args, options, bench, rows, path, log)
+        out = Path(args.out).resolve() if args.out else root / "comparison.md"
+        print(report(args, options, bench, rows, out), flush=True)
+        log(f"report {out} (and {out.with_suffix('.json')})")
+    except NasInputError as e:
+        sys.stderr.write(f"strategy_comparison: error: {e.one_line()}\n")
+        return 2
+    finally:
+        if bench is not None:
+            bench.inner.close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
