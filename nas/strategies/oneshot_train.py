@@ -95,6 +95,32 @@ def make_steps(strategy: OneShot) -> tuple[Any, Any]:
     return jax.jit(strategy.weight_step), jax.jit(strategy.arch_step)
 
 
+def step_consts(strategy: OneShot, seed: int) -> dict[str, Any]:
+    """Returns the arrays :func:`train_oneshot`'s compiled train step takes as its ``consts``
+    argument (so they are not constants of the program: a run at another seed, or with other
+    ``strategy.consts``, reuses the compiled program).
+
+    Args:
+        strategy: the protocol's functions (its ``consts``, e.g. single_path's ``lam``).
+        seed: the run's seed.
+
+    Returns:
+        ``{"base": PRNGKey(seed + 1), "strategy": dict(strategy.consts)}``: the steps' keys
+        are ``fold_in(base, 2 * step)`` (the held-out arch pass's: the odd ones).
+    """
+    return {"base": jax.random.PRNGKey(seed + 1), "strategy": dict(strategy.consts)}
+
+
+def strategy_args(consts: Mapping[str, Any]) -> tuple:
+    """Returns the trailing arguments of a strategy's steps: ``(consts["strategy"],)``, or ``()``
+    for a strategy without consts (its steps take five arguments).
+
+    Args:
+        consts: :func:`step_consts` (or the traced copy the compiled step received).
+    """
+    return (consts["strategy"],) if consts["strategy"] else ()
+
+
 def to_oneshot(ts: TrainState) -> OneShotState:
     """Returns the OneShotState held by the trainer's TrainState (see :func:`to_train`).
 
@@ -171,18 +197,21 @@ def train_oneshot(strategy: OneShot, data: Dataset, schedule: OneShotSchedule, *
     lrs = np.asarray(make_schedule(train, steps_per_epoch)(
         jnp.arange(train.epochs * steps_per_epoch + 1)), np.float32)
     state = strategy.init(jax.random.PRNGKey(seed))
-    base = jax.random.PRNGKey(seed + 1)
+    # arguments of the compiled steps, not constants: the same supernet at another seed, or
+    # with other strategy.consts (single_path's lam), reuses the compiled program
+    consts = step_consts(strategy, seed)
+    base, extra = consts["base"], strategy_args(consts)
     weight_step, arch_step = make_steps(strategy)
     current: dict[str, OneShotState] = {}
 
     @jax.jit
-    def train_step(ts, b, key, lr, consts=None):
-        del key, consts  # the one-shot keys: fold_in(seed + 1, 2 * step) (arch pass: odd ones)
-        now, k = to_oneshot(ts), jax.random.fold_in(base, 2 * ts.step)
+    def train_step(ts, b, key, lr, consts):
+        del key  # the one-shot keys: fold_in(seed + 1, 2 * step) (arch pass: odd ones)
+        now, k = to_oneshot(ts), jax.random.fold_in(consts["base"], 2 * ts.step)
         epoch = (ts.step // steps_per_epoch).astype(jnp.float32)
-        new, m = weight_step(now, b, k, lr, epoch)
+        new, m = weight_step(now, b, k, lr, epoch, *strategy_args(consts))
         if not held_out:
-            after_arch, _ = arch_step(now, b, k, lr, epoch)
+            after_arch, _ = arch_step(now, b, k, lr, epoch, *strategy_args(consts))
             new = new._replace(arch=after_arch.arch, arch_opt=after_arch.arch_opt)
         return to_train(new, ts.step + 1), m
 
@@ -193,7 +222,7 @@ def train_oneshot(strategy: OneShot, data: Dataset, schedule: OneShotSchedule, *
             lr = jnp.float32(lrs[min(step, len(lrs) - 1)])
             for i, b in enumerate(train_batches(xa, ya, batch, epoch_rng(seed, epoch, 1))):
                 key = jax.random.fold_in(base, 2 * (step + i) + 1)
-                now, m = arch_step(now, b, key, lr, jnp.float32(epoch))
+                now, m = arch_step(now, b, key, lr, jnp.float32(epoch), *extra)
                 metrics.append(m)
         current["state"] = now
         broken = non_finite_leaves({"weights": now.weights, "arch": now.arch, "stats": now.stats})
@@ -211,6 +240,7 @@ def train_oneshot(strategy: OneShot, data: Dataset, schedule: OneShotSchedule, *
     result = run_training(
         model=model, params={"model": state.weights, "arch": state.arch}, batch_stats=state.stats,
         loss_fn=None, data=weight_data, config=train, workdir=workdir, archfile=container,
+        consts=consts,
         meta=meta, opt_state={"weights": state.weight_opt, "arch": state.arch_opt},
         train_step=train_step, arch_step=epoch_hook, on_epoch_end=on_epoch_end,
         evaluate_model=schedule.evaluate,

@@ -21,6 +21,13 @@ parameters follow their own fixed rate, as FBNet's Adam on the logits, ignores i
 ``arch_step``); ``epoch`` is the epoch number as a float (FBNet's Gumbel temperature).
 Both are traced arrays, so one compiled step serves the whole run.
 
+A strategy whose loss holds numbers a user sweeps (Single-Path's cost weight ``lam``) lists them
+in ``strategy.consts`` (a dict of arrays) and its steps take them as an optional last argument,
+``weight_step(state, batch, rng, lr, epoch, consts)`` (left out: ``strategy.consts``, then
+constants of the compiled program). The driver passes them as arguments of its compiled step,
+so runs that differ only in those numbers share one compiled program (the persistent compile
+cache's key is the program, not the numbers).
+
 Build one with :func:`nas.strategies.registry.make_strategy`; the driver
 (:mod:`nas.strategies.oneshot_loop`) only calls these five functions.
 
@@ -33,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple
 
 
@@ -66,6 +74,8 @@ class OneShot(NamedTuple):
         arch_step: ``arch_step(state, batch, rng, lr, epoch) -> (state, metrics)``.
         derive: ``derive(state) -> Arch`` (the argmax of ``distribution``).
         distribution: ``distribution(state) -> {label: {str(choice): probability}}``.
+        consts: arrays the steps take as their optional last argument (see the module
+            docstring); empty: the steps take five arguments.
     """
 
     name: str
@@ -74,6 +84,7 @@ class OneShot(NamedTuple):
     arch_step: Callable[..., tuple[OneShotState, dict]]
     derive: Callable[[OneShotState], dict]
     distribution: Callable[[OneShotState], dict]
+    consts: Mapping[str, Any] = MappingProxyType({})
 
 
 def one_hot_distribution(space: Any, arch: Mapping[str, Any]) -> dict[str, dict[str, float]]:

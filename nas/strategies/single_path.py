@@ -99,18 +99,37 @@ def check_settings(params: SinglePathParams, objective: Any, has_table: bool, ep
                             source, "strategy.params.warmup_epochs")
 
 
-def penalty(cost: jax.Array, lam: Any, target: float | None, margin: float) -> jax.Array:
+def penalty(cost: jax.Array, lam: Any, cap: Any | None) -> jax.Array:
     """Returns the cost term of the loss (see the module docstring).
 
     Args:
         cost: the relaxed cost.
         lam: the weight (a traced scalar, so runs with other weights share one compiled step).
-        target: T in the cost's unit, or None.
-        margin: the penalty stops at T * (1 - margin).
+        cap: where the penalty stops, T * (1 - margin) in the cost's unit (a traced scalar,
+            :func:`loss_consts`), or None (no target: ``lam * log(cost)``).
     """
-    if target is None:
+    if cap is None:
         return lam * jnp.log(cost)
-    return lam * jax.nn.relu(jnp.log(cost / (target * (1.0 - margin))))
+    return lam * jax.nn.relu(jnp.log(cost / cap))
+
+
+def loss_consts(params: SinglePathParams, target: float | None) -> dict[str, jax.Array]:
+    """Returns the numbers of the loss that a run's settings choose, as the arrays the
+    compiled step takes (``consts`` of :func:`make_loss`), so runs that differ only in them
+    share one compiled program.
+
+    Args:
+        params: the strategy's parameters (``lam``, ``margin``).
+        target: T in the cost's unit, or None.
+
+    Returns:
+        ``{"lam": lam}``, with a target also ``{"cost_cap": T * (1 - margin)}`` (float32
+        scalars; the product taken in Python, as when it was a constant of the program).
+    """
+    out = {"lam": jnp.float32(params.lam)}
+    if target is not None:
+        out["cost_cap"] = jnp.float32(target * (1.0 - params.margin))
+    return out
 
 
 #: The stream of the step's key that the warm-up's op gates are drawn from (the dropout masks
@@ -122,7 +141,8 @@ def make_loss(net: Any, space: Any, costs: Any, params: SinglePathParams, target
               label_smoothing: float = 0.0):
     """Returns ``loss_fn(params, batch_stats, batch, rng, consts)`` of the single-path search.
 
-    ``consts["lam"]`` is the cost weight (an array argument of the compiled step). The optional
+    ``consts["lam"]`` is the cost weight and, with a `target`, ``consts["cost_cap"]`` where the
+    penalty stops (:func:`loss_consts`: array arguments of the compiled step). The optional
     ``consts["op_warmup"]`` (a traced boolean) draws every op switch's op gate at random from
     ``fold_in(rng, OP_DRAW_STREAM)`` instead of taking its threshold's
     (:func:`nas.single_path.op_switch.sample_op_gates`; the warm-up of the search).
@@ -143,7 +163,7 @@ def make_loss(net: Any, space: Any, costs: Any, params: SinglePathParams, target
                                     rngs={"dropout": rng})
         ce = cross_entropy(logits, batch["y"], batch["mask"], label_smoothing)
         cost = costs.expected([gates[plan.prefix] for plan in plans])
-        loss = ce + penalty(cost, consts["lam"], target, params.margin)
+        loss = ce + penalty(cost, consts["lam"], None if target is None else consts["cost_cap"])
         return loss, (updates.get("batch_stats", batch_stats),
                       batch_metrics(logits, batch["y"], batch["mask"], ce))
 
@@ -230,6 +250,11 @@ def single_path_strategy(space: Any, params: SinglePathParams, costs: Any,
     switch's op gate is drawn at random per step (:func:`make_loss`, ``op_warmup``); with
     ``warmup_steps`` 0 or no op switch in the space nothing is drawn.
 
+    The loss's weight and target (:func:`loss_consts`) are the protocol's ``consts``: the steps
+    take them as an optional last argument (default: these values), so the one-shot driver
+    passes them to its compiled step and runs that differ only in ``lam`` or the target share
+    one compiled program.
+
     Args:
         space: the Space (every slot nestable).
         params: the strategy's parameters.
@@ -246,12 +271,13 @@ def single_path_strategy(space: Any, params: SinglePathParams, costs: Any,
     net = net or SinglePathNetwork(space, depthwise_impl=train.depthwise_impl)
     loss_fn = make_loss(net, space, costs, params, target, train.label_smoothing)
     tx, arch_tx = make_optimizer(train), scale_by_shared_rms(warmup_steps)
-    lam = jnp.float32(params.lam)
+    defaults = loss_consts(params, target)
 
-    def consts_of(state):
+    def consts_of(state, consts):
+        consts = defaults if consts is None else consts
         if warmup_steps <= 0:
-            return {"lam": lam}
-        return {"lam": lam, "op_warmup": in_warmup(state.arch_opt, warmup_steps)}
+            return dict(consts)
+        return {**consts, "op_warmup": in_warmup(state.arch_opt, warmup_steps)}
 
     def loss_of(weights, thresholds, stats, batch, rng, consts):
         return loss_fn({"model": merge_thresholds(weights, thresholds)}, stats, batch, rng, consts)
@@ -266,17 +292,17 @@ def single_path_strategy(space: Any, params: SinglePathParams, costs: Any,
         updates, opt_state = transform.update(grads, opt_state, tree)
         return jax.tree_util.tree_map(lambda p, u: p - lr * u, tree, updates), opt_state
 
-    def weight_step(state, batch, rng, lr, epoch):
+    def weight_step(state, batch, rng, lr, epoch, consts=None):
         del epoch
         (loss, (stats, m)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            state.weights, state.arch, state.stats, batch, rng, consts_of(state))
+            state.weights, state.arch, state.stats, batch, rng, consts_of(state, consts))
         weights, opt = descend(state.weights, grads, state.weight_opt, tx, lr)
         return state._replace(weights=weights, weight_opt=opt, stats=stats), {"loss": loss, **m}
 
-    def arch_step(state, batch, rng, lr, epoch):
+    def arch_step(state, batch, rng, lr, epoch, consts=None):
         del epoch
         (loss, _), grads = jax.value_and_grad(loss_of, argnums=1, has_aux=True)(
-            state.weights, state.arch, state.stats, batch, rng, consts_of(state))
+            state.weights, state.arch, state.stats, batch, rng, consts_of(state, consts))
         thresholds, opt = descend(state.arch, grads, state.arch_opt, arch_tx, lr)
         return state._replace(arch=thresholds, arch_opt=opt), {"arch_loss": loss}
 
@@ -284,4 +310,4 @@ def single_path_strategy(space: Any, params: SinglePathParams, costs: Any,
         return derive_arch(space, merge_thresholds(state.weights, state.arch), state.stats)
 
     return OneShot("single_path", init, weight_step, arch_step, derive,
-                   lambda state: one_hot_distribution(space, derive(state)))
+                   lambda state: one_hot_distribution(space, derive(state)), defaults)
