@@ -19,6 +19,8 @@ Usage (from the repository root)::
     python experiments/specialize_three_devices.py --epochs 10           # trains, then specializes
     python experiments/specialize_three_devices.py --supernet runs/digits_spos   # reuse a supernet
     python experiments/specialize_three_devices.py --supernet W --predictor mlp
+    python experiments/specialize_three_devices.py --data npz:fashion3k.npz --epochs 15 \
+        --workdir runs/specialize_fashion     # a harder task (experiments/data/mnist_subset.py)
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ def nas(*args: str) -> str:
     return done.stdout
 
 
-def train_supernet(workdir: Path, epochs: int) -> Path:
-    """Trains (or resumes) experiments/digits_spos.yaml for `epochs` epochs into workdir/supernet."""
+def train_supernet(workdir: Path, epochs: int, data: str = "digits") -> Path:
+    """Trains (or resumes) experiments/digits_spos.yaml for `epochs` epochs on `data` (a data
+    spec of 16x16-able grayscale images, e.g. a Fashion-MNIST npz) into workdir/supernet."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "supernet.yaml"
     config.write_text(f"extends: {ROOT / 'experiments' / 'digits_spos.yaml'}\n"
+                      f"data: {json.dumps(data)}\n"
                       f"train: {{epochs: {epochs}}}\n")
     print(f"training the supernet: nas search {config} --workdir {workdir / 'supernet'}",
           flush=True)
@@ -82,6 +86,9 @@ def main() -> int:
     parser.add_argument("--workdir", default="runs/specialize_three_devices",
                         help="where the supernet and the specialized Archs go")
     parser.add_argument("--epochs", type=int, default=10, help="supernet epochs (default 10)")
+    parser.add_argument("--data", default="digits",
+                        help="the supernet's data spec (default digits; e.g. npz:fashion3k.npz "
+                             "written by experiments/data/mnist_subset.py)")
     parser.add_argument("--fraction", type=float, default=0.3,
                         help="target point in each table's latency range (default 0.3)")
     parser.add_argument("--predictor", choices=("none", "mlp"), default="none")
@@ -90,7 +97,10 @@ def main() -> int:
     args = parser.parse_args()
 
     workdir = (ROOT / args.workdir).resolve()
-    supernet = Path(args.supernet).resolve() if args.supernet else train_supernet(workdir, args.epochs)
+    if args.supernet:
+        supernet = Path(args.supernet).resolve()
+    else:
+        supernet = train_supernet(workdir, args.epochs, args.data)
     goals = targets(args.fraction)
     command = ["specialize", "--supernet", str(supernet), "--out", str(workdir / "specialized"),
                "--predictor", args.predictor, "--population", str(args.population),

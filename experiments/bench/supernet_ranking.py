@@ -21,6 +21,17 @@ The full run (the lead's, alone on a quiet machine; hours on 2 CPU cores):
         --scratch-epochs 15 --scratch-seeds 2 --spos-epochs 60 --paths-epochs 30 \
         --workdir runs/supernet_ranking --out runs/supernet_ranking/ranking.json
 
+On a task where Archs differ by more than training noise (measured 2026-12-05: the rank16
+space on 3000 Fashion-MNIST images, ``experiments/data/mnist_subset.py``; on tiny/digits two
+from-scratch seeds rank 36 Archs with tau 0.17, so nothing can be judged there):
+
+    python experiments/bench/supernet_ranking.py --space experiments/spaces/rank16.yaml \
+        --data npz:fashion3k.npz --archs 30 --scratch-epochs 5 --scratch-seeds 2 \
+        --spos-epochs 30 --supernets spos --workdir runs/ranking_rank16
+
+``--supernets none`` trains only from scratch: the seed-vs-seed tau it prints is the ceiling
+any supernet can reach on that task.
+
 A smoke run (end to end in minutes, meaningless numbers):
 
     python experiments/bench/supernet_ranking.py --archs 4 --scratch-epochs 1 \
@@ -68,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--scratch-seeds", type=int, default=1,
                     help="from-scratch runs per Arch (seeds seed..seed+n-1), accuracies averaged")
     ap.add_argument("--supernets", default="spos,fbnet,proxyless",
-                    help="comma-separated one-shot strategies to train and compare")
+                    help="comma-separated one-shot strategies to train and compare ('none': only "
+                         "train from scratch, e.g. to see whether a task ranks Archs repeatably)")
     ap.add_argument("--spos-epochs", type=int, default=60)
     ap.add_argument("--spos-params", default="{}",
                     help='JSON strategy.params of spos, e.g. \'{"random_subnets": 2}\'')
@@ -100,7 +112,7 @@ def supernet_config(name: str, a: argparse.Namespace) -> dict:
 def train_supernets(a: argparse.Namespace, root: Path) -> dict[str, str | None]:
     """Trains (or resumes) each supernet; {name: workdir, or None with the reason printed}."""
     out = {}
-    for name in [n.strip() for n in a.supernets.split(",") if n.strip()]:
+    for name in [n.strip() for n in a.supernets.split(",") if n.strip() not in ("", "none")]:
         if registry.entry(name).family != "one_shot":
             raise SystemExit(f"--supernets: {name} is not a one-shot strategy")
         t = time.perf_counter()
@@ -172,8 +184,9 @@ def scratch_results(space: Space, archs: list[dict], a: argparse.Namespace, root
     out = {}
     for arch in archs:
         rows = [done[(space.arch_id(arch), s)] for s in range(a.seed, a.seed + a.scratch_seeds)]
-        out[space.arch_id(arch)] = {k: statistics.mean(r[k] for r in rows if r[k] is not None)
-                                    for k in ("val", "test", "seconds")}
+        out[space.arch_id(arch)] = {f"{k}_{r['seed']}": r[k] for r in rows for k in ("val", "test")}
+        out[space.arch_id(arch)].update({k: statistics.mean(r[k] for r in rows if r[k] is not None)
+                                         for k in ("val", "test", "seconds")})
     return out
 
 
@@ -209,7 +222,8 @@ def main(argv=None) -> None:
         seconds = []
         for row, arch in zip(rows, archs):
             t = time.perf_counter()
-            row[name] = scorer(arch)["val_accuracy"]
+            scored = scorer(arch)
+            row[name], row[f"{name}_test"] = scored["val_accuracy"], scored["test_accuracy"]
             seconds.append(time.perf_counter() - t)
         scores = [r[name] for r in rows]
         summary["supernets"][name] = {
@@ -217,7 +231,16 @@ def main(argv=None) -> None:
             "median_score_s": statistics.median(seconds),
             "vs_scratch_val": rank_correlations(scores, [r["scratch_val"] for r in rows]),
             "vs_scratch_test": rank_correlations(scores, [r["scratch_test"] for r in rows])}
+        if all(r[f"{name}_test"] is not None for r in rows):  # scored on the larger test split
+            summary["supernets"][name]["test_score_vs_scratch_test"] = rank_correlations(
+                [r[f"{name}_test"] for r in rows], [r["scratch_test"] for r in rows])
+    if a.scratch_seeds >= 2:  # how well training from scratch ranks the Archs against itself
+        summary["seed_to_seed"] = {k: rank_correlations(
+            [scratch[space.arch_id(x)][f"{k}_{a.seed}"] for x in archs],
+            [scratch[space.arch_id(x)][f"{k}_{a.seed + 1}"] for x in archs]) for k in ("val", "test")}
     summary["vs_macs"] = rank_correlations([r["macs"] for r in rows], [r["scratch_val"] for r in rows])
+    summary["vs_macs_test"] = rank_correlations([r["macs"] for r in rows],
+                                                [r["scratch_test"] for r in rows])
     summary["rows"] = [{k: v for k, v in r.items() if k != "arch"} for r in rows]
     names = [n for n, wd in supernets.items() if wd]
     print(f"\n{'arch':12s} {'MACs':>9s} {'scratch val':>11s} {'scratch test':>12s} "
@@ -234,9 +257,18 @@ def main(argv=None) -> None:
         print(f"{name:12s} ({s['epochs']} epochs): Kendall tau {v['kendall_tau']:+.3f} "
               f"(p {v['kendall_p']:.3g}), Spearman {v['spearman_rho']:+.3f} vs scratch val; "
               f"tau {t['kendall_tau']:+.3f} vs scratch test; {s['median_score_s']:.2f} s per Arch")
+        if "test_score_vs_scratch_test" in s:
+            c = s["test_score_vs_scratch_test"]
+            print(f"{'':12s} scored on the test split instead: Kendall tau {c['kendall_tau']:+.3f} "
+                  f"(p {c['kendall_p']:.3g}), Spearman {c['spearman_rho']:+.3f} vs scratch test")
     m = summary["vs_macs"]
     print(f"{'MACs alone':12s}: Kendall tau {m['kendall_tau']:+.3f}, Spearman "
-          f"{m['spearman_rho']:+.3f} vs scratch val (the baseline a supernet must beat)")
+          f"{m['spearman_rho']:+.3f} vs scratch val; tau {summary['vs_macs_test']['kendall_tau']:+.3f} "
+          "vs scratch test (the baseline a supernet must beat)")
+    for k, c in summary.get("seed_to_seed", {}).items():
+        print(f"{'seed vs seed':12s}: Kendall tau {c['kendall_tau']:+.3f}, Spearman "
+              f"{c['spearman_rho']:+.3f} between two from-scratch seeds' {k} accuracies (the "
+              "ceiling: a target that does not rank itself cannot be ranked)")
     if a.out:
         write_json_atomic(a.out, summary)
 
