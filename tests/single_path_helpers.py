@@ -60,3 +60,22 @@ def trained_once(space: Space, x):
     _, upd = jax.jit(lambda v: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
     return net, {"params": variables["params"], "batch_stats": upd["batch_stats"]}
 
+
+
+def one_slot_space(name: str, knobs: dict, dropout: float = 0.0) -> dict:
+    """Returns the definition of a one-slot space at 8x8 (4 channels, 4 classes): train steps
+    that compile in seconds, for tests of one mechanism.
+
+    Args:
+        name: the space's name.
+        knobs: the slot's knobs (e.g. ``{"op": ["mbconv", "skip"], "kernel": [3, 5]}``).
+        dropout: the head's dropout (> 0 makes the step's key reach the program).
+
+    Returns:
+        The space definition (``Space.from_dict`` takes it).
+    """
+    return {"name": name, "input": {"resolution": 8, "channels": 1}, "num_classes": 4,
+            "stem": {"channels": 4, "kernel": 3, "stride": 1, "act": "relu"},
+            "head": {"channels": 8, "act": "relu", "dropout": dropout},
+            "defaults": {"act": "relu"},
+            "stages": [{"channels": 4, "stride": 1, "repeats": 1, "knobs": knobs}]}

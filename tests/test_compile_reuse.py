@@ -24,16 +24,12 @@ from nas.space import Space
 from nas.strategies.oneshot_train import OneShotSchedule, train_oneshot
 from nas.strategies.single_path import SinglePathParams, single_path_strategy
 from nas.training.trainer import TrainConfig
+from single_path_helpers import one_slot_space
 
 #: One nestable slot (mbconv or skip, kernel 3 or 5) at 8x8: a train step that compiles fast.
 #: The head's dropout draws from the step's key, so the seed's key reaches the program.
-SPACE = {
-    "name": "compile_reuse", "input": {"resolution": 8, "channels": 1}, "num_classes": 4,
-    "stem": {"channels": 4, "kernel": 3, "stride": 1, "act": "relu"},
-    "head": {"channels": 8, "act": "relu", "dropout": 0.2},
-    "defaults": {"act": "relu"},
-    "stages": [{"channels": 4, "stride": 1, "repeats": 1,
-                "knobs": {"op": ["mbconv", "skip"], "kernel": [3, 5], "expand": 2}}]}
+SPACE = one_slot_space("compile_reuse", {"op": ["mbconv", "skip"], "kernel": [3, 5], "expand": 2},
+                       dropout=0.2)
 
 #: The train step's module name in jax's compile log.
 TRAIN_STEP = "jit_train_step"

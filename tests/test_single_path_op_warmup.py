@@ -20,15 +20,10 @@ from nas.single_path.network import SinglePathNetwork
 from nas.space import Space
 from nas.strategies.single_path import SinglePathParams, single_path_strategy
 from nas.training.trainer import TrainConfig
+from single_path_helpers import one_slot_space
 
 #: One slot choosing MBConv or Fused-MBConv (they share no weights: an op switch), at 8x8.
-SPACE = {
-    "name": "sp_op_warmup", "input": {"resolution": 8, "channels": 1}, "num_classes": 4,
-    "stem": {"channels": 4, "kernel": 3, "stride": 1, "act": "relu"},
-    "head": {"channels": 8, "act": "relu", "dropout": 0.0},
-    "defaults": {"act": "relu"},
-    "stages": [{"channels": 4, "stride": 1, "repeats": 1,
-                "knobs": {"op": ["mbconv", "fused_mbconv"], "kernel": 3, "expand": 2}}]}
+SPACE = one_slot_space("sp_op_warmup", {"op": ["mbconv", "fused_mbconv"], "kernel": 3, "expand": 2})
 SLOT, FIRST, SECOND = "s1_b1", "mbconv", "fused_mbconv"
 WARMUP = 24
 LR = jnp.float32(0.01)
