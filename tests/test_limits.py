@@ -200,6 +200,40 @@ def test_a_one_shot_derived_arch_is_checked_against_the_limits(tmp_path, capsys)
     assert f"params {small} > {small - 1}" in e.value.message
 
 
+def test_spos_checks_its_largest_sub_network_against_the_limits(tmp_path, monkeypatch, capsys):
+    """spos learns no Arch; its result (the largest sub-network) is checked like a derived one,
+    and the warning points to searching the supernet (nas specialize) instead."""
+    from nas.archfile import ArchFile
+    from nas.single_path.plan import max_arch, space_plan
+    from nas.strategies import oneshot_driver, spos_run
+
+    largest = max_arch(TINY, space_plan(TINY))
+    size = arch_metrics(TINY, largest)["size_bytes"]
+
+    def trained_spos(loaded, workdir, progress=False):  # the training is tested elsewhere
+        ArchFile(TINY, largest, {}).save(workdir / "best_arch.json")
+        return {"strategy": "spos", "arch": largest, "arch_id": TINY.arch_id(largest),
+                "best_arch": str(workdir / "best_arch.json")}
+
+    monkeypatch.setattr(spos_run, "run_spos", trained_spos)
+    wd = tmp_path / "w"
+    wd.mkdir()
+    config = {"space": "tiny", "strategy": {"name": "spos"}, "objective": {"metric": "macs"}}
+    loose = parse_config({**config, "objective": {"metric": "macs", "limits": {
+        "size_bytes": size}}}, "spos.yaml")
+    assert oneshot_driver.run_oneshot_config(loose, wd).summary()["meets_limits"] is True
+    assert (wd / "best_arch.json").exists()
+    strict = parse_config({**config, "objective": {"metric": "macs", "limits": {
+        "size_bytes": size - 1}}}, "spos.yaml")
+    capsys.readouterr()
+    out = oneshot_driver.run_oneshot_config(strict, wd).summary()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "spos keeps the largest sub-network" in err[0]
+    assert "nas specialize --supernet" in err[0] and f"size_bytes {size} > {size - 1}" in err[0]
+    assert out["meets_limits"] is False and out["best_arch"] is None
+    assert not (wd / "best_arch.json").exists() and (wd / OVER_LIMITS_FILE).exists()
+
+
 # ------------------------------------------------------------------------------ config errors
 BASE = {"space": "tiny", "strategy": {"name": "random"}}
 

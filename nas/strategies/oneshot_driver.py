@@ -12,7 +12,8 @@ unless its params set one). Both write ``best_arch.json``, ``summary.json`` and 
 With ``objective.limits`` the derived Arch is checked against them (:func:`check_derived_arch`):
 one over a limit is reported in one warning line, moved from ``best_arch.json`` to
 ``over_limits_arch.json`` (nothing downstream takes it for the search's result) and the summary
-says ``meets_limits: false`` with the ``limit_violations``.
+says ``meets_limits: false`` with the ``limit_violations``. spos's Arch is its largest
+sub-network (it learns no Arch), checked the same way; its warning points to ``nas specialize``.
 
 Example:
     >>> summary = run_oneshot_config(load_config("experiments/digits_fbnet.yaml"), "runs/fb").summary()
@@ -42,6 +43,12 @@ from nas.training.evaluate import cost_function
 
 #: where a derived Arch over objective.limits is kept instead of best_arch.json
 OVER_LIMITS_FILE = "over_limits_arch.json"
+#: the fix a limit warning names for strategies that learn the Arch (fbnet, proxyless, single_path)
+LEARNED_ARCH_FIX = "weigh the cost more (strategy.params) or loosen the limits"
+#: ... and for spos, whose Arch is the largest sub-network: the search happens on the supernet
+SPOS_FIX = ("spos keeps the largest sub-network; find one within the limits on this supernet "
+            "with 'nas specialize --supernet WORKDIR --table T --target MS' or a search with "
+            "evaluation: {mode: supernet, supernet: WORKDIR}")
 #: objective.metric -> the single_path ``cost`` of the same quantity (a constant factor apart).
 SINGLE_PATH_COST = {"params": "params", "macs": "macs", "bops": "bops", "size_bytes": "size_bits",
                     "energy_mj": "energy_pj"}
@@ -80,7 +87,8 @@ def run_oneshot_config(loaded: LoadedConfig, workdir: str | os.PathLike,
     strategy = entry(config.strategy.name, loaded.source)
     metric = config.objective.metric
     if not strategy.learns_arch:  # spos: a supernet trained for scoring its sub-networks
-        return OneShotSearchResult(spos_run.run_spos(loaded, workdir, progress=progress))
+        summary = spos_run.run_spos(loaded, workdir, progress=progress)
+        return OneShotSearchResult(check_derived_arch(loaded, workdir, summary, fix=SPOS_FIX))
     if strategy.supernet == "superkernel":
         run = loaded
         if metric in SINGLE_PATH_COST and "cost" not in config.strategy.params:
@@ -95,7 +103,7 @@ def run_oneshot_config(loaded: LoadedConfig, workdir: str | os.PathLike,
 
 
 def check_derived_arch(loaded: LoadedConfig, workdir: str | os.PathLike,
-                       summary: Mapping[str, Any]) -> dict[str, Any]:
+                       summary: Mapping[str, Any], fix: str = LEARNED_ARCH_FIX) -> dict[str, Any]:
     """Checks a one-shot search's derived Arch against ``objective.limits``.
 
     Within all limits, the summary gains ``limits``, ``limit_costs`` and ``meets_limits: true``.
@@ -107,6 +115,7 @@ def check_derived_arch(loaded: LoadedConfig, workdir: str | os.PathLike,
         loaded: the config.
         workdir: the search's workdir (holding best_arch.json and summary.json).
         summary: the search's summary (``strategy``, ``arch``, ``arch_id``, ``best_arch``).
+        fix: what the warning tells the user to do when the Arch breaks a limit.
 
     Returns:
         The summary, with the fields above.
@@ -130,8 +139,7 @@ def check_derived_arch(loaded: LoadedConfig, workdir: str | os.PathLike,
             sys.stderr.write(f"nas: warning: {summary['strategy']}: the derived Arch "
                              f"{summary['arch_id']} breaks objective.limits: "
                              f"{violations_text(broken)}; not written to {BEST_ARCH_FILE} (kept as "
-                             f"{moved}); weigh the cost more (strategy.params) or loosen the "
-                             "limits\n")
+                             f"{moved}); {fix}\n")
         else:
             moved.unlink(missing_ok=True)
         write_summary(wd, out)
