@@ -111,15 +111,18 @@ def test_path_option_equals_flax_child(case):
     bits_a = values.get("bits_a", 8) if quantized else 32
     spec = dataclasses.replace(path.option_spec(shape), in_hw=HW, bits_w=bits_w, bits_a=bits_a)
     assert option_shape(spec) == shape
-    key = jax.random.PRNGKey(case)
+    # the cost of a case is compiling its ops eagerly, one program per op and shape: an RBG key
+    # (its random draws compile in a fraction of threefry's time), NumPy noise and input, and
+    # the child's (BatchNorm) statistics from one jitted init, whose unused weights XLA drops
+    key = jax.random.key(case, impl="unsafe_rbg")
     p = init_path_params(path, key)
     leaves, tree = jax.tree_util.tree_flatten(p)
-    noise = jax.random.split(key, len(leaves))
-    p = tree.unflatten([a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, noise)])
-    x = jax.random.normal(jax.random.fold_in(key, 1), (2, *HW, spec.cin))
+    rng = np.random.default_rng(case)
+    p = tree.unflatten([a + 0.1 * rng.standard_normal(a.shape, np.float32) for a in leaves])
+    x = jnp.asarray(rng.standard_normal((2, *HW, spec.cin), np.float32))
 
     block = make_block(spec, "block", depthwise_impl="xla")
-    stats = block.init(key, x, train=False).get("batch_stats", {})
+    stats = jax.jit(lambda k, x: block.init(k, x, train=False).get("batch_stats", {}))(key, x)
     want, _ = block.apply({"params": slice_path_params(path, p, shape), "batch_stats": stats}, x,
                           train=True, mutable=["batch_stats", "intermediates"])
 
