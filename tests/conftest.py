@@ -11,9 +11,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# Every program goes to the persistent cache, the small ones too: most of the suite's time is
+# compiling, much of it eager ops (one program per op and shape) and programs that both xdist
+# workers and the CLI subprocesses compile again; loading one is several times faster than
+# compiling it (tests/test_supernet_program.py: 55 s cold, 17 s from the cache; writing them
+# costs nothing measurable). The subprocesses the tests start (CLI runs) read the same cache
+# through JAX's environment variables.
 _CACHE = Path(os.environ.get("NAS_JAX_CACHE", Path(__file__).resolve().parents[1] / ".jax_cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # A one-stage space small enough for real latency measurements in tests.
 MICRO_YAML = """
