@@ -101,7 +101,7 @@ def test_a_slot_choosing_skip_and_a_rank_mixes_softly_and_equals_its_children():
     d["stages"][0]["knobs"]["rank"] = [None, 0.5]
     space = Space.from_dict(d)
     net = SuperNet(space)
-    params = net.init(jax.random.PRNGKey(0))
+    params = net.init(jax.random.key(0, impl="unsafe_rbg"))
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
     soft = jax.jit(lambda p, x, g: net.apply(p, x, "soft", g))
     for op, rank in (("skip", 0.5), ("mbconv", 0.5)):
@@ -118,7 +118,7 @@ def test_a_slot_choosing_skip_and_a_rank_mixes_softly_and_equals_its_children():
 def test_pick_and_one_hot_soft_equal_the_child_network():
     space = small_space()
     net = SuperNet(space)
-    params = net.init(jax.random.PRNGKey(0))
+    params = net.init(jax.random.key(0, impl="unsafe_rbg"))
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
     pick = jax.jit(lambda p, x, g: net.apply(p, x, "pick", g))
     soft = jax.jit(lambda p, x, g: net.apply(p, x, "soft", g))
