@@ -101,9 +101,9 @@ def test_a_slot_choosing_among_three_operators_is_refused_in_one_line():
 def small_net():
     space = small_space(fused=True)
     net = SinglePathNetwork(space)
-    variables = init_single_path(net, jax.random.key(0))
+    variables = init_single_path(net, jax.random.key(0, impl="unsafe_rbg"))  # compiles fast
     # non-trivial BatchNorm statistics, so that slicing them matters
-    key = jax.random.key(5)
+    key = jax.random.key(5, impl="unsafe_rbg")
     variables["batch_stats"] = jax.tree_util.tree_map(
         lambda a: a + 0.5 * jax.random.uniform(key, a.shape), variables["batch_stats"])
     return space, net, variables, jax.jit(net.apply)
@@ -157,7 +157,7 @@ QUANT = {
 def test_quantized_activations_child_computes_what_the_superkernel_computes():
     space = Space.from_dict(QUANT, "tests:sp_quant")
     net = SinglePathNetwork(space)
-    variables = init_single_path(net, jax.random.key(0))
+    variables = init_single_path(net, jax.random.key(0, impl="unsafe_rbg"))  # compiles fast
     x = jax.random.normal(jax.random.key(7), (3, 8, 8, 1))
     # training statistics: BatchNorm moments and the quantizers' running ranges
     _, upd = jax.jit(lambda v: net.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
