@@ -39,8 +39,9 @@ def test_weight_step_executes_only_the_sampled_path():
     net = SuperNet(space, on_path=lambda slot, event: executed.append((int(slot), event)),
                    pick="nested")
     strategy = make_strategy("proxyless", net.space, OneShotParams(objective="none"), net=net)
-    state = strategy.init(jax.random.PRNGKey(0))
-    full = net.init(jax.random.PRNGKey(0))
+    rbg = jax.random.key(0, impl="unsafe_rbg")  # draws compile fast; any weights do here
+    state = strategy.init(rbg)
+    full = net.init(rbg)
     alpha = init_arch_params(space)
     batch = {"x": jnp.ones((4, 8, 8, 1)), "y": jnp.zeros(4, jnp.int32), "mask": jnp.ones(4)}
     weight_step, _ = make_steps(strategy)
@@ -72,7 +73,7 @@ def test_masked_pick_runs_the_sampled_path_and_computes_the_sampled_child():
     masked = SuperNet(space, on_path=lambda slot, event: executed.append((int(slot), event)))
     nested = SuperNet(space, pick="nested")
     assert masked.pick == "masked"
-    params = masked.init(jax.random.PRNGKey(0))
+    params = masked.init(jax.random.key(0, impl="unsafe_rbg"))  # compiles fast; any weights do
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, *space.resolution, 1)), jnp.float32)
     run = {name: jax.jit(lambda p, g, n=net: n.apply(p, x, "pick", g))
            for name, net in (("masked", masked), ("nested", nested))}
@@ -108,7 +109,7 @@ def test_nested_pick_traces_each_op_once_per_channel_count():
     counts = {}
     for pick in ("nested", "flat"):
         net = SuperNet(space, pick=pick)
-        full = net.init(jax.random.PRNGKey(0))
+        full = jax.eval_shape(net.init, jax.random.PRNGKey(0))  # the jaxpr needs shapes only
         index = {lab: jnp.int32(0) for lab in space.labels()}
         jaxpr = jax.make_jaxpr(lambda p: net.apply(p, jnp.zeros((2, 16, 16, 1)), "pick", index))(full)
         counts[pick] = _count_primitives(jaxpr.jaxpr, collections.Counter())
