@@ -23,21 +23,6 @@ from crash_driver import SyntheticEvaluator  # noqa: E402
 from crash_helpers import after, count_lines, finish, kill_when, start_driver  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_every_compile():
-    """Stores every program this module compiles in the persistent cache (conftest stores only
-    those over 0.5 s), so the CLI subprocesses, which start cold, load the uninterrupted
-    reference run's programs instead of compiling them again (tests/crash_driver.py does the
-    same for the programs of a killed run)."""
-    import jax
-
-    key = "jax_persistent_cache_min_compile_time_secs"
-    old = getattr(jax.config, key)
-    jax.config.update(key, 0.0)
-    yield
-    jax.config.update(key, old)
-
-
 SEARCH = {"space": "tiny", "seed": 4, "budget": 14, "batch": 3,
           "objective": {"metric": "macs", "target": 1.5e6}}
 PARAMS = {"random": {}, "evolution": {"population": 4, "sample_size": 2}, "rl": {}}
