@@ -401,3 +401,19 @@ def test_help_tells_a_newcomer_what_goes_in_and_where_outputs_go(argv, needles, 
     text = " ".join(capsys.readouterr().out.split())  # argparse re-wraps lines
     for needle in needles:
         assert needle in text, needle
+
+
+def test_stage_markers_of_earlier_versions_still_count_as_done(tmp_path):
+    """Markers hashed with the space as written (earlier versions) are not redone or refused."""
+    pipe = Pipeline(micro_config(), tmp_path, progress=False, log=lambda m: None)
+
+    def never():
+        raise AssertionError("a finished stage ran again")
+
+    marker = stage_marker(tmp_path, "search")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"settings": pipe.stage_settings("search", legacy=True)}))
+    assert pipe.run_stage("search", never)["settings"] == pipe.stage_settings("search", legacy=True)
+    marker.write_text(json.dumps({"settings": "0123456789abcdef"}))  # other settings: refused
+    with pytest.raises(NasInputError, match="other settings"):
+        pipe.run_stage("search", never)

@@ -120,6 +120,44 @@ def test_another_config_in_the_workdir_is_refused_and_the_lock_released(tmp_path
     claim_workdir(tmp_path, a).release()  # the refused claim did not keep the lock
 
 
+def test_the_space_is_fingerprinted_by_its_contents_not_as_written(tmp_path, monkeypatch):
+    """A space named, given relative or absolute resumes; an edited space file is refused."""
+    import json
+
+    import yaml
+
+    from nas.runs.config import parse_config
+    from nas.space import spaces_dir
+
+    monkeypatch.chdir(tmp_path)
+    space_file = tmp_path / "my.yaml"
+    space_file.write_text((spaces_dir() / "tiny.yaml").read_text())
+    wd = tmp_path / "wd"
+
+    def config(space):
+        return parse_config({"space": space, "budget": 2, "strategy": {"name": "random"}}).config
+
+    claim_workdir(wd, config("my.yaml")).release()
+    claim_workdir(wd, config(str(space_file))).release()  # absolute path: the same search
+    claim_workdir(wd, config("tiny")).release()  # the shipped copy: the same definition
+    definition = yaml.safe_load(space_file.read_text())
+    definition["description"] = "reworded"
+    space_file.write_text(yaml.safe_dump(definition))
+    claim_workdir(wd, config("my.yaml")).release()  # the description is not part of the space
+    definition["head"]["channels"] = 96
+    space_file.write_text(yaml.safe_dump(definition))
+    with pytest.raises(NasInputError, match="space's definition changed"):
+        claim_workdir(wd, config("my.yaml"))
+    # A record from an earlier version (the space as written, no space_fingerprint) resumes.
+    old = config("my.yaml")
+    (wd / "search.json").write_text(json.dumps({"fingerprint": old.path_fingerprint()}))
+    claim_workdir(wd, old).release()
+    assert json.loads((wd / "search.json").read_text())["fingerprint"] == old.fingerprint()
+    with pytest.raises(NasInputError, match="another config"):  # and another config still not
+        claim_workdir(wd, parse_config({"space": "my.yaml", "budget": 2, "seed": 3,
+                                        "strategy": {"name": "random"}}).config)
+
+
 def test_unwritable_workdir_is_reported_before_work_starts(tmp_path, monkeypatch, capsys):
     real_open = os.open
 

@@ -34,6 +34,7 @@ from nas.errors import NasInputError
 from nas.limits import check_limits
 from nas.objective import CONSTRAINTS, COST_METRICS, MnasObjective
 from nas.space import resolve_space
+from nas.space_files import space_fingerprint
 from nas.strategies import registry
 
 # TrainConfig fields a search config may set (the rest are managed by the search).
@@ -232,9 +233,40 @@ class SearchConfig(_Section):
         """Returns a hash of the settings that decide which candidates a search evaluates.
 
         A workdir's history can only be resumed by a config with the same fingerprint (budget and
-        executor may change).
+        executor may change). The space enters by its contents (:func:`space_fingerprint`), not
+        as written: ``tiny``, ``search_spaces/tiny.yaml`` and its absolute path give the same
+        fingerprint, and an edited space file gives another.
+
+        Returns:
+            16 hex digits.
+
+        Raises:
+            NasInputError: the space cannot be read.
         """
+        return self._hash_body(self.space_fingerprint())
+
+    def space_fingerprint(self) -> str:
+        """Returns the fingerprint of the space's contents (``sha256:<hex>``).
+
+        Raises:
+            NasInputError: the space cannot be read.
+        """
+        return space_fingerprint(resolve_space(self.space))
+
+    def path_fingerprint(self) -> str:
+        """Returns the fingerprint earlier versions wrote: the space as written (name or path).
+
+        Workdirs whose ``search.json`` has no ``space_fingerprint`` were claimed with it; they are
+        still resumed (see :func:`nas.runs.workdir.claim_workdir`).
+
+        Returns:
+            16 hex digits.
+        """
+        return self._hash_body(self.space)
+
+    def _hash_body(self, space: Any) -> str:
         body = self.model_dump(exclude={"budget", "executor", *PIPELINE_SECTIONS})
+        body["space"] = space
         if self.evaluation == EvaluationConfig():  # fingerprints from before the section stay valid
             body.pop("evaluation")
         if not self.objective.limits:  # likewise for configs without limits

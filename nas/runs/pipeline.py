@@ -179,11 +179,21 @@ class Pipeline:
         return make_executor(ex.kind, ex.address, ex.workers, ex.cpus_per_trial, ex.retries,
                              gpus_per_trial=ex.gpus_per_trial, storage=ex.storage)
 
-    def stage_settings(self, stage: str) -> str:
-        """A hash of the config parts a stage's result depends on (its own and earlier stages')."""
+    def stage_settings(self, stage: str, legacy: bool = False) -> str:
+        """A hash of the config parts a stage's result depends on (its own and earlier stages').
+
+        Args:
+            stage: one of :data:`STAGES`.
+            legacy: hash the search config as earlier versions did (space as written, see
+                :meth:`nas.runs.config.SearchConfig.path_fingerprint`), for their markers.
+
+        Returns:
+            16 hex digits.
+        """
         import hashlib
 
-        parts = {"search": self.config.fingerprint()}
+        search = self.config.path_fingerprint() if legacy else self.config.fingerprint()
+        parts = {"search": search}
         for s in STAGES[1:STAGES.index(stage) + 1]:
             parts[s] = getattr(self.config, s).model_dump()
         text = json.dumps(parts, sort_keys=True, default=str)
@@ -198,7 +208,7 @@ class Pipeline:
         settings = self.stage_settings(stage)
         done = read_marker(self.workdir, stage)
         if done is not None:
-            if done.get("settings") not in (None, settings):
+            if done.get("settings") not in (None, settings, self.stage_settings(stage, legacy=True)):
                 raise NasInputError(
                     f"stage {stage!r} finished with other settings (config sections up to "
                     f"'{stage}' changed); use a new --workdir, or delete this marker and the later "

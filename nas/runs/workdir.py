@@ -295,7 +295,8 @@ def claim_workdir(workdir: str | os.PathLike, config: Any, *, resume: bool | Non
 
     Args:
         workdir: the search's folder.
-        config: the :class:`nas.runs.config.SearchConfig` (``fingerprint()``, ``model_dump()``).
+        config: the :class:`nas.runs.config.SearchConfig` (its ``fingerprint()``,
+            ``space_fingerprint()``, ``path_fingerprint()`` and ``model_dump()`` are used).
         resume, command: see :func:`lock_workdir`.
 
     Returns:
@@ -308,22 +309,38 @@ def claim_workdir(workdir: str | os.PathLike, config: Any, *, resume: bool | Non
     claim = lock_workdir(workdir, resume=resume, command=command)
     try:
         path = claim.path / CONFIG_FILE
-        fingerprint = config.fingerprint()
+        fingerprint, space_fp = config.fingerprint(), config.space_fingerprint()
         if path.exists():
-            try:
-                old = json.loads(path.read_text()).get("fingerprint")
-            except (ValueError, AttributeError):
-                raise NasInputError("not a search record; delete it or use a new --workdir",
-                                    str(path)) from None
-            if old != fingerprint:
-                raise NasInputError("the workdir holds a search with another config (space, data, "
-                                    "strategy, objective, seed or train differ); use a new "
-                                    "--workdir or the same config", str(path), "fingerprint")
-        write_json_atomic(path, {"fingerprint": fingerprint, "config": config.model_dump()})
+            _check_same_search(path, config, fingerprint, space_fp)
+        write_json_atomic(path, {"fingerprint": fingerprint, "space_fingerprint": space_fp,
+                                 "config": config.model_dump()})
     except BaseException:
         claim.release()
         raise
     return claim
+
+
+def _check_same_search(path: Path, config: Any, fingerprint: str, space_fp: str) -> None:
+    """Raises unless the search recorded in `path` (search.json) is the one `config` describes.
+
+    Records from earlier versions hold a fingerprint of the space *as written* and no
+    ``space_fingerprint``; they match when that older fingerprint does.
+    """
+    try:
+        record = json.loads(path.read_text())
+        old, old_space = record.get("fingerprint"), record.get("space_fingerprint")
+    except (ValueError, AttributeError):
+        raise NasInputError("not a search record; delete it or use a new --workdir",
+                            str(path)) from None
+    if old == fingerprint or (old_space is None and old == config.path_fingerprint()):
+        return
+    if old_space is not None and old_space != space_fp:
+        raise NasInputError(f"the space's definition changed since this search started "
+                            f"({str(old_space)[:19]} -> {space_fp[:19]}); restore the space file "
+                            "or use a new --workdir", str(path), "space_fingerprint")
+    raise NasInputError("the workdir holds a search with another config (space, data, "
+                        "strategy, objective, seed or train differ); use a new "
+                        "--workdir or the same config", str(path), "fingerprint")
 
 
 # ---------------------------------------------------------------------------------------- CLI
