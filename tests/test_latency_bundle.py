@@ -15,7 +15,10 @@ import pytest
 
 from nas.cli import main
 from nas.errors import NasInputError
-from nas.latency.build import build_table
+from nas.latency.backends.ort_backend import session as ort_session
+from nas.latency.build import build_table, keys_to_measure
+from nas.latency.onnx_blocks import block_to_onnx
+from nas.blocks.act_points import runs_int8
 from nas.latency.bundle import MANIFEST_FILE, RESULTS_FILE, RUNNER_FILE, write_bundle
 from nas.latency.bundle_import import import_results
 from nas.latency.check import check_table
@@ -65,6 +68,16 @@ def test_tflite_bundle_runs_on_a_numpy_litert_only_env(tmp_path):
     assert "LiteRT" in table.remote_device and report["n"] == 3
 
 
+def _import_runner(path: Path):
+    """Imports the bundle's standalone runner script as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bundle_runner_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _run_runner(python: str, bundle: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([python, "-I", str(bundle / RUNNER_FILE), "--reps", str(REPS),
                            "--rounds", str(ROUNDS), "--min-seconds", str(MIN_SECONDS),
@@ -94,16 +107,33 @@ def test_runner_on_a_numpy_onnxruntime_only_env_gives_the_in_process_table(measu
     assert imported.remote_device.startswith("test-device")
     assert report["n"] == 5 and imported.data["validation"]["n"] == 5
     assert len(imported.data["calibration"]["points"]) == 6
+    # The runner times exactly what an in-process build times: the same graphs ...
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    layers = {it["id"]: it for it in manifest["items"] if it["role"] == "layer"}
+    wanted = keys_to_measure(Space.by_name("tiny"), imported.rule)
+    assert set(imported.entries) == set(layers) == set(wanted)
+    for key, spec in wanted.items():
+        model = block_to_onnx(spec, runs_int8(spec), 1).SerializeToString()
+        assert (bundle / layers[key]["file"]).read_bytes() == model, key
+    # ... in sessions with the same options (the runner is standalone: it cannot import ours)
+    runner = _import_runner(bundle / RUNNER_FILE)
+    runner.import_runtime("onnx")
+    item = next(iter(layers.values()))
+    theirs = runner.make_session(str(bundle / item["file"]), 1, "CPUExecutionProvider")
+    ours = ort_session((bundle / item["file"]).read_bytes(), 1)
+    for option in ("graph_optimization_level", "execution_mode", "intra_op_num_threads",
+                   "inter_op_num_threads"):
+        assert getattr(theirs.get_session_options(), option) \
+            == getattr(ours.get_session_options(), option), option
+    # and its medians are milliseconds of the same calls: a gross check only (both sides are
+    # timed minutes apart while other tests run, so they agree only as far as the load allows)
     timing = TimingConfig(warmup=WARMUP, min_reps=REPS, min_seconds=MIN_SECONDS, rounds=ROUNDS,
                           extra_rounds=2)
     local = build_table(Space.by_name("tiny"), "onnxruntime", tmp_path / "local.json",
                         timing=timing, calibration_samples=4, progress=False)
-    assert set(imported.entries) == set(local.entries)
     ratios = np.array([imported.entries[k]["median_ms"] / local.entries[k]["median_ms"]
                        for k in local.entries])
-    # the same graphs and session options on the same core: the same medians, within noise
-    assert abs(float(np.median(ratios)) - 1.0) < 0.10, np.median(ratios)
-    assert float(np.mean(np.abs(ratios - 1.0) < 0.10)) >= 0.8, np.sort(ratios)
+    assert 0.5 < float(np.median(ratios)) < 2.0, np.sort(ratios)
     # an imported table is another device's: it is not re-measured here
     with pytest.raises(NasInputError, match="measured on test-device"):
         check_table(LatencyTable.load(tmp_path / "imported.json"))
