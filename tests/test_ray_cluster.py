@@ -105,6 +105,11 @@ class DataProbe:
         time.sleep(0.3)  # both nodes get a trial
         line = {"node": ray.get_runtime_context().get_node_id(), "checksum": checksum(data),
                 "writeable": bool(data.x_train.flags.writeable)}
+        if self.shared_data is not None:  # which object it read, and where that object has copies
+            from ray.experimental import get_object_locations
+
+            ref = self.shared_data.ref
+            line.update(ref=ref.hex(), copies_on=get_object_locations([ref])[ref]["node_ids"])
         with open(os.path.join(self.log_dir, space.arch_id(arch)), "a") as f:
             f.write(json.dumps(line) + "\n")
         score = sum(v in (7, 6, True) for v in arch.values()) / len(arch)
@@ -145,8 +150,8 @@ def test_search_on_two_nodes_reads_the_data_from_the_object_store(two_nodes, tmp
     (tmp_path / "log").mkdir()
     probe = DataProbe(SPACE_JSON, "npz:data.npz", 1, str(tmp_path / "log"))
     ex = RayExecutor(workers=2, retries=0)
-    result = run_search(parse_config({**SEARCH, "budget": 6, "batch": 6}), tmp_path / "run",
-                        executor=ex, evaluate=probe)
+    result = run_search(parse_config({**SEARCH, "budget": 6, "batch": 3}), tmp_path / "run",
+                        executor=ex, evaluate=probe)  # two rounds of 3 trials
     ex.close()
     records = History(tmp_path / "run" / "history.jsonl").load()
     ids = [r["arch_id"] for r in records]
@@ -160,6 +165,10 @@ def test_search_on_two_nodes_reads_the_data_from_the_object_store(two_nodes, tmp
     assert {names[s["node"]] for s in seen} == set(NODES)  # candidates ran on both nodes
     # the driver's arrays, read-only: mapped from the node's copy in the object store
     assert all(s["checksum"] == expected and not s["writeable"] for s in seen)
+    # put once per search, not once per trial or round: every trial of both rounds read the one
+    # object, which has a copy on each node it ran on (Ray pulls it to a node once)
+    assert len({s["ref"] for s in seen}) == 1
+    assert all(s["node"] in s["copies_on"] for s in seen)
     assert not exposed_sockets(children_pids())  # both nodes listen on loopback only
 
 
