@@ -31,6 +31,7 @@ import sys
 from typing import Any, Callable
 
 from nas.data import Dataset, load_data, parse_spec
+from nas.data.split_options import join_spec, split_spec
 from nas.errors import NasInputError
 
 MAX_GB_VARIABLE = "NAS_RAY_DATA_MAX_GB"
@@ -83,12 +84,14 @@ def absolute_spec(spec: str) -> str:
         spec: a data spec.
 
     Returns:
-        ``kind:/absolute/path``, or the spec unchanged when it names no path.
+        ``kind:/absolute/path`` (split options kept), or the spec unchanged when it names no
+        path.
     """
     path = data_path(spec)
     if path is None:
         return spec
-    return f"{parse_spec(spec)[0]}:{os.path.abspath(os.path.expanduser(path))}"
+    absolute = f"{parse_spec(spec)[0]}:{os.path.abspath(os.path.expanduser(path))}"
+    return join_spec(absolute, split_spec(spec)[1])
 
 
 def node_name() -> str:

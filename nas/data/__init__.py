@@ -2,7 +2,8 @@
 
 Specs (the same everywhere: CLI, configs, library):
     ``digits`` (default), ``npz:PATH``, ``mnist:DIR``, ``cifar10:DIR``, ``folder:DIR``,
-    ``synthetic``.
+    ``synthetic``; each may end in split options, e.g. ``npz:PATH?val=0.3``
+    (:mod:`nas.data.split_options`).
 
 Example:
     >>> data = load_data("digits", Space.by_name("tiny"), seed=0)
@@ -20,6 +21,7 @@ import numpy as np
 from nas.data.batches import (Batch, epoch_rng, eval_batches, num_train_batches, prefetch,
                               train_batches)
 from nas.data.idx import read_mnist_folder
+from nas.data.split_options import SPLIT_OPTIONS, split_spec
 from nas.data.sources import read_cifar10, read_digits, read_folder, read_npz, read_synthetic
 from nas.data.transforms import (channel_stats, match_channels, random_crop_flip, resize_images,
                                  to_unit_float)
@@ -29,7 +31,8 @@ __all__ = ["Dataset", "load_data", "parse_spec", "stratified_split", "kfold_indi
            "epoch_rng", "eval_batches", "train_batches", "num_train_batches", "prefetch",
            "SPEC_HELP"]
 
-SPEC_HELP = "digits, synthetic, npz:PATH, mnist:DIR, cifar10:DIR or folder:DIR"
+SPEC_HELP = ("digits, synthetic, npz:PATH, mnist:DIR, cifar10:DIR or folder:DIR (optionally "
+             "followed by ?val=F, e.g. npz:PATH?val=0.3)")
 AUGMENT_MIN_SIZE = 32
 
 
@@ -128,12 +131,12 @@ def kfold_indices(y: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """Splits a data spec into (kind, argument).
+    """Splits a data spec into (kind, argument); split options (``?val=F``) are left out.
 
     Raises:
         NasInputError: unknown kind or a missing path.
     """
-    kind, _, arg = str(spec).partition(":")
+    kind, _, arg = split_spec(spec)[0].partition(":")
     kind = kind.strip().lower()
     if kind in ("digits", "synthetic"):
         if arg:
@@ -149,7 +152,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 def load_data(spec: str = "digits", space: Any = None, *, resolution: tuple[int, int] | None = None,
               channels: int | None = None, num_classes: int | None = None, seed: int = 0,
-              val_fraction: float = 0.1, test_fraction: float = 0.2,
+              val_fraction: float | None = None, test_fraction: float | None = None,
               augment: bool | str = "auto", synthetic_size: int = 1200) -> Dataset:
     """Loads, checks, splits, resizes and standardizes a data set for a model.
 
@@ -160,8 +163,10 @@ def load_data(spec: str = "digits", space: Any = None, *, resolution: tuple[int,
         channels: channels of the model input.
         num_classes: classes of the model; labels must lie in [0, num_classes).
         seed: split seed (the same seed gives the same splits).
-        val_fraction: fraction of the non-test data held out for validation.
-        test_fraction: fraction held out for test when the source has no test split.
+        val_fraction: fraction of the non-test data held out for validation (default: the
+            spec's ``val=`` option, else 0.1; see :mod:`nas.data.split_options`).
+        test_fraction: fraction held out for test when the source has no test split (default:
+            the spec's ``test=`` option, else 0.2).
         augment: True, False or "auto" (random crop + flip for images >= 32 px).
         synthetic_size: number of examples of the 'synthetic' source.
 
@@ -180,6 +185,9 @@ def load_data(spec: str = "digits", space: Any = None, *, resolution: tuple[int,
     resolution = tuple(resolution)
     kind, arg = parse_spec(spec)
     source = arg or kind
+    options = split_spec(spec)[1]
+    val_fraction = val_fraction or options.get("val", SPLIT_OPTIONS["val"][0])
+    test_fraction = test_fraction or options.get("test", SPLIT_OPTIONS["test"][0])
     if kind == "digits":
         x, y, test = read_digits()
     elif kind == "synthetic":
@@ -202,6 +210,9 @@ def load_data(spec: str = "digits", space: Any = None, *, resolution: tuple[int,
         x, y = x[rest], y[rest]
     else:
         _check_labels(test[1], num_classes, source)
+        if "test" in options:
+            raise NasInputError(f"test={options['test']:g}: {source} has a test split of its own; "
+                                "leave the option out", field="data")
     train_idx, val_idx = stratified_split(y, (val_fraction,), seed + 1)
     splits = [(x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), test]
     prepared = [_prepare(sx, resolution, channels, source) for sx, _ in splits]
