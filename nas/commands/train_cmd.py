@@ -47,9 +47,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the ``train`` and ``distill`` commands."""
-    t = sub.add_parser("train", help="train an Arch from scratch",
-                       description="Train an Arch from scratch; resumes from --workdir's checkpoints.")
-    t.add_argument("--arch", required=True, help="arch JSON file ({\"space\": ..., \"arch\": {...}})")
+    t = sub.add_parser("train", help="train an Arch from scratch, or fine-tune a trained one",
+                       description="Train an Arch from scratch, or fine-tune trained weights "
+                                   "(--init); resumes from --workdir's checkpoints.")
+    t.add_argument("--arch", default=None,
+                   help="arch JSON file ({\"space\": ..., \"arch\": {...}}); with --init, "
+                        "default: that folder's arch.json")
+    t.add_argument("--init", default=None, metavar="DIR",
+                   help="fine-tune: start from the weights of a trained work directory (a 'nas "
+                        "train' or 'nas distill' workdir, or the child/ folder of a spos, "
+                        "single_path or 'nas specialize' run) instead of a fresh init; its Arch "
+                        "must be --arch's")
     _add_common(t)
     t.set_defaults(func=locked_command("nas train", _train))
     d = sub.add_parser("distill", help="train a student Arch by knowledge distillation",
@@ -108,9 +116,27 @@ def _train(args: argparse.Namespace) -> int:
     from nas.training.trainer import train_arch
 
     config = _config(args)
-    af = load_arch(args.arch, args.space)
+    initial = None
+    if args.init is not None:
+        from nas.training.checkpoint import load_trained
+
+        init_af, _, initial, _ = load_trained(args.init, config.depthwise_impl)
+        af = init_af if args.arch is None else load_arch(args.arch, args.space)
+        if af.space.arch_id(af.arch) != init_af.space.arch_id(init_af.arch) or \
+                af.space.name != init_af.space.name:
+            raise NasInputError(f"--init holds Arch {init_af.space.arch_id(init_af.arch)} of "
+                                f"space {init_af.space.name!r}, --arch is "
+                                f"{af.space.arch_id(af.arch)} of {af.space.name!r}; leave --arch "
+                                "out to fine-tune the folder's own Arch", args.init, "--init")
+    elif args.arch is None:
+        raise NasInputError("give the Arch to train: --arch FILE (or --init DIR to fine-tune "
+                            "a trained one)", field="--arch")
+    else:
+        af = load_arch(args.arch, args.space)
     data = _data(args, af.space)
-    result = train_arch(af.space, af.arch, data, config, workdir=args.workdir)
+    result = train_arch(af.space, af.arch, data, config, workdir=args.workdir, initial=initial)
+    if args.init is not None:
+        result["init"] = str(args.init)
     return _report(result, args.json)
 
 

@@ -19,6 +19,7 @@ import jax
 
 from nas.archfile import ArchFile
 from nas.data import Dataset
+from nas.errors import NasInputError
 from nas.model import build_model, init_variables
 from nas.training.loop import run_training
 from nas.training.step import (LossFn, NonFiniteLossError, TrainConfig, TrainState, batch_metrics,
@@ -34,8 +35,10 @@ __all__ = ["LossFn", "NonFiniteLossError", "TrainConfig", "TrainState", "batch_m
 # ----------------------------------------------------------------------------------- entry
 def train_arch(space: Any, arch: Mapping[str, Any], data: Dataset, config: TrainConfig,
                workdir: str | None = None, model: Any = None,
-               on_epoch_end: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Trains one Arch from scratch (resuming from `workdir` if it holds checkpoints).
+               on_epoch_end: Callable[[int, dict], None] | None = None,
+               initial: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Trains one Arch from scratch, or fine-tunes it from `initial` (resuming from `workdir`
+    if it holds checkpoints).
 
     Args:
         space: the Space.
@@ -47,6 +50,9 @@ def train_arch(space: Any, arch: Mapping[str, Any], data: Dataset, config: Train
         model: a prebuilt network to train instead of ``build_model(space, arch)`` (e.g. the
             same Arch with every layer at 8 bits); the checkpoints are still keyed by the Arch.
         on_epoch_end: called with (epoch, record) after each epoch (may raise to stop).
+        initial: ``{"params", "batch_stats"}`` to start from instead of a fresh init (e.g. a
+            sub-network's weights exported from a supernet, see
+            :func:`nas.training.checkpoint.load_trained`); the optimizer starts fresh.
 
     Returns:
         {"test_accuracy", "val_accuracy" (of the final parameters), "test_loss",
@@ -60,9 +66,32 @@ def train_arch(space: Any, arch: Mapping[str, Any], data: Dataset, config: Train
         model = build_model(space, arch, depthwise_impl=config.depthwise_impl)
     variables = init_variables(model, jax.random.PRNGKey(config.seed),
                                (1, *data.image_shape))
-    variables = init_quantizers(model, variables, data, config)
+    if initial is None:
+        variables = init_quantizers(model, variables, data, config)
+    else:
+        variables = _start_from(variables, initial)
     params = {"model": variables["params"]}
     return run_training(
         model=model, params=params, batch_stats=variables["batch_stats"],
         loss_fn=classification_loss(model, config.label_smoothing), data=data, config=config,
         workdir=workdir, archfile=ArchFile(space, arch), on_epoch_end=on_epoch_end)
+
+
+def _start_from(fresh: Mapping[str, Any], initial: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns `initial` as the network's variables, checked against a fresh init's tree.
+
+    Raises:
+        NasInputError: a weight missing, extra or of another shape (the first one named).
+    """
+    got = {"params": initial["params"], "batch_stats": initial.get("batch_stats", {})}
+    want = {"params": fresh["params"], "batch_stats": fresh.get("batch_stats", {})}
+    shapes = [{jax.tree_util.keystr(k): tuple(getattr(x, "shape", ())) for k, x in
+               jax.tree_util.tree_leaves_with_path(t)} for t in (got, want)]
+    for name in sorted(set(shapes[0]) | set(shapes[1])):
+        have, need = shapes[0].get(name), shapes[1].get(name)
+        if have != need:
+            raise NasInputError(f"the initial weights are not this network's: {name} is "
+                                f"{'missing' if have is None else have} where the Arch has "
+                                f"{'none' if need is None else need}; start from weights of "
+                                "the same Arch", field="init")
+    return jax.tree_util.tree_map(jax.numpy.array, got)  # copies: the step donates its buffers
