@@ -173,7 +173,8 @@ def make_bench(args: argparse.Namespace, options: dict, root: Path, log) -> Benc
     """
     import numpy as np
 
-    from nas.data import load_data, parse_spec
+    from nas.data import load_data
+    from nas.ray_data import absolute_spec
     from nas.errors import NasInputError
     from nas.executor import LocalExecutor, RayExecutor
     from nas.space import resolve_space
@@ -190,8 +191,7 @@ def make_bench(args: argparse.Namespace, options: dict, root: Path, log) -> Benc
                                 "--table PATH or another --metric (e.g. macs)", field="--table")
         table = str(default)
     table = str(Path(table).resolve()) if table else None
-    kind, path = parse_spec(args.data)
-    spec = f"{kind}:{Path(path).resolve()}" if path else kind  # the same files from any folder
+    spec = absolute_spec(args.data)  # the same files from any folder (split options kept)
     data = load_data(spec, space, seed=0)  # one clear line for bad data, before any search
     log(f"data {spec}: {len(data.x_train)} train / {len(data.x_val)} val / "
         f"{0 if data.x_test is None else len(data.x_test)} test images (seed 0 split)")
