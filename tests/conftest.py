@@ -59,3 +59,20 @@ def cifar_folder(tmp_path_factory):
     from cifar_helpers import write_cifar_folder
 
     return write_cifar_folder(tmp_path_factory.mktemp("cifar-10-batches-bin"))
+
+
+@pytest.fixture(scope="module")
+def small_tiny():
+    """(space, arch, data): tiny's cheapest network (tests/test_train.py's SMALL) and the first
+    320 digits training images, for tests that train it briefly."""
+    import dataclasses
+
+    from nas.data import load_data
+    from nas.space import Space
+    from test_train import SMALL
+
+    space = Space.by_name("tiny")
+    arch = space.canonical(dict(space.sample(0), **SMALL))
+    data = load_data("digits", space)
+    return space, arch, dataclasses.replace(data, x_train=data.x_train[:320],
+                                            y_train=data.y_train[:320])

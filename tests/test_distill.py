@@ -1,6 +1,5 @@
 """Distillation: Hinton's loss and its gradient, ensembles, hints, teachers frozen, CLI."""
 
-import dataclasses
 import json
 
 import jax
@@ -61,16 +60,8 @@ def test_distill_config_validation():
 
 
 @pytest.fixture(scope="module")
-def setup():
-    from nas.data import load_data
-    from nas.space import Space
-    from test_train import SMALL
-
-    space = Space.by_name("tiny")
-    arch = space.canonical(dict(space.sample(0), **SMALL))
-    data = load_data("digits", space)
-    data = dataclasses.replace(data, x_train=data.x_train[:320], y_train=data.y_train[:320])
-    return space, arch, data
+def setup(small_tiny):
+    return small_tiny
 
 
 def test_teacher_runs_in_inference_mode_without_gradient(setup):

@@ -1,7 +1,6 @@
 """Fine-tuning (``nas train --init DIR``): training starts from a trained folder's weights, not
 a fresh init; the Arch must match; bad folders are one error line."""
 
-import dataclasses
 import json
 
 import jax
@@ -10,21 +9,13 @@ import pytest
 
 from nas.archfile import ArchFile
 from nas.cli import main
-from nas.data import load_data
 from nas.errors import NasInputError
-from nas.space import Space
 from nas.training.trainer import TrainConfig, train_arch
-
-from test_train import SMALL
 
 
 @pytest.fixture(scope="module")
-def setup():
-    space = Space.by_name("tiny")
-    arch = space.canonical(dict(space.sample(0), **SMALL))
-    d = load_data("digits", space)
-    data = dataclasses.replace(d, x_train=d.x_train[:320], y_train=d.y_train[:320])
-    return space, arch, data
+def setup(small_tiny):
+    return small_tiny
 
 
 def _variables(result):
