@@ -197,6 +197,16 @@ def variable_shapes(model: nn.Module, batch_shape: Sequence[int]) -> dict[str, A
     return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
 
 
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """Returns {leaf path (``jax.tree_util.keystr``): shape} of a variables pytree.
+
+    Two networks' variables are interchangeable when these are equal (e.g. weights sliced from
+    a supernet, or restored, against a fresh init of the network).
+    """
+    return {jax.tree_util.keystr(path): tuple(jnp.shape(leaf))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def init_variables(model: nn.Module, rng: jax.Array, batch_shape: Sequence[int]) -> dict[str, Any]:
     """Initializes a model's variables, host-side (no XLA compile; see :mod:`nas.blocks.host_init`).
 

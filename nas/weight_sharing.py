@@ -50,7 +50,7 @@ from nas.training.checkpoint import Checkpointer
 from nas.data import load_data
 from nas.errors import NasInputError
 from nas.training.evaluate import CandidateEvaluator
-from nas.model import add_missing_quant_steps, build_model, init_variables
+from nas.model import add_missing_quant_steps, build_model, init_variables, leaf_shapes
 from nas.space import Space, resolve_space
 from nas.strategies import registry
 from nas.strategies.single_path import merge_thresholds, split_thresholds
@@ -274,11 +274,7 @@ def _paths_predictions(sn: Supernet, arch: Mapping[str, Any], x_cal: np.ndarray,
     # the supernet's paths compute
     params = add_missing_quant_steps(model, {"params": params, "batch_stats": {}}, shape)["params"]
 
-    def shapes(tree):
-        return [(jax.tree_util.keystr(path), jnp.shape(leaf))
-                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-    if shapes(init["params"]) != shapes(params):  # a slicing bug would silently score garbage
+    if leaf_shapes(init["params"]) != leaf_shapes(params):  # a slicing bug would silently score garbage
         raise RuntimeError(f"supernet slice of {sn.space.arch_id(arch)} does not fit its child")
     batches = stacked_batches(x_eval, eval_batch_size)
 

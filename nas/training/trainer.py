@@ -20,7 +20,7 @@ import jax
 from nas.archfile import ArchFile
 from nas.data import Dataset
 from nas.errors import NasInputError
-from nas.model import build_model, init_variables
+from nas.model import build_model, init_variables, leaf_shapes
 from nas.training.loop import run_training
 from nas.training.step import (LossFn, NonFiniteLossError, TrainConfig, TrainState, batch_metrics,
                             classification_loss, count_params, cross_entropy, evaluate,
@@ -85,8 +85,7 @@ def _start_from(fresh: Mapping[str, Any], initial: Mapping[str, Any]) -> dict[st
     """
     got = {"params": initial["params"], "batch_stats": initial.get("batch_stats", {})}
     want = {"params": fresh["params"], "batch_stats": fresh.get("batch_stats", {})}
-    shapes = [{jax.tree_util.keystr(k): tuple(getattr(x, "shape", ())) for k, x in
-               jax.tree_util.tree_leaves_with_path(t)} for t in (got, want)]
+    shapes = [leaf_shapes(got), leaf_shapes(want)]
     for name in sorted(set(shapes[0]) | set(shapes[1])):
         have, need = shapes[0].get(name), shapes[1].get(name)
         if have != need:
