@@ -108,8 +108,13 @@ class DataProbe:
         if self.shared_data is not None:  # which object it read, and where that object has copies
             from ray.experimental import get_object_locations
 
-            ref = self.shared_data.ref
-            line.update(ref=ref.hex(), copies_on=get_object_locations([ref])[ref]["node_ids"])
+            ref, node = self.shared_data.ref, line["node"]
+            for _ in range(50):  # the owner learns of the node's copy asynchronously
+                copies = get_object_locations([ref])[ref]["node_ids"]
+                if node in copies:
+                    break
+                time.sleep(0.1)
+            line.update(ref=ref.hex(), copies_on=copies)
         with open(os.path.join(self.log_dir, space.arch_id(arch)), "a") as f:
             f.write(json.dumps(line) + "\n")
         score = sum(v in (7, 6, True) for v in arch.values()) / len(arch)
