@@ -5,13 +5,16 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from nas.data import Dataset
+from nas.metrics import arch_metrics
 from nas.space import Space
 from nas.strategies.oneshot_base import OneShotParams
 from nas.strategies import make_strategy
 from nas.strategies.oneshot_loop import run_oneshot
 from nas.strategies.oneshot_train import make_steps
+from nas.supernet.derive_within import relative_excess
 from nas.supernet.gates import derive
 from nas.supernet.network import SuperNet
 from nas.supernet.synthetic import KERNEL_TASK_SPACE, macs_latency_table, pair_distance_task
@@ -58,11 +61,30 @@ def test_no_latency_weight_picks_the_kernel_the_task_needs_and_resumes(tmp_path)
     assert set(best["meta"]["distribution"]["s1_b1_kernel"]) == {"3", "5", "7"}
     assert "macs" in best["meta"]["metrics"]
     assert (tmp_path / "tb").is_dir()
+    # the same finished search derived within a MACs bound the 7x7 kernel breaks: the more
+    # probable of the kernels within it (nothing retrained: the run resumes at its end)
+    macs = {k: arch_metrics(space, {"s1_b1_kernel": k})["macs"] for k in (3, 5, 7)}
+    bound = lambda arch: relative_excess({"macs": arch_metrics(space, arch)["macs"]},  # noqa: E731
+                                         {"macs": macs[5]})
+    within = run_oneshot(space, data, "fbnet", OneShotParams(epochs=8, **params), None, tmp_path,
+                         bounds=bound)
+    probs = result["distribution"]["s1_b1_kernel"]
+    likelier = 5 if probs["5"] >= probs["3"] else 3
+    assert within["history"] == result["history"] and within["alpha"] == result["alpha"]
+    assert within["arch"] == {"s1_b1_kernel": likelier}
+    assert within["derivation"]["changed"] == ["s1_b1_kernel"]
+    assert within["derivation"]["argmax_arch_id"] == space.arch_id({"s1_b1_kernel": 7})
+    assert within["derivation"]["argmax_excess"] == pytest.approx(macs[7] / macs[5] - 1)
+    assert within["derivation"]["log_prob_drop"] == pytest.approx(
+        np.log(probs["7"]) - np.log(probs[str(likelier)]), abs=1e-3)
+    best = json.loads((tmp_path / "best_arch.json").read_text())
+    assert best["arch"] == within["arch"] and best["meta"]["derivation"]["feasible"] is True
+    papers = run_oneshot(space, data, "fbnet", OneShotParams(epochs=8, derive="argmax", **params),
+                         None, tmp_path, bounds=bound)  # the papers' rule ignores the bound
+    assert papers["arch"] == {"s1_b1_kernel": 7} and papers["derivation"] is None
 
 
 def test_config_errors_are_one_line_naming_the_field():
-    import pytest
-
     from nas.errors import NasInputError
     from nas.strategies import parse_params
 

@@ -69,6 +69,11 @@ class OneShotParams(pydantic.BaseModel):
             largest weights: compiles ~3x faster, each step runs the path's largest shape),
             'nested' (nested switches down to the sampled shape: faster steps, slower compile;
             for long searches) or 'flat' (one switch over every shape: the reference).
+        derive: how the final Arch is read from the logits: 'within_target' (default: the
+            most probable Arch within ``objective.target`` and ``objective.limits`` that
+            :func:`nas.supernet.derive_within.derive_within` finds; the argmax Arch when it is
+            within them or none is set) or 'argmax' (the papers' rule: every label's most
+            probable choice, whatever its cost).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -95,6 +100,7 @@ class OneShotParams(pydantic.BaseModel):
     depthwise_impl: Literal["auto", "shift", "xla"] = "auto"
     devices: int = pydantic.Field(0, ge=0)
     pick: Literal["masked", "nested", "flat"] = "masked"
+    derive: Literal["within_target", "argmax"] = "within_target"
 
     @pydantic.model_validator(mode="after")
     def _hinge_needs_target(self) -> "OneShotParams":

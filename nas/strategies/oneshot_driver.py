@@ -25,7 +25,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from nas.runs.config import LoadedConfig
 from nas.cost_table import objective_table
@@ -37,6 +37,7 @@ from nas.strategies import single_path_run, spos_run
 from nas.strategies.oneshot_loop import run_oneshot
 from nas.strategies.outputs import BEST_ARCH_FILE, write_summary
 from nas.strategies.registry import entry
+from nas.supernet.derive_within import relative_excess
 from nas.runs.workdir import claim_workdir, lock_workdir
 from nas.safe_write import write_atomic
 from nas.training.evaluate import cost_function
@@ -171,7 +172,8 @@ def run_paths_config(loaded: LoadedConfig, workdir: str | os.PathLike,
     wd = Path(workdir).resolve()
     with claim_workdir(wd, config):  # flock + search.json, held for the search
         result = run_oneshot(space, data, name, params, table, wd, config.seed,
-                             cost_metric=metric, latency=latency)
+                             cost_metric=metric, latency=latency,
+                             bounds=arch_bounds(loaded, space, table))
         cost = result["predicted_cost"]
         target = config.objective.target
         summary = {k: v for k, v in result.items() if k != "history"}
@@ -183,6 +185,38 @@ def run_paths_config(loaded: LoadedConfig, workdir: str | os.PathLike,
             "best_arch": str(wd / BEST_ARCH_FILE)})
         write_summary(wd, summary)
     return summary
+
+
+def arch_bounds(loaded: LoadedConfig, space: Any,
+                table: Any) -> Callable[[Mapping[str, Any]], float] | None:
+    """Returns ``excess(arch)`` over the config's ``objective.target`` and ``objective.limits``.
+
+    Args:
+        loaded: the config.
+        space: its Space.
+        table: the objective metric's table (what the target is measured by), or None.
+
+    Returns:
+        A function that is 0 for an Arch within the target (of ``objective.metric``, when a
+        table predicts it) and every limit, else the summed relative excess
+        (:func:`nas.supernet.derive_within.relative_excess`); None when nothing bounds the Arch.
+    """
+    target, limits = loaded.config.objective.target, dict(loaded.config.objective.limits)
+    if target is not None and table is None:
+        target = None
+    if target is None and not limits:
+        return None
+    costs = cost_function(space, loaded.latency_table) if limits else None
+
+    def excess(arch: Mapping[str, Any]) -> float:
+        total = 0.0
+        if target is not None:
+            total += relative_excess({"target": table.predict(arch)}, {"target": target})
+        if costs is not None:
+            total += relative_excess(costs(arch), limits)
+        return total
+
+    return excess
 
 
 def print_summary(summary: Mapping[str, Any]) -> None:
@@ -207,6 +241,13 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         return
     if summary.get("meets_limits"):
         extra += "  (within objective.limits)"
+    derivation = summary.get("derivation")
+    if derivation and derivation["changed"]:
+        state = "within" if derivation["feasible"] else "still over (the closest found)"
+        print(f"  the most probable Arch {derivation['argmax_arch_id']} was over the target/limits; "
+              f"{len(derivation['changed'])} label(s) changed to be {state} them "
+              f"(log-probability -{derivation['log_prob_drop']:.3f}; strategy.params.derive: "
+              "argmax keeps the most probable)")
     print(f"  best Arch: {summary['best_arch']}{extra}")
     scoring = summary.get("scoring")  # spos: a supernet made for scoring candidates
     if scoring:

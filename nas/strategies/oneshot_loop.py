@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -38,12 +38,13 @@ from nas.archfile import ArchFile
 from nas.data import Dataset
 from nas.errors import NasInputError
 from nas.metrics import arch_metrics
-from nas.space import Space
+from nas.space import Arch, Space
 from nas.strategies.oneshot_base import OneShotParams
 from nas.strategies.outputs import (BEST_ARCH_FILE, HISTORY_FILE, epoch_record,
                                     write_epoch_record, write_summary)
 from nas.strategies.protocol import OneShot, OneShotState
 from nas.strategies.registry import entry, make_strategy
+from nas.supernet.derive_within import derive_within
 from nas.supernet.gates import entropy, probabilities, temperature
 from nas.supernet.network import SuperNet
 from nas.strategies.oneshot_train import OneShotSchedule, train_oneshot
@@ -53,7 +54,7 @@ from nas.training.trainer import TrainConfig
 def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:
     body = json.dumps({"space": space.to_dict(), "strategy": name, "seed": seed,
                        "params": params.model_dump(exclude={"progress", "checkpoint_every", "epochs",
-                                                            "devices"})},
+                                                            "devices", "derive"})},
                       sort_keys=True, default=str)
     return "oneshot-" + hashlib.sha256(body.encode()).hexdigest()[:12]
 
@@ -61,7 +62,8 @@ def _run_id(space: Space, name: str, params: OneShotParams, seed: int) -> str:
 def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, table: Any = None,
                 workdir: str | os.PathLike | None = None, seed: int = 0,
                 net: SuperNet | None = None, *, cost_metric: str = "latency_ms",
-                latency: Any = None) -> dict[str, Any]:
+                latency: Any = None, bounds: Callable[[Arch], float] | None = None
+                ) -> dict[str, Any]:
     """Runs a one-shot search and derives its Arch.
 
     Args:
@@ -76,11 +78,15 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
         cost_metric: the metric `table` predicts ('latency_ms', or a cost table's metric such
             as 'params').
         latency: a LatencyTable for the predicted latency when `table` is a cost table.
+        bounds: ``excess(arch)``, 0 when an Arch is within the user's target and limits (see
+            :func:`nas.supernet.derive_within.derive_within`); with ``params.derive ==
+            'within_target'`` the final Arch is derived within them. None: the argmax Arch.
 
     Returns:
         {"strategy", "arch", "arch_id", "cost_metric", "predicted_cost",
         "predicted_latency_ms", "distribution", "entropy", "history", "search_seconds",
-        "seed", "params", "alpha"}.
+        "seed", "params", "alpha", "derivation" (None, or how the Arch was derived within the
+        bounds: :meth:`nas.supernet.derive_within.Derivation.to_dict`)}.
     """
     expected = (*space.resolution, space.in_channels)
     if tuple(data.image_shape) != expected:
@@ -113,7 +119,8 @@ def run_oneshot(space: Space, data: Dataset, name: str, params: OneShotParams, t
         model=net, container=container, workdir=wd, seed=seed,
         meta={"strategy": name, "run_id": _run_id(space, name, params, seed)},
         describe=describe, on_epoch=on_epoch)
-    return _finish(space, strategy, params, out, wd, seed, predict, latency)
+    within = bounds if params.derive == "within_target" else None
+    return _finish(space, strategy, params, out, wd, seed, predict, latency, within)
 
 
 def _arch_record(strategy: OneShot, state: OneShotState, tau: float, table: Any
@@ -143,10 +150,13 @@ def _predictor(space: Space, name: str, table: Any, cost_metric: str, latency: A
     return predict
 
 
-def _finish(space, strategy, params, out, wd, seed, predict, latency) -> dict[str, Any]:
+def _finish(space, strategy, params, out, wd, seed, predict, latency, bounds) -> dict[str, Any]:
     state, history, elapsed = out.state, out.history, out.train_seconds
     name, alpha = strategy.name, state.arch
-    arch = strategy.derive(state)
+    arch, derivation = strategy.derive(state), None
+    if bounds is not None:
+        found = derive_within(space, alpha, bounds)
+        arch, derivation = found.arch, found.to_dict(space)
     final = predict(len(history), arch, {})
     result = {"strategy": name, "family": entry(name).family, "arch": arch,
               "arch_id": space.arch_id(arch), "cost_metric": final["cost_metric"],
@@ -155,13 +165,15 @@ def _finish(space, strategy, params, out, wd, seed, predict, latency) -> dict[st
               "distribution": strategy.distribution(state), "entropy": entropy(alpha),
               "history": history, "search_seconds": elapsed, "seed": seed, "devices": out.devices,
               "params": params.model_dump(),
-              "alpha": {k: np.asarray(v).tolist() for k, v in alpha.items()}}
+              "alpha": {k: np.asarray(v).tolist() for k, v in alpha.items()},
+              "derivation": derivation}
     if wd is not None:
         meta = {"source": f"nas search ({name})", "strategy": name,
                 "cost_metric": result["cost_metric"], "predicted_cost": result["predicted_cost"],
                 "predicted_latency_ms": result["predicted_latency_ms"],
                 "metrics": arch_metrics(space, arch), "distribution": result["distribution"],
-                "search_seconds": elapsed, "latency_table": getattr(latency, "source", None)}
+                "search_seconds": elapsed, "latency_table": getattr(latency, "source", None),
+                "derivation": derivation}
         ArchFile(space, arch, meta).save(wd / BEST_ARCH_FILE)
         write_summary(wd, {**{k: v for k, v in result.items() if k != "history"},
                            "workdir": str(wd), "best_arch": str(wd / BEST_ARCH_FILE)})
