@@ -107,3 +107,40 @@ def test_the_first_n_candidates_of_a_longer_search_are_a_search_of_budget_n(tmp_
     longer = arch_ids(14)
     assert len(set(longer)) == 14
     assert arch_ids(7) == longer[:7]     # 7 is not a multiple of the 3 proposals per round
+
+
+def _load_runs():
+    import sys
+
+    spec = importlib.util.spec_from_file_location("strategy_runs",
+                                                  STATS_PATH.parent / "strategy_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["strategy_runs"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_hard_constraint_variant_searches_the_same_strategy_on_the_hard_reward(tmp_path):
+    """``evolution:hard`` = evolution with MnasNet's hard-constraint reward (alpha 0, beta -1) in
+    its own runs folder; random and the one-shot strategies take no constraint."""
+    from nas.errors import NasInputError
+
+    runs = _load_runs()
+    assert runs.check_strategy_names("random,evolution:hard,rl:soft,rl") == [
+        "random", "evolution:hard", "rl:soft", "rl"]
+    for bad in ("random:hard", "fbnet:hard", "evolution:strict", "tpe"):
+        with pytest.raises(NasInputError) as e:
+            runs.check_strategy_names(f"random,{bad}")
+        assert e.value.field == "--strategies" and bad in e.value.message
+    settings = {name: runs.strategy_settings(name, "macs", 3e6, 4, None)
+                for name in ("evolution", "evolution:hard")}
+    assert settings["evolution"] == settings["evolution:hard"]
+    bench = runs.Bench("tiny", Space.by_name("tiny"), "digits", 1, 4, "macs", None, 3e6,
+                       settings, (8, 2), tmp_path, None)
+    hard = bench.config("evolution:hard", 0, 8).config
+    soft = bench.config("evolution", 0, 8).config
+    assert hard.strategy.name == soft.strategy.name == "evolution"
+    assert (hard.objective.build().alpha, hard.objective.build().beta) == (0.0, -1.0)
+    assert (soft.objective.build().alpha, soft.objective.build().beta) == (-0.07, -0.07)
+    assert runs.run_folder("evolution:hard", 3) == "evolution-hard_3"
+    assert runs.run_folder("evolution", 3) == "evolution_3"

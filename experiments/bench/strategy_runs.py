@@ -13,7 +13,8 @@
 Settings of each strategy come from ``experiments/digits_<name>.yaml`` (``strategy.params`` and,
 for single_path / spos, the supernet's ``train`` section), with the benchmark's target and epochs.
 
-Folders under the benchmark's ``runs/``: ``<name>_<seed>`` per search, ``derived_<seed>`` (the
+Folders under the benchmark's ``runs/``: ``<name>_<seed>`` per search (``evolution-hard_<seed>``
+for ``evolution:hard``), ``derived_<seed>`` (the
 from-scratch trainings of derived Archs, a history.jsonl the memo reads too).
 """
 
@@ -30,6 +31,50 @@ ROOT = Path(__file__).resolve().parents[2]
 ONESHOT_FILE = "comparison_oneshot.json"  # a finished one-shot search's timing and derived Arch
 SAMPLE = ("random", "evolution", "rl")
 ONESHOT = ("fbnet", "proxyless", "single_path", "spos")
+#: MnasNet reward constraints a sample-based strategy may name: 'evolution:hard' (default soft)
+CONSTRAINTS = ("soft", "hard")
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """Returns (strategy, reward constraint or None) of a benchmark strategy name.
+
+    Args:
+        name: 'evolution', or 'evolution:hard' (the strategy searching MnasNet's hard-constraint
+            reward).
+    """
+    base, _, constraint = name.partition(":")
+    return base, constraint or None
+
+
+def check_strategy_names(text: str) -> list[str]:
+    """Returns the strategies of ``--strategies`` (comma-separated), checked.
+
+    Raises:
+        NasInputError: an unknown strategy, or a reward constraint on one that takes none (one
+            line naming ``--strategies``).
+    """
+    from nas.errors import NasInputError
+
+    known = SAMPLE + ONESHOT
+    names = [s for s in text.split(",") if s]
+    bad = [s for s in names if split_variant(s)[0] not in known]
+    if bad or not names:
+        raise NasInputError(f"{bad or text!r} is not allowed; choose from {','.join(known)}",
+                            field="--strategies")
+    for name in names:
+        base, constraint = split_variant(name)
+        if constraint is not None and (base not in SAMPLE or base == "random"
+                                       or constraint not in CONSTRAINTS):
+            raise NasInputError(f"{name!r} is not allowed; only evolution and rl take a reward "
+                                f"constraint ({'|'.join(CONSTRAINTS)}), e.g. evolution:hard "
+                                "(random's proposals do not depend on the reward)",
+                                field="--strategies")
+    return names
+
+
+def run_folder(name: str, seed: int) -> str:
+    """Returns the folder name of a strategy's search under ``runs/`` ('evolution-hard_3')."""
+    return f"{name.replace(':', '-')}_{seed}"
 
 
 @dataclasses.dataclass
@@ -67,13 +112,14 @@ class Bench:
         from nas.runs.config import parse_config
 
         params, train = self.settings[name]
+        base, constraint = split_variant(name)
         body = {"space": self.space_arg, "data": self.data, "seed": seed,
-                "strategy": {"name": name, "params": params},
+                "strategy": {"name": base, "params": params},
                 "objective": {"metric": self.metric, "target": self.target},
                 "latency_table": self.table, "train": train or {"epochs": self.epochs}}
         if budget is not None:
             body.update(budget=budget, batch=self.batch)
-            body["objective"]["constraint"] = "soft"
+            body["objective"]["constraint"] = constraint or "soft"
         return parse_config(body, f"strategy_comparison ({name})")
 
     def objective(self):
@@ -106,6 +152,7 @@ def strategy_settings(name: str, metric: str, target: float, population: int,
     from nas.errors import NasInputError
     from nas.runs.config import load_config
 
+    name = split_variant(name)[0]
     config = load_config(ROOT / "experiments" / f"digits_{name}.yaml").config
     params = dict(config.strategy.params)
     if name == "evolution":
@@ -201,7 +248,7 @@ def run_sample(bench: Bench, name: str, seed: int, budget: int, memo: dict):
     from nas.search import run_search
 
     executor = MemoExecutor(bench.space, bench.inner, memo)
-    result = run_search(bench.config(name, seed, budget), bench.runs / f"{name}_{seed}",
+    result = run_search(bench.config(name, seed, budget), bench.runs / run_folder(name, seed),
                         evaluate=bench.evaluator(seed), executor=executor)
     return result, executor.trained
 
