@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import kendalltau, spearmanr
+from scipy.stats import kendalltau, rankdata, spearmanr
 
 from nas.data import load_data
 from nas.errors import NasInputError
@@ -197,6 +197,40 @@ def rank_correlations(scores: list[float], truth: list[float]) -> dict:
             "spearman_rho": float(rho.statistic), "spearman_p": float(rho.pvalue)}
 
 
+def with_macs_prior(scores: list[float], macs: list[float]) -> list[float]:
+    """Returns the rank average of supernet scores and MACs (ties share their mean rank).
+
+    Weight sharing under-trains the large sub-networks (they get as many updates as the small
+    ones but need more), so a supernet tends to rank large networks too low; from scratch,
+    larger networks of a space are mostly more accurate. Averaging the two ranks (no labels,
+    no fitted weight: a rule fixed before it was measured on a fresh Arch sample) corrects the
+    score by size.
+
+    Args:
+        scores: supernet accuracies of the Archs.
+        macs: their MACs.
+
+    Returns:
+        The combined score of each Arch (higher ranks higher).
+    """
+    return list((rankdata(scores) + rankdata(macs)) / 2.0)
+
+
+def macs_prior_correlations(rows: list[dict], name: str) -> dict:
+    """Rank correlations of supernet `name`'s scores rank-averaged with MACs
+    (:func:`with_macs_prior`) against from-scratch accuracy: val-scored vs scratch val and
+    test, and (where scored) test-scored vs scratch test."""
+    macs = [r["macs"] for r in rows]
+    val = with_macs_prior([r[name] for r in rows], macs)
+    out = {"vs_scratch_val": rank_correlations(val, [r["scratch_val"] for r in rows]),
+           "vs_scratch_test": rank_correlations(val, [r["scratch_test"] for r in rows])}
+    if all(r[f"{name}_test"] is not None for r in rows):
+        out["test_score_vs_scratch_test"] = rank_correlations(
+            with_macs_prior([r[f"{name}_test"] for r in rows], macs),
+            [r["scratch_test"] for r in rows])
+    return out
+
+
 def main(argv=None) -> None:
     """Trains, samples, trains from scratch, scores; prints the per-Arch table and the taus."""
     a = parse_args(argv)
@@ -234,6 +268,7 @@ def main(argv=None) -> None:
         if all(r[f"{name}_test"] is not None for r in rows):  # scored on the larger test split
             summary["supernets"][name]["test_score_vs_scratch_test"] = rank_correlations(
                 [r[f"{name}_test"] for r in rows], [r["scratch_test"] for r in rows])
+        summary["supernets"][name]["with_macs_prior"] = macs_prior_correlations(rows, name)
     if a.scratch_seeds >= 2:  # how well training from scratch ranks the Archs against itself
         summary["seed_to_seed"] = {k: rank_correlations(
             [scratch[space.arch_id(x)][f"{k}_{a.seed}"] for x in archs],
@@ -261,6 +296,13 @@ def main(argv=None) -> None:
             c = s["test_score_vs_scratch_test"]
             print(f"{'':12s} scored on the test split instead: Kendall tau {c['kendall_tau']:+.3f} "
                   f"(p {c['kendall_p']:.3g}), Spearman {c['spearman_rho']:+.3f} vs scratch test")
+        p = s["with_macs_prior"]
+        line = (f"{'':12s} rank-averaged with MACs: tau {p['vs_scratch_val']['kendall_tau']:+.3f} "
+                f"vs scratch val, {p['vs_scratch_test']['kendall_tau']:+.3f} vs scratch test")
+        if "test_score_vs_scratch_test" in p:
+            line += (f"; test-scored {p['test_score_vs_scratch_test']['kendall_tau']:+.3f} "
+                     "vs scratch test")
+        print(line)
     m = summary["vs_macs"]
     print(f"{'MACs alone':12s}: Kendall tau {m['kendall_tau']:+.3f}, Spearman "
           f"{m['spearman_rho']:+.3f} vs scratch val; tau {summary['vs_macs_test']['kendall_tau']:+.3f} "
