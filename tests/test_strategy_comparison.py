@@ -144,3 +144,10 @@ def test_a_hard_constraint_variant_searches_the_same_strategy_on_the_hard_reward
     assert (soft.objective.build().alpha, soft.objective.build().beta) == (-0.07, -0.07)
     assert runs.run_folder("evolution:hard", 3) == "evolution-hard_3"
     assert runs.run_folder("evolution", 3) == "evolution_3"
+
+
+def test_one_shot_records_say_which_derive_rule_read_their_arch():
+    runs = _load_runs()
+    assert runs.derive_rule("fbnet", {"derivation": {"changed": []}}) == "within_target"
+    assert runs.derive_rule("proxyless", {"derivation": None}) == "argmax"  # no target: argmax
+    assert runs.derive_rule("spos", {"derivation": {"changed": []}}) is None

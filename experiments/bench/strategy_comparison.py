@@ -87,7 +87,7 @@ from nas.single_thread import single_thread_env  # noqa: E402  (imports no JAX)
 os.environ.update(single_thread_env())  # before JAX starts: the driver runs on one thread
 
 import strategy_stats as stats  # noqa: E402
-from strategy_runs import (ONESHOT, ROOT, SAMPLE, Bench, best_feasible,  # noqa: E402
+from strategy_runs import (ONESHOT, PATHS, ROOT, SAMPLE, Bench, best_feasible,  # noqa: E402
                            check_strategy_names, memo_from_history, run_oneshot, run_sample,
                            split_variant, strategy_settings, train_derived)
 
@@ -114,6 +114,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="supernet epochs of every one-shot strategy (default: its yaml's)")
     p.add_argument("--spos-evolution", default="32,20",
                    help="population,generations of spos's search over sub-networks")
+    p.add_argument("--rederive", action="store_true",
+                   help="re-read the Arch of fbnet / proxyless searches finished under the old "
+                        "argmax rule with today's (within T; nothing retrained) and redo their rows")
     p.add_argument("--workers", type=int, default=1, help="> 1: Ray executor with this many workers")
     p.add_argument("--workdir", default=None, help="results and searches (reuse to resume)")
     p.add_argument("--out", default=None, help="markdown report (default WORKDIR/comparison.md)")
@@ -283,13 +286,17 @@ def sample_rows(bench: Bench, name: str, seed: int, records: list, budgets: list
     return rows
 
 
-def oneshot_row(bench: Bench, name: str, seed: int, budget: int, memo: dict, log) -> dict:
+def oneshot_row(bench: Bench, name: str, seed: int, budget: int, memo: dict, log,
+                rederive: bool = False) -> dict:
     """Runs (or reads) a one-shot search, trains its Arch from scratch and compares it with the
-    equal-cost random search of the same seed; returns its row."""
+    equal-cost random search of the same seed; returns its row (``rederive``: fbnet / proxyless
+    searches finished under the old argmax rule are re-derived, see
+    :func:`strategy_runs.rederive`)."""
     from nas.training.evaluate import cost_function
 
-    info = run_oneshot(bench, name, seed, log)
+    info = run_oneshot(bench, name, seed, log, rederive_paths=rederive)
     row = {"strategy": name, "seed": seed, "budget": budget, "family": "one_shot",
+           "derive_rule": info.get("derive_rule", "argmax" if name in PATHS else None),
            "derived_arch_id": info["arch_id"], "oneshot_seconds": info["oneshot_seconds"],
            "supernet_seconds": info["supernet_seconds"], "derive_seconds": info["derive_seconds"],
            "derive": info.get("derive"), "val": None, "test": None, "meets_target": False}
@@ -332,10 +339,12 @@ def run_all(args: argparse.Namespace, options: dict, bench: Bench, rows: dict, p
                     f"{_f(last['val'])} test {_f(last['test'])}; {last['ok']} ok, {trained} "
                     f"trained now, {time.perf_counter() - start:.0f} s")
                 continue
-            if (name, seed, args.budget) in rows:
+            done = rows.get((name, seed, args.budget))
+            if done is not None and not (args.rederive and name in PATHS
+                                         and done.get("derive_rule") != "within_target"):
                 continue
             try:
-                row = oneshot_row(bench, name, seed, args.budget, memo, log)
+                row = oneshot_row(bench, name, seed, args.budget, memo, log, args.rederive)
             except Exception as e:  # noqa: BLE001 - one failing search must not lose the others
                 log(f"  seed {seed} {name}: FAILED ({type(e).__name__}: {e}); not recorded, a "
                     "rerun retries it")
