@@ -373,6 +373,11 @@ class RayExecutor:
             One Outcome per item, in order; worker deaths beyond the retries are 'failed'.
         """
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter obeys verbose=0
+        # Ctrl-C must stop the search, not only this batch: Tune's own SIGINT handler ends the
+        # fit "gracefully", so every trial in flight came back without a result and was
+        # recorded as failed while the search went on. Without it the KeyboardInterrupt reaches
+        # the CLI (exit 130); nothing of the batch is recorded and a resume retrains it.
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         from ray import tune
 
         if not items:

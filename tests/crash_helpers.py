@@ -27,15 +27,16 @@ def count_lines(path: Path) -> int:
         return 0
 
 
-def kill_when(proc, ready, timeout=300.0):
-    """SIGKILLs `proc` once ready() is true (or it exits first); returns True if it was killed."""
+def kill_when(proc, ready, timeout=300.0, sig=signal.SIGKILL):
+    """Sends `sig` (default SIGKILL) to `proc` once ready() is true (or it exits first) and
+    waits for it to end; returns True if the signal was sent."""
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
             return False
         if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
             return True
         time.sleep(0.01)
     proc.kill()

@@ -1,5 +1,6 @@
 """A search joined (``--ray-address``) to a cluster started with ``ray start --head``, whose
-driver is SIGKILLed mid-search: the same command resumes with nothing lost or evaluated twice.
+driver is SIGKILLed mid-search, or interrupted with Ctrl-C: the same command resumes with nothing
+lost or evaluated twice.
 
 The test's cluster listens on 127.0.0.1 only, in a temp dir of its own, and is stopped by its
 process group (``ray stop`` would stop every Ray of the machine, other users' too). The driver is
@@ -116,6 +117,22 @@ def test_joined_search_killed_mid_batch_resumes_without_loss_or_repeats(ray_head
     assert [r["n"] for r in records] == list(range(SEARCH["budget"]))
     assert all(r["status"] == "ok" for r in records)
     assert summary["new"] == 3 and summary["candidates"] == SEARCH["budget"]  # 3 replayed
+
+    # Ctrl-C (SIGINT) mid-batch: the search stops (exit 130, one line); the batch in flight is
+    # not recorded - Tune's own SIGINT handler used to end it with every trial 'failed' and let
+    # the search go on - and the same command finishes the search as if never interrupted
+    wd = tmp_path / "ctrl-c"
+    hist = wd / "history.jsonl"
+    args[args.index("--workdir") + 1] = str(wd)
+    proc = start_driver(args)
+    assert kill_when(proc, after(lambda: count_lines(hist) >= 3, delay), timeout=120,
+                     sig=signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.returncode == 130 and "nas: interrupted" in err, err[-2000:]
+    assert count_lines(hist) == 3
+    finish(args, timeout=120)
+    records = History(hist).load()
+    assert [r["arch_id"] for r in records] == whole and all(r["status"] == "ok" for r in records)
     drivers = list(Path(temp_dir).glob("session_latest/logs/python-core-driver-*"))
-    assert len(drivers) == 2, drivers  # both runs joined the cluster, none started its own Ray
+    assert len(drivers) == 4, drivers  # every run joined the cluster, none started its own Ray
     assert not exposed_sockets(group_pids(head.pid))  # the cluster listened on loopback only
