@@ -176,7 +176,8 @@ def test_check_refuses_a_space_single_path_cannot_nest_as_the_run_would(tmp_path
 
 
 @pytest.mark.parametrize("objective, params, field", [
-    ({"metric": "macs", "target": 2e7}, {"cost": "macs"}, "objective.target"),
+    ({"metric": "macs", "target": 2e7}, {"cost": "bops"}, "objective.metric"),
+    ({"metric": "peak_activation_bytes", "target": 2e5}, {}, "objective.metric"),
     ({}, {"cost": "bops", "warmup_epochs": 2}, "strategy.params.warmup_epochs"),
     ({}, {}, "latency_table"),
 ])
@@ -194,3 +195,26 @@ def test_check_refuses_the_settings_the_run_refuses(tmp_path, capsys, objective,
     assert len(err.splitlines()) == 1 and field in err
     assert main(["search", str(path), "--workdir", str(tmp_path / "w")]) == 2
     assert capsys.readouterr().err.strip() == err             # the run refuses the same line
+
+
+@pytest.mark.parametrize("metric, target, cost, in_cost_units", [
+    ("macs", 2e7, "macs", 2e7), ("size_bytes", 3e4, "size_bits", 2.4e5),
+    ("energy_mj", 0.02, "energy_pj", 2e7)])
+def test_a_target_of_any_cost_metric_is_aimed_at_in_the_costs_unit(tmp_path, capsys, metric,
+                                                                    target, cost, in_cost_units):
+    """Without strategy.params.cost the metric's own per-layer cost is used - by --check as by
+    the run - and the target is converted to its unit (no latency table needed)."""
+    import yaml
+
+    from nas.cli import main
+    from nas.runs.config import load_config
+    from nas.strategies.single_path_run import setup_from_config
+
+    path = tmp_path / "sp.yaml"
+    path.write_text(yaml.safe_dump({"space": "tiny", "data": "synthetic",
+                                    "objective": {"metric": metric, "target": target},
+                                    "train": {"epochs": 2}, "strategy": {"name": "single_path"}}))
+    assert main(["search", str(path), "--check"]) == 0, capsys.readouterr().err
+    setup = setup_from_config(load_config(path))
+    assert setup.params.cost == cost and setup.costs.unit == cost
+    assert setup.target == pytest.approx(in_cost_units)

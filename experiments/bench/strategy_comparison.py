@@ -65,7 +65,7 @@ Smoke (correctness only: tiny, 1 epoch, 1 seed, short supernets; ~6 minutes on a
         --workdir /tmp/compare_smoke
 
 Default metric latency_ms on latency_tables/onnxruntime-cpu/<space>.json (the one-shot
-settings in the yamls are tuned for it; single_path supports a target only with it); T =
+settings in the yamls are tuned for it); T =
 ``--target`` or the ``--target-quantile`` of the metric over 500 random Archs.
 """
 

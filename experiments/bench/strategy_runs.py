@@ -144,14 +144,14 @@ def strategy_settings(name: str, metric: str, target: float, population: int,
 
     One-shot epochs: fbnet / proxyless ``params.epochs``, single_path / spos ``train.epochs``
     (`oneshot_epochs`, default the file's); warm-up epochs scale with them (fewer than the
-    epochs). proxyless's target is T; single_path's cost is latency (with a target it supports
-    no other, so it needs metric latency_ms).
+    epochs). proxyless's target is T; single_path's cost is the metric's own per-layer cost.
 
     Raises:
-        NasInputError: single_path with a metric other than latency_ms.
+        NasInputError: single_path with a metric it has no per-layer cost of.
     """
     from nas.errors import NasInputError
     from nas.runs.config import load_config
+    from nas.strategies.single_path import METRIC_COST
 
     name = split_variant(name)[0]
     config = load_config(ROOT / "experiments" / f"digits_{name}.yaml").config
@@ -171,11 +171,11 @@ def strategy_settings(name: str, metric: str, target: float, population: int,
     if name == "proxyless" and ("target" in params or params.get("objective") == "hinge"):
         params["target"] = target
     if name == "single_path":
-        if metric != "latency_ms":
-            raise NasInputError("single_path aims at a target only with its latency cost; use "
-                                "--metric latency_ms (with --table) or leave single_path out",
+        if metric not in METRIC_COST:
+            raise NasInputError(f"single_path cannot aim at a target of {metric}; use --metric "
+                                f"one of {','.join(METRIC_COST)} or leave single_path out",
                                 field="--strategies")
-        params["cost"] = "latency"
+        params["cost"] = METRIC_COST[metric][0]  # the metric's own per-layer cost
     return params, train
 
 

@@ -37,6 +37,7 @@ from nas.strategies import single_path_run, spos_run
 from nas.strategies.oneshot_loop import run_oneshot
 from nas.strategies.outputs import BEST_ARCH_FILE, write_summary
 from nas.strategies.registry import entry
+from nas.strategies.single_path import METRIC_COST
 from nas.supernet.derive_within import relative_excess
 from nas.runs.workdir import claim_workdir, lock_workdir
 from nas.safe_write import write_atomic
@@ -50,9 +51,6 @@ LEARNED_ARCH_FIX = "weigh the cost more (strategy.params) or loosen the limits"
 SPOS_FIX = ("spos keeps the largest sub-network; find one within the limits on this supernet "
             "with 'nas specialize --supernet WORKDIR --table T --target MS' or a search with "
             "evaluation: {mode: supernet, supernet: WORKDIR}")
-#: objective.metric -> the single_path ``cost`` of the same quantity (a constant factor apart).
-SINGLE_PATH_COST = {"params": "params", "macs": "macs", "bops": "bops", "size_bytes": "size_bits",
-                    "energy_mj": "energy_pj"}
 
 
 @dataclasses.dataclass
@@ -92,9 +90,10 @@ def run_oneshot_config(loaded: LoadedConfig, workdir: str | os.PathLike,
         return OneShotSearchResult(check_derived_arch(loaded, workdir, summary, fix=SPOS_FIX))
     if strategy.supernet == "superkernel":
         run = loaded
-        if metric in SINGLE_PATH_COST and "cost" not in config.strategy.params:
+        params = config.strategy.params
+        if metric in METRIC_COST and metric != "latency_ms" and "cost" not in params:
             section = config.strategy.model_copy(update={"params": {
-                **config.strategy.params, "cost": SINGLE_PATH_COST[metric]}})
+                **config.strategy.params, "cost": METRIC_COST[metric][0]}})
             run = dataclasses.replace(loaded,
                                       config=config.model_copy(update={"strategy": section}))
         summary = single_path_run.run_single_path(run, workdir, progress=progress)
@@ -244,8 +243,8 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     derivation = summary.get("derivation")
     if derivation and derivation["changed"]:
         state = "within" if derivation["feasible"] else "still over (the closest found)"
-        print(f"  the most probable Arch {derivation['argmax_arch_id']} was over the target/limits; "
-              f"{len(derivation['changed'])} label(s) changed to be {state} them "
+        print(f"  the most probable Arch {derivation['argmax_arch_id']} was over the target/"
+              f"limits; {len(derivation['changed'])} label(s) changed to be {state} them "
               f"(log-probability -{derivation['log_prob_drop']:.3f}; strategy.params.derive: "
               "argmax keeps the most probable)")
     print(f"  best Arch: {summary['best_arch']}{extra}")

@@ -8,6 +8,8 @@ thresholds are learned together on the training split with::
 
 where LAT is the cost of the gates' Arch computed from the LatencyTable (or from a per-layer
 metric such as BOPs) as a function of the relaxed indicators (:mod:`nas.single_path.cost`).
+Without ``params.cost`` the cost is ``objective.metric``'s own (:data:`METRIC_COST`), and T is
+the target converted to the cost's unit (e.g. size_bytes -> size_bits: x 8).
 With a target, the penalty vanishes once the selected Arch is ``margin`` below T, so the search
 spends the rest of its budget on accuracy, as the paper's tuned lambda does. The weights train
 with the config's optimizer; the thresholds stay fixed for ``warmup_epochs`` (meanwhile each
@@ -67,6 +69,31 @@ class SinglePathParams(pydantic.BaseModel):
     warmup_epochs: float = pydantic.Field(0.0, ge=0)
 
 
+#: objective.metric -> (the single_path ``cost`` of the same quantity, cost units per metric unit)
+METRIC_COST = {"latency_ms": ("latency", 1.0), "params": ("params", 1.0), "macs": ("macs", 1.0),
+               "bops": ("bops", 1.0), "size_bytes": ("size_bits", 8.0),
+               "energy_mj": ("energy_pj", 1e9)}
+
+
+def effective_params(params: SinglePathParams, metric: str) -> SinglePathParams:
+    """Returns the params a run uses: without an explicit ``cost``, the per-layer cost of
+    ``objective.metric`` (what :func:`nas.strategies.oneshot_driver.run_oneshot_config` sets)."""
+    if "cost" in params.model_fields_set or metric not in METRIC_COST:
+        return params
+    return params.model_copy(update={"cost": METRIC_COST[metric][0]})
+
+
+def target_in_cost_units(params: SinglePathParams, objective: Any) -> float | None:
+    """Returns ``objective.target`` in the unit of ``params.cost`` (None without a target).
+
+    A target is of ``objective.metric``; :func:`check_settings` has made sure the cost measures
+    the same quantity (e.g. metric size_bytes, cost size_bits: the target times 8).
+    """
+    if objective.target is None:
+        return None
+    return float(objective.target) * METRIC_COST[objective.metric][1]
+
+
 def check_settings(params: SinglePathParams, objective: Any, has_table: bool, epochs: float,
                    source: str | None = None) -> None:
     """Checks the settings a single_path run would refuse, before any data is read (``nas
@@ -82,17 +109,18 @@ def check_settings(params: SinglePathParams, objective: Any, has_table: bool, ep
     Raises:
         NasInputError: the first bad setting (one line naming the field and the fix).
     """
-    if params.cost == "latency":
-        if not has_table:
-            raise NasInputError("cost latency needs a latency table; set latency_table: PATH or "
-                                "strategy.params.cost: bops", source, "latency_table")
-        if objective.target is not None and objective.metric != "latency_ms":
-            raise NasInputError(f"single_path with cost latency needs metric latency_ms, not "
-                                f"{objective.metric!r}", source, "objective.metric")
-    elif objective.target is not None:
-        raise NasInputError("a target is only supported with cost: latency; remove "
-                            "objective.target or set strategy.params.cost: latency",
-                            source, "objective.target")
+    params = effective_params(params, objective.metric)
+    if objective.target is not None:
+        cost, _ = METRIC_COST.get(objective.metric, (None, None))
+        if cost != params.cost:
+            fix = (f"set strategy.params.cost: {cost}" if cost else
+                   f"set objective.metric to one of {list(METRIC_COST)}")
+            raise NasInputError(f"single_path with cost {params.cost} cannot aim at a target of "
+                                f"metric {objective.metric!r}; {fix} (or remove objective.target)",
+                                source, "objective.metric")
+    if params.cost == "latency" and not has_table:
+        raise NasInputError("cost latency needs a latency table; set latency_table: PATH or "
+                            "strategy.params.cost: bops", source, "latency_table")
     if params.warmup_epochs >= epochs:
         raise NasInputError(f"warmup_epochs {params.warmup_epochs} leaves no epoch to train the "
                             f"thresholds; use fewer than train.epochs ({epochs})",

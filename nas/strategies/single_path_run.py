@@ -51,7 +51,8 @@ from nas.strategies.registry import entry
 from nas.strategies.protocol import OneShotState
 from nas.strategies.oneshot_train import OneShotSchedule, train_oneshot
 from nas.strategies.single_path import (SinglePathParams, check_settings, decision_metrics,
-                                        merge_thresholds)
+                                        effective_params, merge_thresholds,
+                                        target_in_cost_units)
 from nas.runs.workdir import claim_workdir
 
 CHILD_DIR = "child"
@@ -89,7 +90,8 @@ def setup_from_config(loaded: Any) -> SinglePathSetup:
         NasInputError: a bad setting (space not nestable, cost latency without a table...).
     """
     config = loaded.config
-    params = entry(NAME).parse_params(config.strategy.params, loaded.source)
+    params = effective_params(entry(NAME).parse_params(config.strategy.params, loaded.source),
+                              config.objective.metric)
     space = resolve_space(config.space, loaded.source)
     space_plan(space)
     table = LatencyTable.load(loaded.latency_table, space) if loaded.latency_table else None
@@ -101,7 +103,8 @@ def setup_from_config(loaded: Any) -> SinglePathSetup:
     else:
         costs = SlotCosts.from_metric(space, params.cost)
     data = load_data(config.data, space, seed=config.seed)
-    return SinglePathSetup(space, data, table, costs, params, objective.target, train)
+    return SinglePathSetup(space, data, table, costs, params,
+                           target_in_cost_units(params, objective), train)
 
 
 def cost_metric(setup: SinglePathSetup) -> str:
