@@ -97,7 +97,9 @@ def test_joined_search_killed_mid_batch_resumes_without_loss_or_repeats(ray_head
     cfg.write_text(yaml.safe_dump(SEARCH))
     monkeypatch.setattr(nas.training.evaluate.CandidateEvaluator, "for_space",
                         classmethod(lambda cls, space, **kw: SyntheticEvaluator()))
-    assert main(["search", str(cfg), "--workdir", str(tmp_path / "whole"), "--json"]) == 0
+    local = tmp_path / "local.yaml"  # the uninterrupted reference, without starting a Ray
+    local.write_text(yaml.safe_dump({**SEARCH, "executor": {"kind": "local"}}))
+    assert main(["search", str(local), "--workdir", str(tmp_path / "whole"), "--json"]) == 0
     whole = [r["arch_id"] for r in History(tmp_path / "whole" / "history.jsonl").load()]
 
     wd = tmp_path / "split"
