@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,3 +108,12 @@ def test_report_of_a_one_shot_run_names_the_strategy_and_derived_arch(tmp_path):
     lines = info["table"].splitlines()
     assert lines[2].startswith("* " + ids[1][:12])  # best reward first, the winner starred
     assert "2 retrained candidates of a one-shot search" in lines[-1]
+    assert "was over the target" not in text
+    # an fbnet / proxyless Arch derived within the target: the report says what changed
+    marker = json.loads(stage_marker(tmp_path, "search").read_text())
+    marker["summary"]["derivation"] = {"argmax_arch_id": "abcdef123456", "changed": ["a", "b"],
+                                       "feasible": True}
+    write_json_atomic(stage_marker(tmp_path, "search"), marker)
+    write_report(tmp_path)
+    assert ("The most probable Arch `abcdef123456` was over the target/limits: 2 decision(s) "
+            "changed to the most probable choices within them.") in (tmp_path / "report.md").read_text()

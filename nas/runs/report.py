@@ -291,8 +291,15 @@ def _search_line(workdir: Path, search: Mapping | None, history: Sequence[Mappin
         lat = summary.get("predicted_latency_ms")
         lat_text = "" if lat is None else f", predicted latency {lat:.4f} ms"
         limits_text = ""
+        derivation = summary.get("derivation") or {}
+        if derivation.get("changed"):
+            limits_text = (f" The most probable Arch `{derivation['argmax_arch_id']}` was over "
+                           f"the target/limits: {len(derivation['changed'])} decision(s) "
+                           "changed to the most probable choices within them"
+                           + ("" if derivation.get("feasible") else " (none found; the closest)")
+                           + ".")
         if summary.get("meets_limits") is False:
-            limits_text = (" It breaks objective.limits ("
+            limits_text += (" It breaks objective.limits ("
                            + violations_text(summary.get("limit_violations") or []) + ").")
         return (f"Search: {strategy} (one-shot), derived Arch `{summary.get('arch_id')}`{lat_text}; "
                 f"{len(search.get('candidates') or [])} Archs retrained (the derived one and its "
