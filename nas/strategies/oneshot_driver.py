@@ -91,6 +91,8 @@ def run_oneshot_config(loaded: LoadedConfig, workdir: str | os.PathLike,
     if strategy.supernet == "superkernel":
         run = loaded
         params = config.strategy.params
+        # setup_from_config maps the metric to the cost too (single_path.effective_params);
+        # writing it into the config keeps the search.json of earlier runs resumable
         if metric in METRIC_COST and metric != "latency_ms" and "cost" not in params:
             section = config.strategy.model_copy(update={"params": {
                 **config.strategy.params, "cost": METRIC_COST[metric][0]}})
