@@ -33,37 +33,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
-# The two xdist workers take whole files (--dist loadfile) in collection order, so the suite
-# ends when the last file does: the slowest files go first (longest-processing-time-first
-# scheduling; most of them sort late alphabetically, where one could run alone at the end).
-# Seconds per file, cold cache, 2-core machine (--durations runs of 2026-12-05); a file not
-# listed keeps its alphabetical place after these.
-SLOW_FILES = {
-    "test_single_path_search.py": 100, "test_crash_resume.py": 90, "test_ray_join.py": 70,
-    "test_quant_export.py": 60, "test_single_path.py": 60, "test_oneshot_protocol.py": 60,
-    "test_cifar_search.py": 60, "test_pipeline.py": 60, "test_train.py": 55,
-    "test_ray_cluster.py": 50, "test_strategy_contract.py": 45, "test_model.py": 45,
-    "test_gpu_check.py": 40, "test_proxyless.py": 40, "test_supernet_program.py": 40,
-    "test_data_parallel.py": 35, "test_spos.py": 35, "test_single_path_act_bits.py": 33,
-    "test_distill.py": 30, "test_export.py": 30, "test_executor.py": 30,
-    "test_block_program.py": 25, "test_specialize.py": 25, "test_fbnet.py": 20,
-    "test_compile_reuse.py": 20, "test_kd_teacher.py": 20}
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Orders the collected tests file by file, the slowest files (SLOW_FILES) first.
-
-    Args:
-        session, config: pytest's (unused).
-        items: the collected tests, reordered in place (a stable sort: a file's tests stay
-            together and in their order).
-    """
-    del session, config
-    position = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (-SLOW_FILES.get(Path(str(item.fspath)).name, 0),
-                                 position[id(item)]))
-
-
 # A one-stage space small enough for real latency measurements in tests.
 MICRO_YAML = """
 name: micro
