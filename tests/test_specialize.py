@@ -289,6 +289,67 @@ def test_the_predictor_is_fitted_on_supernet_scores_and_its_picks_are_rechecked(
     assert d["predicted_accuracy"] is not None and d["latency_ms"] <= 0.06
 
 
+def test_the_macs_prior_averages_percentiles_of_a_fixed_reference():
+    from nas.specialize.prior import MacsPrior
+
+    prior = MacsPrior(reference_scores=[0.2, 0.4, 0.4, 0.8], reference_macs=[10, 20, 30, 40])
+    # mid-rank percentiles: below all 0, above all 1, a tie counts half
+    got = prior.combine([0.1, 0.4, 0.9, 0.4], [5, 20, 50, 45])
+    np.testing.assert_allclose(got, [0.0, 0.5 * (0.5 + 0.375), 1.0, 0.5 * (0.5 + 1.0)])
+    # a sub-network's score does not depend on what else is scored with it
+    alone = [prior.combine([a], [m])[0] for a, m in zip([0.1, 0.4, 0.9, 0.4], [5, 20, 50, 45])]
+    np.testing.assert_allclose(alone, got)
+    # equal accuracy: the larger network ranks first; equal size: the more accurate
+    assert prior.combine([0.4], [35])[0] > prior.combine([0.4], [15])[0]
+    assert prior.combine([0.5], [20])[0] > prior.combine([0.3], [20])[0]
+    with pytest.raises(ValueError):
+        MacsPrior([0.1, 0.2], [1])
+
+
+def test_with_the_macs_prior_each_device_gets_the_best_combined_score(supernet, tmp_path):
+    from nas.metrics import arch_metrics
+
+    record = supernet_record(supernet / "supernet")
+    devices = load_devices([str(supernet / "kernel.json"), str(supernet / "expand.json")],
+                           [0.065, 0.06], record.space)
+    options = SpecializeOptions(EvolutionSettings(population=16, generations=4), prior="macs",
+                                prior_archs=12)
+    summary = specialize(record, devices, tmp_path / "out", options)
+    sn = SupernetScorer(str(supernet / "supernet")).load()
+    data = load_data(sn.data, sn.space, seed=sn.seed)
+    gs = SubnetGenome(sn.space)
+    everything = every_subnetwork(gs)
+    val = {g: path_accuracy(sn, gs.arch(g), data)["val"] for g in everything}
+    macs = {g: arch_metrics(sn.space, gs.arch(g))["macs"] for g in everything}
+    by_id = {sn.space.arch_id(gs.arch(g)): g for g in everything}
+    reference = [by_id[i] for i in summary["prior"]["reference_arch_ids"]]
+    assert len(set(reference)) == 12
+
+    def percentile(values, v):   # share below + half the share equal, counted here by hand
+        return (sum(x < v for x in values) + 0.5 * sum(x == v for x in values)) / len(values)
+
+    combined = {g: 0.5 * (percentile([val[r] for r in reference], val[g])
+                          + percentile([macs[r] for r in reference], macs[g])) for g in everything}
+    picks = []
+    for d in summary["devices"]:
+        table = LatencyTable.load(d["table"], sn.space)
+        feasible = [g for g in everything if table.predict(gs.arch(g)) <= d["target_ms"]]
+        best = min(feasible, key=lambda g: (-combined[g], table.predict(gs.arch(g)),
+                                            sn.space.arch_id(gs.arch(g))))
+        assert d["arch"] == gs.arch(best), d["device"]
+        assert d["score"] == pytest.approx(combined[best]) and d["macs"] == macs[best]
+        assert d["val_accuracy"] == pytest.approx(val[best])
+        picks.append(best)
+    # the test can tell ranking by the prior from ranking by accuracy: at the kernel-heavy
+    # device's target the accuracy-only pick is another, smaller network
+    table = LatencyTable.load(summary["devices"][0]["table"], sn.space)
+    feasible = [g for g in everything if table.predict(gs.arch(g)) <= 0.065]
+    by_accuracy = min(feasible, key=lambda g: (-val[g], table.predict(gs.arch(g))))
+    assert by_accuracy != picks[0] and macs[by_accuracy] < macs[picks[0]]
+    assert load_arch(tmp_path / "out" / summary["devices"][0]["device"] / "arch.json").meta[
+        "scored_by"] == "supernet + MACs prior"
+
+
 def _error(argv, capsys):
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
@@ -315,6 +376,9 @@ def test_bad_input_is_one_line_naming_the_flag_and_the_fix(supernet, tmp_path, c
     line = _error(base + ["--supernet", sn, "--table", table, "--table", table, "--target", "1",
                           "--target", "2", "--target", "3"], capsys)
     assert "--target" in line and "one per --table" in line
+    line = _error(base + ["--supernet", sn, "--table", table, "--target", "1", "--prior", "macs",
+                          "--prior-archs", "1"], capsys)
+    assert "--prior-archs" in line and ">= 2" in line
     line = _error(base + ["--supernet", sn, "--table", table, "--target", "-1"], capsys)
     assert "--target" in line and "positive" in line
     line = _error(base + ["--supernet", sn, "--table", table, "--target", "0.001"], capsys)

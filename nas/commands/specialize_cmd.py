@@ -51,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recheck", type=int, default=10,
                    help="with a predictor: best candidates per device re-scored on the supernet "
                         "(default 10)")
+    p.add_argument("--prior", choices=("none", "macs"), default="none",
+                   help="macs: rank by the mean of the accuracy estimate's and the MACs' "
+                        "percentiles in a fixed sample of uniform sub-networks (weight sharing "
+                        "ranks large sub-networks too low; default none)")
+    p.add_argument("--prior-archs", type=int, default=64,
+                   help="uniform sub-networks scored on the supernet as the prior's reference "
+                        "(default 64)")
     p.add_argument("--population", type=int, default=32, help="population (default 32)")
     p.add_argument("--generations", type=int, default=20, help="generations (default 20)")
     p.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
@@ -77,6 +84,7 @@ def _specialize(args: argparse.Namespace) -> int:
     _positive(args.generations, "--generations", 0)
     _positive(args.predictor_archs, "--predictor-archs", 8)
     _positive(args.recheck, "--recheck")
+    _positive(args.prior_archs, "--prior-archs", 2)
     _positive(args.calibration_images, "--calibration-images")
     record = supernet_record(args.supernet)
     devices = load_devices(args.table, args.target, record.space)
@@ -84,6 +92,7 @@ def _specialize(args: argparse.Namespace) -> int:
         evolution=EvolutionSettings(population=args.population, generations=args.generations,
                                     seed=args.seed),
         predictor=args.predictor, predictor_archs=args.predictor_archs, recheck=args.recheck,
+        prior=args.prior, prior_archs=args.prior_archs,
         calibration_images=args.calibration_images)
     log = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
     summary = specialize(record, devices, Path(args.out), options, log)
@@ -100,7 +109,7 @@ def print_summary(summary: dict) -> None:
     """Prints one line per device: target, Arch id, predicted latency, supernet accuracy, time."""
     print(f"specialized {summary['supernet']} for {len(summary['devices'])} device(s) in "
           f"{summary['seconds']:.1f} s ({summary['supernet_scored']} sub-networks scored on the "
-          "supernet)")
+          f"supernet{'; ranked with the MACs prior' if summary.get('prior') else ''})")
     print(f"  {'device':<32} {'target ms':>10} {'latency ms':>11} {'val acc':>8} {'test acc':>8} "
           f"{'arch id':<13} {'seconds':>8}")
     for d in summary["devices"]:

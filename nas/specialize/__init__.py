@@ -9,6 +9,8 @@ sub-network of its space; ``nas specialize`` searches it per device, with no tra
   supernet accuracy of each sub-network (or an accuracy predictor);
 * :mod:`nas.specialize.predictor`: the optional accuracy predictor (a small MLP on the
   sub-network encoding, fitted on supernet scores, with its held-out rank correlation);
+* :mod:`nas.specialize.prior`: the optional MACs prior (accuracy and MACs as percentiles of a
+  fixed reference sample, averaged: weight sharing ranks large sub-networks too low);
 * :mod:`nas.specialize.devices`: the ``--table`` / ``--target`` pairs, checked;
 * :mod:`nas.specialize.run`: the whole command (load once, search per device, export each
   device's Arch with its child weights sliced from the supernet).

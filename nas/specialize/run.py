@@ -7,8 +7,10 @@ and shared by all devices (a sub-network's accuracy does not depend on the devic
 trained. With ``predictor="mlp"`` the evolution ranks by an MLP fitted on supernet scores of
 uniformly drawn sub-networks (:mod:`nas.specialize.predictor`; its held-out rank correlation is
 reported), and the ``recheck`` best feasible candidates of each device are scored on the
-supernet, the most accurate of them kept. Each device's Arch is written with its child weights
-(:mod:`nas.specialize.export`).
+supernet, the most accurate of them kept. With ``prior="macs"`` every accuracy estimate is
+combined with the sub-network's MACs, both as percentiles of a fixed reference sample scored
+once (:mod:`nas.specialize.prior`: weight sharing ranks large sub-networks too low). Each
+device's Arch is written with its child weights (:mod:`nas.specialize.export`).
 
 A device whose target not even the fastest sub-network meets gets one line saying so (and its
 fastest latency) and no Arch; when no device can be met, nothing is loaded.
@@ -30,11 +32,13 @@ import numpy as np
 
 from nas.data import load_data
 from nas.errors import NasInputError
+from nas.metrics import arch_metrics
 from nas.specialize.devices import Device, SupernetRecord
 from nas.specialize.evolution import EvolutionSettings, constrained_evolution, rank_key
 from nas.specialize.export import export_subnet, write_summary_file
 from nas.specialize.genome import Genome, SubnetGenome
 from nas.specialize.predictor import MlpPredictor, rank_check, split_held_out
+from nas.specialize.prior import MacsPrior
 from nas.single_path.subnets import bottom_levels, top_levels
 from nas.training.recalibrate import calibration_batch
 from nas.weight_sharing import SupernetScorer, path_accuracy
@@ -53,6 +57,9 @@ class SpecializeOptions:
         held_out_fraction: share of them held out for its rank check.
         recheck: with a predictor, the best feasible candidates per device re-scored on the
             supernet.
+        prior: 'none' (rank by the accuracy estimate) or 'macs' (by the mean of its and the
+            MACs' percentiles in a fixed reference sample, :mod:`nas.specialize.prior`).
+        prior_archs: distinct uniform sub-networks in that reference sample.
         calibration_images: training images each sub-network's BatchNorm is recalibrated on.
         eval_batch_size: batch size of the evaluation passes.
     """
@@ -62,6 +69,8 @@ class SpecializeOptions:
     predictor_archs: int = 200
     held_out_fraction: float = 0.2
     recheck: int = 10
+    prior: str = "none"
+    prior_archs: int = 64
     calibration_images: int = 512
     eval_batch_size: int = 512
 
@@ -115,13 +124,7 @@ def fit_predictor(gs: SubnetGenome, accuracy: SupernetAccuracy, options: Special
         "train_rmse", "seconds"}).
     """
     t0 = time.perf_counter()
-    rng = np.random.default_rng(options.evolution.seed + 7919)
-    genomes: dict[Genome, None] = {}
-    for _ in range(20 * options.predictor_archs):
-        genomes[gs.sample(rng)] = None
-        if len(genomes) == options.predictor_archs:
-            break
-    pool = list(genomes)
+    pool = uniform_genomes(gs, options.predictor_archs, options.evolution.seed)
     scores = accuracy.val_many(pool)
     train, held = split_held_out(len(pool), options.held_out_fraction, options.evolution.seed)
     features = gs.features(pool)
@@ -132,6 +135,37 @@ def fit_predictor(gs: SubnetGenome, accuracy: SupernetAccuracy, options: Special
                        "kendall_tau": check["kendall_tau"], "spearman": check["spearman"],
                        "rmse": check["rmse"], "train_rmse": predictor.train_rmse,
                        "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def uniform_genomes(gs: SubnetGenome, count: int, seed: int) -> list[Genome]:
+    """Returns up to `count` distinct canonical genomes drawn uniformly (fewer where the space
+    has fewer); the same seed gives the same sequence, so a shorter draw is a prefix of a
+    longer one (the predictor's pool and the prior's reference share their supernet scores)."""
+    rng = np.random.default_rng(seed + 7919)
+    genomes: dict[Genome, None] = {}
+    for _ in range(20 * count):
+        genomes[gs.sample(rng)] = None
+        if len(genomes) == count:
+            break
+    return list(genomes)
+
+
+class SubnetMacs:
+    """MACs of sub-networks, cached by genome.
+
+    Args:
+        gs: the space's genomes.
+    """
+
+    def __init__(self, gs: SubnetGenome):
+        self.gs, self.cache = gs, {}
+
+    def __call__(self, genomes: Sequence[Genome]) -> list[float]:
+        """Returns the MACs of canonical genomes' sub-networks."""
+        for g in genomes:
+            if g not in self.cache:
+                self.cache[g] = float(arch_metrics(self.gs.space, self.gs.arch(g))["macs"])
+        return [self.cache[g] for g in genomes]
 
 
 def sandwich_ends(gs: SubnetGenome) -> list[Genome]:
@@ -205,6 +239,12 @@ def specialize(record: SupernetRecord, devices: Sequence[Device], out: Path,
         log(f"predictor: mlp fitted on {predictor_info['train']} supernet-scored sub-networks; "
             f"held-out ({predictor_info['held_out']}) kendall tau "
             f"{_fmt(predictor_info['kendall_tau'])}, spearman {_fmt(predictor_info['spearman'])}")
+    macs = SubnetMacs(gs)
+    priors, prior_info = {}, None
+    if options.prior == "macs":
+        priors, prior_info = macs_priors(gs, accuracy, predictor, macs, options)
+        log(f"prior: MACs, against {prior_info['reference_archs']} uniform sub-networks scored "
+            "on the supernet")
     results = []
     for device, fastest_ms in zip(devices, fastest):
         if device.name in unmet:
@@ -212,7 +252,7 @@ def specialize(record: SupernetRecord, devices: Sequence[Device], out: Path,
                             "message": unmet[device.name]})
             continue
         results.append(_specialize_device(device, fastest_ms, gs, accuracy, predictor, sn,
-                                          x_cal, out, options))
+                                          x_cal, out, options, macs, priors))
         r = results[-1]
         log(f"{device.name}: {r['arch_id']} {r['latency_ms']:.6g} ms <= {device.target_ms:g} ms, "
             f"supernet val accuracy {r['val_accuracy']:.4f}, {r['seconds']:.1f} s")
@@ -220,6 +260,7 @@ def specialize(record: SupernetRecord, devices: Sequence[Device], out: Path,
                "space": sn.space.name, "data": sn.data, "supernet_epochs": sn.epochs,
                "calibration_images": options.calibration_images,
                "evolution": dataclasses.asdict(options.evolution), "predictor": predictor_info,
+               "prior": prior_info,
                "supernet_scored": accuracy.scored,
                "supernet_score_seconds": round(accuracy.seconds, 3),
                "load_seconds": round(load_seconds, 3), "out": str(out), "devices": results,
@@ -227,6 +268,25 @@ def specialize(record: SupernetRecord, devices: Sequence[Device], out: Path,
                "seconds": round(time.perf_counter() - t_start, 3)}
     summary["summary_file"] = write_summary_file(out, summary)
     return summary
+
+
+def macs_priors(gs: SubnetGenome, accuracy: SupernetAccuracy, predictor: MlpPredictor | None,
+                macs: SubnetMacs, options: SpecializeOptions,
+                ) -> tuple[dict[str, MacsPrior], dict[str, Any]]:
+    """Scores ``prior_archs`` uniform sub-networks on the supernet (and by the predictor, if
+    any) and returns the MACs priors of both kinds of estimate.
+
+    Returns:
+        ({"supernet": prior[, "predictor": prior]}, {"kind", "reference_archs",
+        "reference_arch_ids"}).
+    """
+    reference = uniform_genomes(gs, options.prior_archs, options.evolution.seed)
+    reference_macs = macs(reference)
+    priors = {"supernet": MacsPrior(accuracy.val_many(reference), reference_macs)}
+    if predictor is not None:
+        priors["predictor"] = MacsPrior(predictor.predict(gs.features(reference)), reference_macs)
+    return priors, {"kind": "macs", "reference_archs": len(reference),
+                    "reference_arch_ids": [gs.space.arch_id(gs.arch(g)) for g in reference]}
 
 
 def _device_head(device: Device, fastest_ms: float) -> dict[str, Any]:
@@ -238,16 +298,24 @@ def _device_head(device: Device, fastest_ms: float) -> dict[str, Any]:
 
 def _specialize_device(device: Device, fastest_ms: float, gs: SubnetGenome,
                        accuracy: SupernetAccuracy, predictor: MlpPredictor | None, sn: Any,
-                       x_cal: Any, out: Path, options: SpecializeOptions) -> dict[str, Any]:
-    """One device's search (scored on the supernet or by the predictor, then rechecked) and
-    export; returns its result record."""
+                       x_cal: Any, out: Path, options: SpecializeOptions, macs: SubnetMacs,
+                       priors: dict[str, MacsPrior]) -> dict[str, Any]:
+    """One device's search (scored on the supernet or by the predictor, then rechecked; with
+    a prior, each estimate combined with MACs) and export; returns its result record."""
     t0 = time.perf_counter()
     scored_before = accuracy.scored
+
+    def with_prior(kind: str, estimates: Sequence[float], genomes: Sequence[Genome]) -> list[float]:
+        if kind not in priors:
+            return list(estimates)
+        return [float(v) for v in priors[kind].combine(estimates, macs(genomes))]
+
     if predictor is None:
-        score_many = accuracy.val_many
+        def score_many(genomes: Sequence[Genome]) -> list[float]:
+            return with_prior("supernet", accuracy.val_many(genomes), genomes)
     else:
         def score_many(genomes: Sequence[Genome]) -> list[float]:
-            return list(predictor.predict(gs.features(genomes)))
+            return with_prior("predictor", predictor.predict(gs.features(genomes)), genomes)
     result = constrained_evolution(gs, device.table.predict, device.target_ms, score_many,
                                    options.evolution, seeds=sandwich_ends(gs))
     predicted_accuracy = None
@@ -255,18 +323,21 @@ def _specialize_device(device: Device, fastest_ms: float, gs: SubnetGenome,
         best = result.best
     else:
         finalists = result.ranked()[:max(1, options.recheck)]
-        rechecked = [dataclasses.replace(c, score=accuracy(c.genome)) for c in finalists]
+        rechecked = [dataclasses.replace(c, score=with_prior("supernet", [accuracy(c.genome)],
+                                                             [c.genome])[0]) for c in finalists]
         best = min(rechecked, key=rank_key)
-        predicted_accuracy = result.candidates[best.genome].score
+        predicted_accuracy = float(predictor.predict(gs.features([best.genome]))[0])
     scores = accuracy.with_test(best.genome)
     record = {**_device_head(device, fastest_ms), "met": best.latency_ms <= device.target_ms,
               "arch_id": best.arch_id, "arch": best.arch, "latency_ms": best.latency_ms,
               "val_accuracy": scores["val"], "test_accuracy": scores["test"],
-              "predicted_accuracy": predicted_accuracy,
-              "candidates": len(result.candidates), "proposals": result.proposals,
+              "predicted_accuracy": predicted_accuracy, "macs": macs([best.genome])[0],
+              "score": best.score, "candidates": len(result.candidates),
+              "proposals": result.proposals,
               "supernet_scored": accuracy.scored - scored_before}
     folder = out / device.name
-    meta = {"source": f"nas specialize, supernet {sn.workdir}", "scored_by": "supernet",
+    meta = {"source": f"nas specialize, supernet {sn.workdir}",
+            "scored_by": "supernet + MACs prior" if priors else "supernet",
             "note": "scored on the supernet with recalibrated BatchNorm, not retrained; "
                     "child/ holds its weights cut from the supernet",
             **{k: record[k] for k in ("device", "table", "backend", "table_device",
