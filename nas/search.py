@@ -200,7 +200,7 @@ def default_evaluator(loaded: LoadedConfig, space: Space) -> Callable[..., dict]
         from nas.weight_sharing import SupernetScorer, check_compatible
 
         scorer = SupernetScorer(ev.supernet, ev.calibration_images, ev.eval_batch_size,
-                                loaded.latency_table)
+                                loaded.latency_table, prior=ev.prior, prior_archs=ev.prior_archs)
         check_compatible(scorer.load(), space, config.data, loaded.source)
         return scorer
     return CandidateEvaluator.for_space(space, data=config.data, train=dict(config.train),

@@ -22,6 +22,11 @@ out as in its search). Nothing is trained. The sub-network of an Arch is
   (:mod:`nas.single_path.subnets`, :mod:`nas.single_path.scoring`; one compiled program for
   every Arch, the same outputs as the Arch's exported child).
 
+With ``prior: macs`` a candidate's accuracy is the mean of its supernet accuracy's and its
+MACs' percentiles in a fixed sample of ``prior_archs`` uniform Archs of the space, scored once
+per process (:mod:`nas.specialize.prior`: weight sharing ranks large sub-networks too low); its
+supernet accuracy stays in ``val_accuracy``.
+
 Example:
     >>> scorer = SupernetScorer(str(Path("runs/digits_fbnet").resolve()))
     >>> scorer(arch)["accuracy"]
@@ -51,7 +56,9 @@ from nas.data import load_data
 from nas.errors import NasInputError
 from nas.training.evaluate import CandidateEvaluator
 from nas.model import add_missing_quant_steps, build_model, init_variables, leaf_shapes
+from nas.metrics import arch_metrics
 from nas.space import Space, resolve_space
+from nas.specialize.prior import MacsPrior
 from nas.strategies import registry
 from nas.strategies.single_path import merge_thresholds, split_thresholds
 from nas.supernet.network import SuperNet, child_params, merge_trainable, trainable
@@ -193,6 +200,8 @@ class SupernetScorer:
         eval_batch_size: batch size of the validation / test passes.
         latency_table: absolute path of a latency table for latency_ms, or None.
         on_score: optional callback ``f(arch)`` per scored Arch (tests count calls).
+        prior: 'none' (accuracy = supernet accuracy) or 'macs' (combined with MACs, above).
+        prior_archs: uniform Archs in the MACs prior's reference sample.
     """
 
     supernet: str
@@ -200,6 +209,8 @@ class SupernetScorer:
     eval_batch_size: int = 512
     latency_table: str | None = None
     on_score: Callable[[Mapping[str, Any]], None] | None = None
+    prior: str = "none"
+    prior_archs: int = 64
 
     def load(self) -> Supernet:
         """Returns the (cached) supernet."""
@@ -213,8 +224,9 @@ class SupernetScorer:
             report: unused (no epochs); accepted for the executor's interface.
 
         Returns:
-            {'accuracy' (= val_accuracy), 'val_accuracy', 'test_accuracy', 'train_seconds': 0,
-            'score_seconds', 'scored_by': 'supernet', cost metrics, 'latency_ms' if known}.
+            {'accuracy' (= val_accuracy, or with the prior the combined score),
+            'val_accuracy', 'test_accuracy', 'train_seconds': 0, 'score_seconds', 'scored_by':
+            'supernet' or 'supernet + MACs prior', cost metrics, 'latency_ms' if known}.
         """
         start = time.perf_counter()
         sn = self.load()
@@ -224,9 +236,40 @@ class SupernetScorer:
         data = _data(sn.data, json.dumps(sn.space.to_dict(), sort_keys=True), sn.seed)
         accuracy = path_accuracy(sn, arch, data, self.calibration_images, self.eval_batch_size)
         costs = CandidateEvaluator.for_space(sn.space, latency_table=self.latency_table).costs(arch)
-        return {**costs, "accuracy": accuracy["val"], "val_accuracy": accuracy["val"],
+        score, scored_by = accuracy["val"], SCORED_BY
+        if self.prior == "macs":
+            prior = _macs_prior(str(Path(self.supernet).expanduser().resolve()),
+                                self.calibration_images, self.eval_batch_size, self.prior_archs)
+            score = float(prior.combine([accuracy["val"]], [costs["macs"]])[0])
+            scored_by = f"{SCORED_BY} + MACs prior"
+        return {**costs, "accuracy": score, "val_accuracy": accuracy["val"],
                 "test_accuracy": accuracy["test"], "train_seconds": 0.0,
-                "score_seconds": time.perf_counter() - start, "scored_by": SCORED_BY}
+                "score_seconds": time.perf_counter() - start, "scored_by": scored_by}
+
+
+def prior_reference(space: Space, count: int) -> list[dict]:
+    """Returns up to `count` distinct uniform Archs of a space (``space.sample(0)``,
+    ``sample(1)``, ...; fewer where the space has fewer): the MACs prior's reference sample."""
+    archs: dict[str, dict] = {}
+    for seed in range(20 * count):
+        arch = space.sample(seed)
+        archs.setdefault(space.arch_id(arch), arch)
+        if len(archs) == count:
+            break
+    return list(archs.values())
+
+
+@functools.lru_cache(maxsize=4)
+def _macs_prior(supernet: str, calibration_images: int, eval_batch_size: int,
+                count: int) -> MacsPrior:
+    """The MACs prior of a supernet: its reference sample scored on the validation split."""
+    sn = _supernet(supernet)
+    data = _data(sn.data, json.dumps(sn.space.to_dict(), sort_keys=True), sn.seed)
+    val_only = dataclasses.replace(data, x_test=None, y_test=None)
+    reference = prior_reference(sn.space, count)
+    scores = [path_accuracy(sn, a, val_only, calibration_images, eval_batch_size)["val"]
+              for a in reference]
+    return MacsPrior(scores, [arch_metrics(sn.space, a)["macs"] for a in reference])
 
 
 def path_accuracy(sn: Supernet, arch: Mapping[str, Any], data: Any, calibration_images: int = 512,

@@ -279,3 +279,38 @@ def test_supernet_mode_search_scores_candidates_on_a_spos_supernet(task, tmp_pat
     scores = {r["arch"]["s1_b1_kernel"]: r["accuracy"] for r in records}
     assert scores[7] > max(scores[3], scores[5]) + 0.2, scores  # the needed kernel ranks first
     assert result.best["arch"] == {"s1_b1_kernel": 7}
+
+
+def test_the_macs_prior_scores_a_candidate_against_a_fixed_uniform_sample(task, tmp_path):
+    """evaluation.prior macs: accuracy = mean of the supernet accuracy's and the MACs'
+    percentiles among the space's uniform reference Archs (here all three kernels), whatever
+    else the search scores; the supernet accuracy stays in val_accuracy."""
+    from nas.weight_sharing import prior_reference
+
+    folder, data, _ = task
+    wd = str(folder / "supernet")
+    plain = SupernetScorer(wd, calibration_images=512)
+    reference = prior_reference(plain.load().space, 3)
+    assert sorted(a["s1_b1_kernel"] for a in reference) == [3, 5, 7]
+    alone = {a["s1_b1_kernel"]: plain(a) for a in reference}
+    val = {k: r["val_accuracy"] for k, r in alone.items()}
+    macs = {k: r["macs"] for k, r in alone.items()}
+
+    def percentile(values, v):
+        return (sum(x < v for x in values) + 0.5 * sum(x == v for x in values)) / len(values)
+
+    with_prior = SupernetScorer(wd, calibration_images=512, prior="macs", prior_archs=3)
+    for k in (7, 3, 5):
+        r = with_prior({"s1_b1_kernel": k})
+        want = 0.5 * (percentile(val.values(), val[k]) + percentile(macs.values(), macs[k]))
+        assert r["accuracy"] == pytest.approx(want) and r["val_accuracy"] == val[k]
+        assert r["scored_by"] == "supernet + MACs prior"
+    # in a search: the records say how they were scored, and the needed kernel still wins
+    config = {"space": KERNEL_TASK_SPACE, "data": data, "seed": 0, "budget": 3,
+              "strategy": {"name": "random"}, "objective": {"metric": "params"},
+              "evaluation": {"mode": "supernet", "supernet": wd, "prior": "macs",
+                             "prior_archs": 3}}
+    result = run_search(parse_config(config, "random.yaml"), tmp_path / "random")
+    records = [json.loads(line) for line in (tmp_path / "random" / "history.jsonl").open()]
+    assert {r["scored_by"] for r in records} == {"supernet + MACs prior"}
+    assert result.best["arch"] == {"s1_b1_kernel": 7}

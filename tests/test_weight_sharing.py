@@ -88,6 +88,9 @@ def test_bad_evaluation_settings_are_one_line(supernet_dir, tmp_path):
     with pytest.raises(NasInputError) as e:
         parse_config({**base, "evaluation": {"mode": "supernet"}}, "c.yaml")
     assert e.value.field == "evaluation.supernet"
+    with pytest.raises(NasInputError) as e:   # the prior needs supernet scores
+        parse_config({**base, "evaluation": {"prior": "macs"}}, "c.yaml")
+    assert e.value.field == "evaluation.prior" and "mode: supernet" in e.value.message
     with pytest.raises(NasInputError) as e:
         parse_config({**base, "strategy": {"name": "fbnet"},
                       "evaluation": {"mode": "supernet", "supernet": str(folder)}}, "c.yaml")

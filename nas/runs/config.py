@@ -99,12 +99,17 @@ class EvaluationConfig(_Section):
         supernet: the workdir of that supernet's 'nas search' (mode supernet).
         calibration_images: training images of the BatchNorm recalibration batch.
         eval_batch_size: batch size of the scoring passes.
+        prior: 'macs': score by supernet accuracy and MACs, as percentiles of a fixed sample
+            (:mod:`nas.weight_sharing`); 'none': supernet accuracy alone.
+        prior_archs: uniform Archs in that sample.
     """
 
     mode: Literal["train", "supernet"] = "train"
     supernet: str | None = None
     calibration_images: int = pydantic.Field(512, ge=2)
     eval_batch_size: int = pydantic.Field(512, ge=1)
+    prior: Literal["none", "macs"] = "none"
+    prior_archs: int = pydantic.Field(64, ge=2)
 
 
 class ExecutorConfig(_Section):
@@ -269,6 +274,9 @@ class SearchConfig(_Section):
         body["space"] = space
         if self.evaluation == EvaluationConfig():  # fingerprints from before the section stay valid
             body.pop("evaluation")
+        elif self.evaluation.prior == "none":      # likewise from before the prior
+            for key in ("prior", "prior_archs"):
+                body["evaluation"].pop(key)
         if not self.objective.limits:  # likewise for configs without limits
             body["objective"].pop("limits")
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
@@ -372,6 +380,9 @@ def _check_evaluation(config: SearchConfig, base_dir: str | os.PathLike | None,
         if ev.supernet is not None:
             raise NasInputError("a supernet is only used with mode: supernet", source,
                                 "evaluation.supernet")
+        if ev.prior != "none":
+            raise NasInputError("the MACs prior combines supernet scores: use it with mode: "
+                                "supernet", source, "evaluation.prior")
         return
     if registry.entry(config.strategy.name, source).family != "sample":
         raise NasInputError(f"mode supernet scores the candidates of a sample-based search "
