@@ -29,7 +29,9 @@ from typing import Any, Literal, Mapping
 import pydantic
 
 from nas.runs.config_compose import compose_config
-from nas.runs.teacher import DEFAULT_TEACHER, check_teacher_setting, parse_teacher
+from nas.runs.sections import (PIPELINE_SECTIONS, DistillSection, ExportSection, RetrainConfig,
+                               Section)
+from nas.runs.teacher import check_teacher_setting
 from nas.errors import NasInputError
 from nas.limits import check_limits
 from nas.objective import CONSTRAINTS, COST_METRICS, MnasObjective
@@ -43,18 +45,14 @@ TRAIN_FIELDS = ("epochs", "batch_size", "eval_batch_size", "optimizer", "learnin
                 "label_smoothing", "grad_clip", "depthwise_impl", "quantizer", "devices")
 
 
-class _Section(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-
-class StrategyConfig(_Section):
+class StrategyConfig(Section):
     """Attributes: name (a name of :mod:`nas.strategies.registry`); params (strategy's own)."""
 
     name: str
     params: dict[str, Any] = {}
 
 
-class ObjectiveConfig(_Section):
+class ObjectiveConfig(Section):
     """The cost weighed against accuracy, for every strategy.
 
     Sample-based strategies use MnasNet's reward ``ACC * (COST / T) ** w``. fbnet and proxyless
@@ -89,7 +87,7 @@ class ObjectiveConfig(_Section):
                              b if self.beta is None else self.beta)
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     """How a sample-based search scores a candidate.
 
     Attributes:
@@ -112,7 +110,7 @@ class EvaluationConfig(_Section):
     prior_archs: int = pydantic.Field(64, ge=2)
 
 
-class ExecutorConfig(_Section):
+class ExecutorConfig(Section):
     """Where candidates are trained.
 
     Attributes:
@@ -140,74 +138,7 @@ class ExecutorConfig(_Section):
     grace_epochs: int = pydantic.Field(1, ge=1)
 
 
-class RetrainConfig(_Section):
-    """Pipeline stage 2 (``nas run``): retrain the best candidates of the search from scratch.
-
-    Attributes:
-        top_k: how many of the best distinct candidates (by reward) are retrained.
-        train: TrainConfig fields overriding the search's ``train`` section (e.g. more epochs).
-    """
-
-    top_k: int = pydantic.Field(3, ge=1)
-    train: dict[str, Any] = {}
-
-
-class DistillSection(_Section):
-    """Pipeline stage 3 (``nas run``): distill the winner from a teacher.
-
-    Attributes:
-        enabled: run the stage (false: the retrained winner is exported).
-        teacher: 'largest' (the space's largest Arch, trained once per run with
-            ``teacher_train``), 'best' (the most accurate retrained candidate other than the
-            winner), 'top:K' (an ensemble of the K most accurate retrained candidates),
-            'arch:PATH' (an Arch file, trained first with ``teacher_train``) or 'ckpt:DIR' (a
-            finished 'nas train' work directory); see :mod:`nas.runs.teacher`.
-        train: TrainConfig fields overriding the retrain settings for the student.
-        teacher_train: TrainConfig fields overriding the retrain settings for a trained
-            ('largest' or 'arch:') teacher.
-        temperature, kd_weight, hint_weight: see :class:`nas.training.distill.DistillConfig`.
-    """
-
-    enabled: bool = True
-    teacher: str = DEFAULT_TEACHER
-    train: dict[str, Any] = {}
-    teacher_train: dict[str, Any] = {}
-    temperature: float = pydantic.Field(4.0, gt=0)
-    kd_weight: float = pydantic.Field(0.7, ge=0, le=1)
-    hint_weight: float = pydantic.Field(0.0, ge=0)
-
-    @pydantic.field_validator("teacher")
-    @classmethod
-    def _teacher_form(cls, value: str) -> str:
-        parse_teacher(value)
-        return value
-
-
-class ExportSection(_Section):
-    """Pipeline stage 4 (``nas run``): export the winner (see :mod:`nas.export`).
-
-    Attributes:
-        formats: any of json, packed, orbax, stablehlo, onnx.
-        calibration: training images for ``recalibrate``.
-        measure_latency: time the ONNX model with onnxruntime.
-        onnx_int8_weights: store weight-only quantized layers' ONNX weights as int8 (smaller
-            file, slower onnxruntime inference).
-        recalibrate: post-training activation steps for the ONNX model instead of the trained
-            ones (off: the exported model is the trained one).
-    """
-
-    formats: list[str] = ["json", "packed", "orbax", "stablehlo", "onnx"]
-    calibration: int = pydantic.Field(256, ge=0)
-    measure_latency: bool = True
-    onnx_int8_weights: bool = False
-    recalibrate: bool = False
-
-
-#: Sections only the pipeline reads; they do not change which candidates a search evaluates.
-PIPELINE_SECTIONS = ("retrain", "distill", "export")
-
-
-class SearchConfig(_Section):
+class SearchConfig(Section):
     """A whole experiment config (see the module docstring).
 
     A pipeline config (``nas run``) is a search config plus the optional ``retrain``,
