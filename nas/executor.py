@@ -38,15 +38,14 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from typing import Any, Callable, Iterator, Sequence
 
 from nas.errors import NasInputError
+from nas.ray_interrupt import interrupt_survives_ray
 from nas.single_thread import ONE_THREAD_VARS, XLA_ONE_THREAD_FLAGS, trial_threads
 
 
@@ -410,7 +409,7 @@ class RayExecutor:
             run_config=tune.RunConfig(
                 name=name, storage_path=self._storage, verbose=0, callbacks=[recoveries],
                 failure_config=tune.FailureConfig(max_failures=self.retries)))
-        with _interrupt_survives_ray():
+        with interrupt_survives_ray():
             results = tuner.fit()
         outcomes: list[Outcome | None] = [None] * len(items)
         for result in results:
@@ -435,34 +434,6 @@ class RayExecutor:
 
             ray.shutdown()
             self._owns_ray = False
-
-
-@contextlib.contextmanager
-def _interrupt_survives_ray() -> Iterator[None]:
-    """Makes a Ctrl-C during the block end it with KeyboardInterrupt even where Ray swallows it.
-
-    Ray's Cython waits run Python's signal handler themselves; in some of its paths the
-    KeyboardInterrupt that raises is dropped and ``fit()`` returns as if nothing happened (seen
-    once in CI under load: the search then recorded the batch and finished with exit 0). The
-    handler here also notes the signal, and the block raises after ``fit()`` if it was noted.
-    Only in the main thread (where Python runs signal handlers).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    noted = []
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        noted.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
-    if noted:
-        raise KeyboardInterrupt
 
 
 def _outcome(result: Any, attempts: int) -> Outcome:
